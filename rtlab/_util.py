@@ -1,0 +1,122 @@
+"""Small shared helpers: argument checking and atomic file writes.
+
+Every public function in rtlab checks its input early and raises a ``ValueError`` or
+``TypeError`` whose message names the argument and says how to fix it. The helpers here keep
+those messages uniform. Files are written atomically: to a temporary file in the target's
+directory, flushed and fsynced, then renamed over the target, so a crash never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+__all__ = [
+    "check_finite",
+    "check_shape",
+    "check_positive",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+]
+
+
+def check_shape(name: str, array: np.ndarray, shape: tuple[int, ...], hint: str = "") -> None:
+    """Raise ``ValueError`` unless ``array.shape == shape``.
+
+    Parameters
+    ----------
+    name : str
+        Argument name used in the message.
+    array : ndarray
+        The array to check.
+    shape : tuple of int
+        The expected shape.
+    hint : str, optional
+        Extra advice appended to the message.
+    """
+    if tuple(np.shape(array)) != tuple(shape):
+        msg = f"{name} has shape {tuple(np.shape(array))}, expected {tuple(shape)} (z, y, x)"
+        if hint:
+            msg += f"; {hint}"
+        raise ValueError(msg)
+
+
+def check_finite(name: str, array: np.ndarray) -> None:
+    """Raise ``ValueError`` if ``array`` holds NaN or infinite values, saying how many."""
+    a = np.asarray(array)
+    if a.dtype.kind in "fc":
+        bad = ~np.isfinite(a)
+        n = int(bad.sum())
+        if n:
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{name} contains {n} non-finite value(s) (NaN or inf), first at index {first}; "
+                "replace them (e.g. np.nan_to_num) or fix the computation that produced them"
+            )
+
+
+def check_positive(name: str, values, allow_zero: bool = False) -> tuple[float, ...]:
+    """Return ``values`` as a tuple of floats after checking every entry is positive and finite."""
+    try:
+        vals = tuple(float(v) for v in np.atleast_1d(values))
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number or a sequence of numbers, got {values!r}") from None
+    for v in vals:
+        if not np.isfinite(v) or (v < 0 if allow_zero else v <= 0):
+            cmp = "non-negative" if allow_zero else "positive"
+            raise ValueError(f"{name} must be {cmp} and finite, got {values!r}")
+    return vals
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path``.
+
+    Use for writers that want a file name rather than a file object (e.g. ``np.savez``,
+    ``pydicom.dcmwrite``). If the block raises, the temporary file is removed and ``path`` is
+    left untouched.
+
+    Parameters
+    ----------
+    path : path-like
+        Final destination.
+    suffix : str, optional
+        Suffix for the temporary file (some writers append an extension if it is missing);
+        defaults to the destination's own suffix.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(dest.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    return atomic_write_bytes(path, text.encode(encoding))
