@@ -66,6 +66,7 @@ __all__ = [
     "leaf_rows_to_fluence",
     "check_segments",
     "tnmu",
+    "TNMUPenalty",
 ]
 
 
@@ -517,3 +518,84 @@ def fluence_to_leaf_rows(fluence, bixel_y_mm: float, mlc, y0_mm: float | None = 
 def leaf_rows_to_fluence(rows, weights) -> np.ndarray:
     """Map leaf-row fluence back to the bixel rows (each bixel gets the overlap-weighted leaf values)."""
     return np.asarray(weights) @ np.asarray(rows)
+
+
+def _softplus(z, s):
+    # s * log(1 + exp(z / s)), stable
+    return s * np.logaddexp(0.0, z / s)
+
+
+def _sigmoid(z):
+    return 0.5 * (1 + np.tanh(0.5 * z))
+
+
+class TNMUPenalty:
+    """Smooth penalty for the TNMU bound of paper 003, eq. 8.
+
+    ``TNMU(x) = sum_i max_j sum_k max(x_ijk - x_ij(k-1), 0)`` (with ``x_ij0 = 0``) is smoothed
+    by replacing ``max(., 0)`` with a softplus of width ``s`` and ``max_j`` with a log-sum-exp of
+    temperature ``tau`` (both in MU; they over-estimate the exact value by at most
+    ``n_cols * s * log 2`` per row and ``tau * log n_rows`` per field). The penalty is
+    ``(max(0, mu_per_unit * TNMU_smooth(x) - tnmu0))^2``; it is zero while the bound holds.
+
+    Parameters
+    ----------
+    shapes : list of (n_rows, n_cols)
+        Per-beam map shapes of the flat weight vector (rows across leaves).
+    tnmu0 : float
+        The bound in MU.
+    mu_per_unit : float or sequence
+        MU per unit of beamlet weight (from the dose engine's calibration), per beam or one value.
+    s, tau : float
+        Smoothing widths in MU.
+    """
+
+    def __init__(self, shapes, tnmu0: float, mu_per_unit=1.0, s: float = 0.05, tau: float = 0.5, weight: float = 1.0):
+        from .smoothing import split_maps  # noqa: F401  (validates shapes lazily)
+
+        self.shapes = [tuple(int(v) for v in sh) for sh in shapes]
+        (self.tnmu0,) = check_positive("tnmu0", tnmu0)
+        mpu = np.broadcast_to(np.asarray(mu_per_unit, float), (len(self.shapes),))
+        if np.any(mpu <= 0):
+            raise ValueError("mu_per_unit must be positive")
+        self.mpu = mpu
+        (self.s,) = check_positive("s", s)
+        (self.tau,) = check_positive("tau", tau)
+        (self.weight,) = check_positive("weight", weight, allow_zero=True)
+
+    def _maps(self, x):
+        from .smoothing import split_maps
+
+        return split_maps(x, self.shapes)
+
+    def smooth_tnmu(self, x) -> float:
+        """The smoothed TNMU (MU)."""
+        total = 0.0
+        for m, c in zip(self._maps(x), self.mpu):
+            r = _softplus(np.diff(c * m, axis=1, prepend=0.0), self.s).sum(axis=1)
+            total += self.tau * np.logaddexp.reduce(r / self.tau)
+        return float(total)
+
+    def exact_tnmu(self, x) -> float:
+        """The exact TNMU of eq. 8 (MU)."""
+        return tnmu([c * m for m, c in zip(self._maps(x), self.mpu)])
+
+    def value(self, x) -> float:
+        excess = max(0.0, self.smooth_tnmu(x) - self.tnmu0)
+        return self.weight * excess**2
+
+    def gradient(self, x) -> np.ndarray:
+        excess = self.smooth_tnmu(x) - self.tnmu0
+        out = []
+        for m, c in zip(self._maps(x), self.mpu):
+            if excess <= 0:
+                out.append(np.zeros(m.size))
+                continue
+            d = np.diff(c * m, axis=1, prepend=0.0)
+            r = _softplus(d, self.s).sum(axis=1)
+            p = np.exp(r / self.tau - np.logaddexp.reduce(r / self.tau))  # d LSE / d r_j
+            dd = p[:, None] * _sigmoid(d / self.s)  # d TNMU / d d_jk
+            g = dd.copy()
+            g[:, :-1] -= dd[:, 1:]  # d_{k+1} = x_{k+1} - x_k depends on x_k with sign -1
+            out.append((2 * self.weight * excess * c * g).ravel())
+        return np.concatenate(out)
