@@ -1,0 +1,449 @@
+"""Optional GPU application of the influence matrix (CuPy/cuSPARSE, or a numba.cuda kernel).
+
+Nothing here is needed on a machine without CUDA, and importing this module never fails there:
+CuPy and numba.cuda are imported only inside the functions that use them, and the probes
+(:func:`cuda_available`, :func:`cupy_available`, :func:`numba_cuda_available`) catch every
+error and return ``False``.
+
+Two device-resident matrix types, both with ``matvec`` / ``rmatvec`` on device arrays:
+
+:class:`CupyMatrix`
+    ``cupyx.scipy.sparse.csr_matrix``; ``A @ x`` and ``A^T g`` go to cuSPARSE SpMV. ``A^T`` is
+    transposed on the device once (``A.T.tocsr()``), on first use.
+:class:`NumbaCudaMatrix`
+    A numba.cuda *vector CSR* kernel, one warp (32 threads) per row: the lanes of a warp read
+    consecutive non-zeros of the row, so the loads of ``data`` and ``indices`` are coalesced,
+    and the 32 partial sums are combined by a tree reduction in shared memory. A thread-per-row
+    kernel instead makes each thread walk its own row, so neighbouring threads touch addresses
+    a whole row apart; that kernel measured 18 % of the device copy bandwidth on an H100
+    (``/work/shared/design/GPU.md``), cuSPARSE 98 %. Used when CuPy is missing.
+
+Use :func:`to_device` (or :meth:`rtlab.dose.sparse.DoseOperator.to_device`) to upload ``A``
+once and keep it resident across optimiser iterations; only ``x`` and ``d`` move per call, or
+nothing when they are device arrays already.
+
+The numba-cuda trap: numba-cuda fails at its first kernel compile under numpy 2.5
+(``AttributeError: module 'numpy' has no attribute 'row_stack'``); rtlab pins ``numpy<2.5``.
+See ``docs/gpu.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+__all__ = [
+    "cuda_available",
+    "cupy_available",
+    "numba_cuda_available",
+    "cuda_unavailable_reason",
+    "cupy_unavailable_reason",
+    "numba_cuda_unavailable_reason",
+    "to_device",
+    "CupyMatrix",
+    "NumbaCudaMatrix",
+    "warp_csr_matvec",
+]
+
+WARP = 32
+
+#: ``numba.cuda``, imported on first kernel use. It is a module global (not a local) so that
+#: numba's CUDA simulator can swap in its fake module when the kernel runs under
+#: ``NUMBA_ENABLE_CUDASIM=1``.
+cuda = None
+
+
+# --------------------------------------------------------------------------------------------
+# probes (never raise)
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _probe_cupy() -> tuple[bool, str]:
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install raising anything else
+        return False, f"CuPy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        n = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:
+        return False, f"CuPy found no usable CUDA driver/device ({type(exc).__name__}: {exc})"
+    if n < 1:
+        return False, "CuPy sees no CUDA device"
+    return True, f"CuPy {cupy.__version__}, {n} CUDA device(s)"
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_numba_cuda() -> tuple[bool, str]:
+    try:
+        import numba
+
+        if getattr(numba.config, "ENABLE_CUDASIM", 0):
+            return False, "numba's CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1), not a device"
+        from numba import cuda
+
+        if not cuda.is_available():
+            return False, "numba.cuda finds no CUDA driver/device"
+        return True, "numba.cuda device available"
+    except Exception as exc:
+        return False, f"numba.cuda is not usable ({type(exc).__name__}: {exc})"
+
+
+def cupy_available() -> bool:
+    """``True`` when CuPy imports and sees at least one CUDA device; never raises."""
+    try:
+        return _probe_cupy()[0]
+    except Exception:
+        return False
+
+
+def numba_cuda_available() -> bool:
+    """``True`` when numba.cuda sees a real CUDA device (the simulator does not count); never
+    raises."""
+    try:
+        return _probe_numba_cuda()[0]
+    except Exception:
+        return False
+
+
+def cuda_available() -> bool:
+    """``True`` when a CUDA device is usable through CuPy or numba.cuda; never raises.
+
+    Returns ``False`` without a device, without a driver, without CuPy and numba-cuda, and
+    under numba's CUDA simulator.
+    """
+    return cupy_available() or numba_cuda_available()
+
+
+def cupy_unavailable_reason() -> str:
+    """Human-readable reason why the CuPy backend is (not) usable."""
+    try:
+        return _probe_cupy()[1]
+    except Exception as exc:  # pragma: no cover - defensive
+        return repr(exc)
+
+
+def numba_cuda_unavailable_reason() -> str:
+    """Human-readable reason why the numba.cuda backend is (not) usable."""
+    try:
+        return _probe_numba_cuda()[1]
+    except Exception as exc:  # pragma: no cover - defensive
+        return repr(exc)
+
+
+def cuda_unavailable_reason() -> str:
+    """Both probes' reasons, for error messages."""
+    return f"{cupy_unavailable_reason()}; {numba_cuda_unavailable_reason()}"
+
+
+# --------------------------------------------------------------------------------------------
+# numba.cuda vector-CSR kernel
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _warp_kernel(acc: str, threads_per_block: int):
+    """Compile (lazily) the warp-per-row CSR kernel accumulating in ``acc`` ('float32'/'float64').
+
+    Kernel ``(indptr, indices, data, x, y)``: ``y[i] = sum_j data[j] * x[indices[j]]`` over CSR
+    row ``i``. Block = ``threads_per_block // 32`` warps, warp ``w`` of block group ``g`` owns
+    row ``g * warps + w``; blocks stride over row groups. Every thread of a block runs the same
+    number of loop trips, so the ``syncthreads`` barriers are uniform.
+    """
+    global cuda
+    import numba
+
+    if cuda is None:
+        from numba import cuda
+    acc_t = getattr(numba, acc)
+    tpb = int(threads_per_block)
+    warps = tpb // WARP
+
+    @cuda.jit
+    def kernel(indptr, indices, data, x, y):  # pragma: no cover - runs on device / simulator
+        sh = cuda.shared.array(tpb, acc_t)
+        tid = cuda.threadIdx.x
+        lane = tid % WARP
+        warp = tid // WARP
+        n_rows = y.shape[0]
+        n_groups = (n_rows + warps - 1) // warps
+        group = cuda.blockIdx.x
+        while group < n_groups:
+            row = group * warps + warp
+            s = acc_t(0.0)
+            if row < n_rows:
+                for j in range(indptr[row] + lane, indptr[row + 1], WARP):
+                    s += data[j] * x[indices[j]]
+            sh[tid] = s
+            cuda.syncthreads()
+            off = WARP // 2
+            while off > 0:
+                if lane < off:
+                    sh[tid] += sh[tid + off]
+                cuda.syncthreads()
+                off //= 2
+            if lane == 0 and row < n_rows:
+                y[row] = sh[tid]
+            group += cuda.gridDim.x
+
+    return kernel
+
+
+def _numba_cuda_error(exc: Exception) -> Exception:
+    if isinstance(exc, AttributeError) and "row_stack" in str(exc):
+        return RuntimeError(
+            "numba-cuda failed to compile because numpy >= 2.5 removed np.row_stack; install "
+            "numpy<2.5 in the environment that runs the GPU code (see docs/gpu.md), or use "
+            "backend='cupy'"
+        )
+    return exc
+
+
+def warp_csr_matvec(indptr, indices, data, x, y, threads_per_block: int = 256, max_blocks: int = 65535):
+    """Launch the warp-per-row CSR kernel on device (or simulator) arrays: ``y = A x``.
+
+    Parameters
+    ----------
+    indptr, indices, data : numba device arrays (or anything with ``__cuda_array_interface__``)
+        CSR arrays of ``A`` (int32/int64 indices, float32 data).
+    x : device array, shape (n_cols,)
+        Input vector (float32 or float64).
+    y : device array, shape (n_rows,)
+        Output; its dtype (float32 or float64) is also the accumulation type.
+    threads_per_block : int
+        Multiple of 32 (warps per block = ``threads_per_block // 32``).
+    max_blocks : int
+        Grid size cap; blocks loop over row groups beyond it.
+
+    Returns
+    -------
+    y
+    """
+    if threads_per_block % WARP or not 0 < threads_per_block <= 1024:
+        raise ValueError(f"threads_per_block must be a multiple of 32 in [32, 1024], got {threads_per_block}")
+    acc = "float64" if np.dtype(y.dtype) == np.float64 else "float32"
+    n_rows = int(y.shape[0])
+    warps = threads_per_block // WARP
+    blocks = max(1, min(int(max_blocks), math.ceil(n_rows / warps)))
+    try:
+        _warp_kernel(acc, threads_per_block)[blocks, threads_per_block](indptr, indices, data, x, y)
+    except Exception as exc:
+        err = _numba_cuda_error(exc)
+        if err is exc:
+            raise
+        raise err from exc
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# device-resident matrices
+# --------------------------------------------------------------------------------------------
+def _check_device_vector(name, v, n, what):
+    shape = tuple(getattr(v, "shape", ()))
+    if shape != (n,):
+        raise ValueError(f"{name} has shape {shape}, expected ({n},), one value per {what}")
+    dt = np.dtype(v.dtype)
+    if dt.kind != "f" or dt == np.float16:
+        raise TypeError(f"{name} must be a float32/float64 device array, got dtype {dt}")
+
+
+class CupyMatrix:
+    """``A`` resident on the GPU as a CuPy CSR matrix; products via cuSPARSE.
+
+    Parameters
+    ----------
+    A : scipy.sparse CSR matrix, float32, shape (n_voxels, n_beamlets)
+
+    Notes
+    -----
+    cuSPARSE accumulates float32 matrices in float32, also for ``A^T g``; the result is
+    returned as float64 but carries float32 rounding (relative ~1e-6 on TG-119-sized
+    problems).
+    """
+
+    def __init__(self, A):
+        from .sparse import _check_matrix
+
+        A = _check_matrix(A)
+        import cupy
+        import cupyx.scipy.sparse as csp
+
+        self._cp = cupy
+        self.shape = tuple(A.shape)
+        self.A = csp.csr_matrix(
+            (cupy.asarray(A.data), cupy.asarray(A.indices), cupy.asarray(A.indptr)), shape=A.shape
+        )
+        self._AT = None
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes held by ``A`` (and ``A^T`` once built)."""
+        n = sum(int(a.nbytes) for a in (self.A.data, self.A.indices, self.A.indptr))
+        if self._AT is not None:
+            n += sum(int(a.nbytes) for a in (self._AT.data, self._AT.indices, self._AT.indptr))
+        return n
+
+    def prepare_transpose(self):
+        """Transpose ``A`` on the device once (cuSPARSE csr2csc)."""
+        if self._AT is None:
+            self._AT = self.A.T.tocsr()
+        return self
+
+    def upload(self, host):
+        return self._cp.asarray(host)
+
+    def to_host(self, dev):
+        return self._cp.asnumpy(dev)
+
+    def _vector(self, name, v, n, what, check):
+        cp = self._cp
+        v = cp.asarray(v)  # also wraps numba device arrays (__cuda_array_interface__)
+        _check_device_vector(name, v, n, what)
+        v = v.astype(cp.float32, copy=False)
+        if check and not bool(cp.isfinite(v.sum(dtype=cp.float64))):
+            bad = int((~cp.isfinite(v)).sum())
+            if bad:
+                raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); fix the computation that produced it")
+        return v
+
+    def matvec(self, x, out=None, check: bool = True):
+        """``d = A x`` on the device; returns a float32 CuPy array of shape (n_voxels,)."""
+        x = self._vector("x", x, self.shape[1], "beamlet", check)
+        y = self.A @ x
+        if out is not None:
+            out[...] = y
+            return out
+        return y
+
+    def rmatvec(self, g, out=None, check: bool = True):
+        """``A^T g`` on the device; returns a float64 CuPy array of shape (n_beamlets,)."""
+        g = self._vector("g", g, self.shape[0], "voxel", check)
+        self.prepare_transpose()
+        y = (self._AT @ g).astype(self._cp.float64)
+        if out is not None:
+            out[...] = y
+            return out
+        return y
+
+
+class NumbaCudaMatrix:
+    """``A`` resident on the GPU as numba device arrays; products by the warp-per-row kernel.
+
+    Works under numba's CUDA simulator too (``NUMBA_ENABLE_CUDASIM=1``), which is how the tests
+    check it on machines without a GPU.
+
+    Parameters
+    ----------
+    A : scipy.sparse CSR matrix, float32, shape (n_voxels, n_beamlets)
+    threads_per_block : int
+        Multiple of 32; warps per block = ``threads_per_block // 32``.
+    max_blocks : int
+        Grid size cap; blocks loop over the remaining row groups.
+
+    Notes
+    -----
+    ``A x`` accumulates in float32, ``A^T g`` in float64. ``A^T`` is built on the host
+    (``scipy``) once and uploaded on first use.
+    """
+
+    def __init__(self, A, threads_per_block: int = 256, max_blocks: int = 65535):
+        from .sparse import _check_matrix
+
+        self._host = _check_matrix(A)
+        from numba import cuda
+
+        self._cuda = cuda
+        self.shape = tuple(self._host.shape)
+        self.threads_per_block = int(threads_per_block)
+        self.max_blocks = int(max_blocks)
+        self._A = tuple(cuda.to_device(a) for a in (self._host.indptr, self._host.indices, self._host.data))
+        self._AT = None
+
+    @property
+    def nbytes(self) -> int:
+        arrs = self._A + (self._AT or ())
+        return sum(int(a.nbytes) for a in arrs)
+
+    def prepare_transpose(self):
+        if self._AT is None:
+            from .sparse import _check_matrix
+
+            AT = _check_matrix(self._host.T.tocsr(), "A.T")
+            self._AT = tuple(self._cuda.to_device(a) for a in (AT.indptr, AT.indices, AT.data))
+        return self
+
+    def upload(self, host):
+        return self._cuda.to_device(np.ascontiguousarray(host))
+
+    def to_host(self, dev):
+        return dev.copy_to_host()
+
+    def _vector(self, name, v, n, what, check):
+        v = self._as_device(v)
+        _check_device_vector(name, v, n, what)
+        if check:
+            host = v.copy_to_host()
+            if not np.isfinite(np.add.reduce(host, dtype=np.float64)):
+                from .._util import check_finite
+
+                check_finite(name, host)
+        return v
+
+    def _out(self, out, n, dtype):
+        if out is None:
+            return self._cuda.device_array(n, dtype=dtype)
+        if tuple(out.shape) != (n,) or np.dtype(out.dtype) != dtype:
+            raise ValueError(f"out must be a device array of shape ({n},) and dtype {np.dtype(dtype)}")
+        return self._as_device(out)
+
+    def _as_device(self, v):
+        """numba device array for ``v`` (numpy: copied over; CuPy etc.: wrapped, no copy)."""
+        if isinstance(v, np.ndarray):
+            return self._cuda.to_device(v)
+        if hasattr(v, "copy_to_host"):  # numba device array already (also the simulator's)
+            return v
+        return self._cuda.as_cuda_array(v)
+
+    def matvec(self, x, out=None, check: bool = True):
+        """``d = A x``; returns a float32 numba device array of shape (n_voxels,)."""
+        x = self._vector("x", x, self.shape[1], "beamlet", check)
+        y = self._out(out, self.shape[0], np.float32)
+        return warp_csr_matvec(*self._A, x, y, threads_per_block=self.threads_per_block,
+                               max_blocks=self.max_blocks)
+
+    def rmatvec(self, g, out=None, check: bool = True):
+        """``A^T g`` (float64 accumulation); returns a float64 device array of shape (n_beamlets,)."""
+        g = self._vector("g", g, self.shape[0], "voxel", check)
+        self.prepare_transpose()
+        y = self._out(out, self.shape[1], np.float64)
+        return warp_csr_matvec(*self._AT, g, y, threads_per_block=self.threads_per_block,
+                               max_blocks=self.max_blocks)
+
+
+def to_device(A, backend: str = "gpu"):
+    """Upload an influence matrix to the GPU once, for repeated products.
+
+    Parameters
+    ----------
+    A : scipy.sparse CSR matrix, float32, shape (n_voxels, n_beamlets)
+    backend : {'gpu', 'cupy', 'numba-cuda'}
+        ``'gpu'`` takes CuPy when available, else numba.cuda.
+
+    Returns
+    -------
+    CupyMatrix or NumbaCudaMatrix
+        Device-resident matrix with ``matvec(x)`` / ``rmatvec(g)`` on device arrays.
+
+    Raises
+    ------
+    ValueError
+        When the requested backend has no usable CUDA device (message gives the reason).
+    """
+    if backend not in ("gpu", "cupy", "numba-cuda"):
+        raise ValueError(f"backend must be 'gpu', 'cupy' or 'numba-cuda', got {backend!r}")
+    if backend in ("gpu", "cupy") and cupy_available():
+        return CupyMatrix(A)
+    if backend in ("gpu", "numba-cuda") and numba_cuda_available():
+        return NumbaCudaMatrix(A)
+    raise ValueError(
+        f"to_device(backend={backend!r}) needs a CUDA device, but none is usable here "
+        f"({cuda_unavailable_reason()}); keep the operator on the CPU (backend='numba')"
+    )
