@@ -1,0 +1,574 @@
+"""matRad ``.mat`` phantoms: read the ``ct`` and ``cst`` structures into a :class:`~rtlab.case.Case`.
+
+matRad conventions (https://github.com/e0404/matRad, the ``ct``/``cst`` data model)
+----------------------------------------------------------------------------------
+``ct``
+    ``ct.cube``: a cell array holding the cube(s) (one per CT scenario; the first is used),
+    normally *relative electron density* (water = 1). ``ct.cubeHU`` (optional): the same in HU.
+    ``ct.cubeDim = [Ny Nx Nz]``: matRad cubes are indexed ``(y, x, z)`` (MATLAB rows = y,
+    columns = x, slices = z). ``ct.resolution.x/.y/.z``: voxel size in mm. ``ct.x``, ``ct.y``,
+    ``ct.z`` (optional): world coordinates of the voxel centres in mm.
+``cst``
+    An ``N x 6`` cell array, one row per structure:
+    ``{index0, name, type ('TARGET'/'OAR'/'IGNORED'), {voxel indices}, properties, objectives}``.
+    Voxel indices are 1-based linear indices into the ``[Ny Nx Nz]`` cube in MATLAB
+    column-major order, ``l = 1 + y + Ny*x + Ny*Nx*z`` for 0-based ``(y, x, z)``. Objectives are
+    either the old struct array (fields ``type``, ``dose``, ``penalty``, ...) or the matRad 3
+    cell array of structs (``className``, ``parameters``, ``penalty``).
+
+Conversion to rtlab
+-------------------
+* Arrays become ``(z, y, x)``: ``rtlab[k, j, i] = matRad(j+1, i+1, k+1)``.
+* Origin: from ``ct.z(1), ct.y(1), ct.x(1)`` when the coordinate vectors are present (a
+  decreasing vector is flipped so spacing stays positive); otherwise matRad's classic default,
+  voxel ``(1, 1, 1)`` centred at ``(res.z, res.y, res.x)``, i.e. ``world = index * res`` for a
+  1-based index, so ``Grid.origin = (res.z, res.y, res.x)``.
+* Structures named like BODY / External / Skin / Outline / Körper become kind ``'body'``;
+  ``TARGET`` becomes ``'target'`` with the prescription taken from a squared-deviation (or,
+  failing that, squared-underdosing) objective's dose; every other structure (``OAR``,
+  ``IGNORED``) becomes ``'oar'``. The matRad type and objectives are kept in
+  ``case.meta['matrad']``. Empty structures are skipped with a warning.
+* CT numbers: ``ct.cubeHU`` when present; otherwise HU are derived from the density cube with
+  :func:`rtlab.materials.density_to_hu`. The density cube is kept as ``Case.density``; when
+  only HU are present the density comes from :func:`rtlab.materials.hu_to_density`. Both use
+  ``hu_table`` (default :data:`rtlab.materials.DEFAULT_HU_TABLE`, a generic curve, not
+  matRad's own HLUT).
+
+Both MAT v5 (``scipy.io.loadmat``) and v7.3 (HDF5, read with ``h5py``) files are supported.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .._util import atomic_path
+from ..case import Case
+from ..geometry import Grid, Structure, StructureSet
+from ..materials import DEFAULT_HU_TABLE, density_to_hu, hu_to_density
+
+__all__ = ["load_matrad", "save_matrad", "read_mat", "is_body_name"]
+
+_BODY_RE = re.compile(r"^(body|external|skin|outline|patient|k(ö|oe|o)rper)([ _\-]?\d*)?$", re.IGNORECASE)
+
+
+def is_body_name(name: str) -> bool:
+    """True if a structure name denotes the patient outline (BODY, External, Skin, Körper, ...)."""
+    return bool(_BODY_RE.match(str(name).strip()))
+
+
+class _Opaque:
+    """Placeholder for a MATLAB value rtlab cannot decode (e.g. classdef objects)."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<undecodable MATLAB value: {self.what}>"
+
+
+# ---------------------------------------------------------------------------------------
+# Reading MAT files into a common Python form:
+#   struct 1x1 -> dict, struct array -> list of dict, cell -> object ndarray (MATLAB shape),
+#   char -> str, numeric/logical -> ndarray with MATLAB shape.
+# ---------------------------------------------------------------------------------------
+def _from_scipy(x):
+    from scipy.io.matlab import MatlabFunction, MatlabOpaque
+
+    if isinstance(x, (MatlabOpaque, MatlabFunction)):
+        return _Opaque(type(x).__name__)
+    if isinstance(x, np.ndarray):
+        if x.dtype.names:
+            items = [{f: _from_scipy(el[f]) for f in x.dtype.names} for el in x.ravel(order="F")]
+            return items[0] if x.size == 1 else items
+        if x.dtype == object:
+            out = np.empty(x.shape, dtype=object)
+            for idx in np.ndindex(x.shape):
+                out[idx] = _from_scipy(x[idx])
+            return out
+        if x.dtype.kind == "U":
+            rows = [str(s) for s in x.ravel()]
+            return rows[0] if len(rows) == 1 else ("" if not rows else "\n".join(rows))
+        return x
+    if isinstance(x, str):
+        return x
+    if x is None:
+        return None
+    return np.asarray(x)
+
+
+def _h5_class(obj) -> str | None:
+    c = obj.attrs.get("MATLAB_class")
+    if c is None:
+        return None
+    return c.decode() if isinstance(c, bytes) else str(c)
+
+
+def _from_h5(obj, f):
+    import h5py
+
+    cls = _h5_class(obj)
+    if isinstance(obj, h5py.Group):
+        if cls not in (None, "struct"):
+            return _Opaque(f"HDF5 group of MATLAB class {cls}")
+        fields = {k: obj[k] for k in obj.keys() if not k.startswith("#")}
+        vals = list(fields.values())
+        if vals and all(
+            isinstance(v, h5py.Dataset) and v.dtype == h5py.ref_dtype and _h5_class(v) is None for v in vals
+        ):
+            # struct array: each field is an array of references, one per element
+            shape = vals[0].shape[::-1]
+            refs = {k: np.asarray(v[()]).T for k, v in fields.items()}
+            items = []
+            for idx in np.ndindex(shape):
+                items.append({k: _from_h5(f[r[idx]], f) for k, r in refs.items()})
+            # MATLAB order is column-major
+            order = np.arange(len(items)).reshape(shape).ravel(order="F") if items else []
+            items = [items[i] for i in order]
+            return items[0] if len(items) == 1 else items
+        return {k: _from_h5(v, f) for k, v in fields.items()}
+    # dataset
+    if obj.attrs.get("MATLAB_empty", 0):
+        if cls == "cell":
+            return np.empty((0, 0), dtype=object)
+        if cls == "char":
+            return ""
+        if cls == "struct":
+            return []
+        return np.zeros((0, 0))
+    data = obj[()]
+    if cls == "cell" or (isinstance(data, np.ndarray) and data.dtype == h5py.ref_dtype):
+        arr = np.asarray(data).T
+        out = np.empty(arr.shape, dtype=object)
+        for idx in np.ndindex(arr.shape):
+            out[idx] = _from_h5(f[arr[idx]], f)
+        return out
+    arr = np.asarray(data)
+    if cls == "char":
+        m = np.atleast_2d(arr.T)
+        rows = ["".join(chr(int(c)) for c in row) for row in m]
+        return rows[0] if len(rows) == 1 else "\n".join(rows)
+    if cls == "logical":
+        return arr.T.astype(bool)
+    if cls is not None and cls not in (
+        "double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"
+    ):
+        return _Opaque(f"MATLAB class {cls}")
+    if arr.dtype.names and set(arr.dtype.names) >= {"real", "imag"}:
+        arr = arr["real"] + 1j * arr["imag"]
+    return arr.T
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(520)
+    sig = b"\x89HDF\r\n\x1a\n"
+    return head.startswith(sig) or head[512:520] == sig
+
+
+def read_mat(path, variables=None) -> dict:
+    """Read a MAT file (v5 or v7.3) into plain Python values.
+
+    Structs become ``dict`` (struct arrays: ``list`` of ``dict``), cell arrays become object
+    ``ndarray`` with their MATLAB shape, character arrays become ``str`` and numeric arrays keep
+    their MATLAB shape and index order. MATLAB objects that cannot be decoded are returned as
+    placeholders.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.mat`` file.
+    variables : list of str, optional
+        Only read these top-level variables.
+
+    Raises
+    ------
+    ValueError
+        If the file does not exist or is not a MAT file.
+    ImportError
+        For a v7.3 (HDF5) file when ``h5py`` is not installed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"path {str(p)!r} does not exist or is not a file; pass the path of a matRad .mat file")
+    if _is_hdf5(p):
+        try:
+            import h5py
+        except ImportError:
+            raise ImportError(
+                f"{p.name} is a MATLAB v7.3 (HDF5) file; reading it needs the h5py package "
+                "(pip install h5py), or re-save it in MATLAB with save(..., '-v7')"
+            ) from None
+        try:
+            with h5py.File(p, "r") as f:
+                keys = [k for k in f.keys() if not k.startswith("#")]
+                if variables is not None:
+                    keys = [k for k in keys if k in variables]
+                return {k: _from_h5(f[k], f) for k in keys}
+        except (OSError, KeyError) as e:
+            raise ValueError(f"{p.name} looks like a MATLAB v7.3/HDF5 file but cannot be read: {e}") from None
+    from scipy.io import loadmat
+
+    try:
+        raw = loadmat(p, struct_as_record=True, squeeze_me=False, chars_as_strings=True,
+                      variable_names=variables)
+    except Exception as e:  # scipy raises many types (ValueError, TypeError, MatReadError...)
+        raise ValueError(f"{p.name} is not a readable MATLAB .mat file ({type(e).__name__}: {e})") from None
+    return {k: _from_scipy(v) for k, v in raw.items() if not k.startswith("__")}
+
+
+# ---------------------------------------------------------------------------------------
+# matRad helpers
+# ---------------------------------------------------------------------------------------
+def _unwrap(x, what: str):
+    """Unwrap 1x1 cells / first scenario of a cell array."""
+    while isinstance(x, np.ndarray) and x.dtype == object:
+        if x.size == 0:
+            raise ValueError(f"{what} is an empty cell array")
+        x = x.ravel(order="F")[0]
+    return x
+
+
+def _scalar(x, what: str) -> float:
+    try:
+        a = np.asarray(_unwrap(x, what), dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {x!r}") from None
+    if a.size != 1 or not np.isfinite(a[0]):
+        raise ValueError(f"{what} must be one finite number, got {a!r}")
+    return float(a[0])
+
+
+def _text(x) -> str:
+    x = _unwrap(x, "text") if isinstance(x, np.ndarray) and x.dtype == object else x
+    if isinstance(x, str):
+        return x
+    if isinstance(x, np.ndarray) and x.size == 0:
+        return ""
+    return str(x)
+
+
+def _objective_list(obj) -> list[dict]:
+    """matRad objectives (struct array or cell array of structs) as a list of dicts."""
+    if obj is None:
+        return []
+    if isinstance(obj, dict):
+        return [obj]
+    if isinstance(obj, list):
+        return [o for o in obj if isinstance(o, dict)]
+    if isinstance(obj, np.ndarray) and obj.dtype == object:
+        out = []
+        for o in obj.ravel(order="F"):
+            out.extend(_objective_list(o))
+        return out
+    return []
+
+
+def _to_jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            return [_to_jsonable(v) for v in x.ravel(order="F")]
+        if x.size == 1:
+            return x.ravel()[0].item()
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, _Opaque):
+        return repr(x)
+    return x
+
+
+def _objective_summary(o: dict) -> dict:
+    kind = _text(o.get("type", o.get("className", "")))
+    dose = None
+    if "dose" in o:
+        try:
+            dose = _scalar(o["dose"], "objective dose")
+        except ValueError:
+            dose = None
+    elif "parameters" in o:
+        try:
+            dose = _scalar(_unwrap(o["parameters"], "objective parameters"), "objective parameter")
+        except ValueError:
+            dose = None
+    out = {"type": kind, "dose": dose}
+    for k in ("penalty", "EUD", "volume"):
+        if k in o:
+            try:
+                out[k] = _scalar(o[k], k)
+            except ValueError:
+                pass
+    return out
+
+
+def _prescription(objectives: list[dict]) -> float | None:
+    def norm(s):
+        return re.sub(r"[^a-z]", "", s.lower())
+
+    for key in ("squareddeviation", "squaredeviation", "squaredunderdosing", "squareunderdosing"):
+        for o in objectives:
+            if key in norm(o["type"]) and o["dose"] and o["dose"] > 0:
+                return float(o["dose"])
+    return None
+
+
+def _axis_from_coords(coords, n: int, res: float, what: str):
+    """(origin, flip) from a coordinate vector, checking length, uniformity and spacing."""
+    v = np.asarray(coords, dtype=float).ravel()
+    if v.size != n:
+        raise ValueError(f"ct.{what} has {v.size} entries but the cube has {n} voxels along {what}; fix ct.{what} or ct.cubeDim")
+    if n == 1:
+        return float(v[0]), False
+    d = np.diff(v)
+    step = float(np.mean(d))
+    if not np.allclose(d, step, rtol=1e-4, atol=1e-4) or step == 0:
+        raise ValueError(f"ct.{what} is not uniformly spaced (steps {d.min():g}..{d.max():g} mm); rtlab needs a regular grid")
+    if not np.isclose(abs(step), res, rtol=1e-3, atol=1e-4):
+        raise ValueError(f"ct.{what} has a step of {abs(step):g} mm but ct.resolution.{what} is {res:g} mm; the file is inconsistent")
+    if step > 0:
+        return float(v[0]), False
+    return float(v[-1]), True
+
+
+def load_matrad(path, hu_table=None, name: str | None = None) -> Case:
+    """Load a matRad phantom/patient ``.mat`` file (``ct`` and ``cst``) as a :class:`Case`.
+
+    Parameters
+    ----------
+    path : path-like
+        A MAT file (v5, or v7.3/HDF5 with ``h5py`` installed) holding variables ``ct`` and
+        ``cst`` in matRad layout (see the module docstring).
+    hu_table : array_like, shape (n, 2), optional
+        (HU, relative electron density) calibration used to convert between the density cube
+        and HU; default :data:`rtlab.materials.DEFAULT_HU_TABLE`.
+    name : str, optional
+        Case name; default the file stem.
+
+    Returns
+    -------
+    Case
+        Grid ``(Nz, Ny, Nx)`` with spacing ``(res.z, res.y, res.x)`` mm, CT in HU, density
+        (water = 1) and the structures. ``case.meta['matrad']`` holds the matRad type and the
+        objectives of every structure; ``case.meta['hu_table']`` the table used.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a MAT file, lacks ``ct`` or ``cst``, or their contents are
+        inconsistent (cube shape vs ``cubeDim``, voxel indices out of range, ...).
+    """
+    p = Path(path)
+    data = read_mat(p, variables=["ct", "cst"])
+    missing = [v for v in ("ct", "cst") if v not in data]
+    if missing:
+        raise ValueError(
+            f"{p.name} is not a matRad phantom: variable(s) {missing} missing (found {sorted(data)}); "
+            "a matRad file holds the structs 'ct' and 'cst'"
+        )
+    ct, cst = data["ct"], data["cst"]
+    if isinstance(ct, list) and ct:
+        ct = ct[0]
+    if not isinstance(ct, dict):
+        raise ValueError(f"{p.name}: variable 'ct' must be a MATLAB struct, got {type(ct).__name__}")
+    for fld in ("cube", "resolution"):
+        if fld not in ct and not (fld == "cube" and "cubeHU" in ct):
+            raise ValueError(f"{p.name}: ct has no field '{fld}' (fields: {sorted(ct)}); not a matRad ct struct")
+    table = DEFAULT_HU_TABLE if hu_table is None else np.asarray(hu_table, float)
+
+    def cube_of(key):
+        c = np.asarray(_unwrap(ct[key], f"ct.{key}"))
+        if c.dtype.kind not in "biuf":
+            raise ValueError(f"{p.name}: ct.{key} must hold a numeric 3-D cube, got dtype {c.dtype}")
+        if c.ndim == 2:
+            c = c[:, :, None]
+        if c.ndim != 3:
+            raise ValueError(f"{p.name}: ct.{key} must be a 3-D cube [Ny Nx Nz], got shape {c.shape}")
+        return c.astype(np.float64, copy=False)
+
+    dens_yxz = cube_of("cube") if "cube" in ct else None
+    hu_yxz = cube_of("cubeHU") if "cubeHU" in ct else None
+    ref = dens_yxz if dens_yxz is not None else hu_yxz
+    if dens_yxz is not None and hu_yxz is not None and dens_yxz.shape != hu_yxz.shape:
+        raise ValueError(f"{p.name}: ct.cube has shape {dens_yxz.shape} but ct.cubeHU has {hu_yxz.shape}")
+    dims = ref.shape
+    if "cubeDim" in ct:
+        cd = tuple(int(v) for v in np.asarray(ct["cubeDim"], float).ravel())
+        if cd[: len(dims)] != dims[: len(cd)] or len(cd) not in (2, 3):
+            raise ValueError(f"{p.name}: ct.cubeDim = {list(cd)} but the cube has shape {list(dims)} [Ny Nx Nz]; the file is inconsistent")
+    ny, nx, nz = dims
+    res = ct["resolution"]
+    if not isinstance(res, dict) or not all(k in res for k in "xyz"):
+        raise ValueError(f"{p.name}: ct.resolution must be a struct with fields x, y, z (mm)")
+    rx, ry, rz = (_scalar(res[k], f"ct.resolution.{k}") for k in "xyz")
+    if min(rx, ry, rz) <= 0:
+        raise ValueError(f"{p.name}: ct.resolution must be positive, got x={rx}, y={ry}, z={rz}")
+
+    # (y, x, z) -> (z, y, x)
+    def to_zyx(c):
+        return np.ascontiguousarray(np.transpose(c, (2, 0, 1)))
+
+    origin = [rz, ry, rx]  # matRad default: voxel (1,1,1) centred at the resolution
+    flips = [False, False, False]
+    for ax, (key, n, r) in enumerate((("z", nz, rz), ("y", ny, ry), ("x", nx, rx))):
+        if key in ct and np.asarray(ct[key]).size:
+            origin[ax], flips[ax] = _axis_from_coords(ct[key], n, r, key)
+    grid = Grid((nz, ny, nx), (rz, ry, rx), tuple(origin))
+
+    def orient(a_zyx):
+        for ax, fl in enumerate(flips):
+            if fl:
+                a_zyx = np.flip(a_zyx, axis=ax)
+        return np.ascontiguousarray(a_zyx)
+
+    density = orient(to_zyx(dens_yxz)) if dens_yxz is not None else None
+    hu = orient(to_zyx(hu_yxz)) if hu_yxz is not None else None
+    for label, arr in (("ct.cube", density), ("ct.cubeHU", hu)):
+        if arr is not None and not np.all(np.isfinite(arr)):
+            raise ValueError(f"{p.name}: {label} contains NaN or inf values")
+    if density is not None and np.any(density < 0):
+        raise ValueError(f"{p.name}: ct.cube holds negative values; expected relative electron density (water = 1)")
+    if hu is None:
+        hu = density_to_hu(density, table)
+    if density is None:
+        density = hu_to_density(hu, table)
+
+    # cst
+    cst = np.asarray(cst, dtype=object) if isinstance(cst, np.ndarray) else cst
+    if not isinstance(cst, np.ndarray) or cst.dtype != object:
+        raise ValueError(f"{p.name}: variable 'cst' must be a cell array (N x 6), got {type(cst).__name__}")
+    if cst.ndim == 1:
+        cst = cst[None, :]
+    if cst.size and cst.shape[1] < 4:
+        if cst.shape[0] >= 4:
+            cst = cst.T
+        else:
+            raise ValueError(f"{p.name}: cst must have at least 4 columns {{index, name, type, voxels}}, got shape {cst.shape}")
+    structures = StructureSet(grid)
+    info = {}
+    nvox = ny * nx * nz
+    for row in range(cst.shape[0]):
+        sname = _text(cst[row, 1]).strip() or f"structure_{row}"
+        stype = _text(cst[row, 2]).strip().upper()
+        vox = cst[row, 3]
+        vox = _unwrap(vox, f"cst{{{row + 1},4}}") if (isinstance(vox, np.ndarray) and vox.dtype == object and vox.size) else vox
+        try:
+            idx = np.asarray(vox, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise ValueError(f"{p.name}: voxel list of structure {sname!r} (cst{{{row + 1},4}}) is not numeric") from None
+        if idx.size and (np.any(idx != np.round(idx)) or idx.min() < 1 or idx.max() > nvox):
+            raise ValueError(
+                f"{p.name}: voxel indices of structure {sname!r} must be 1-based integers in 1..{nvox} "
+                f"(cube {ny}x{nx}x{nz}); got range {idx.min():g}..{idx.max():g}"
+            )
+        objectives = []
+        if cst.shape[1] >= 6:
+            objectives = [_objective_summary(o) for o in _objective_list(cst[row, 5])]
+        props = _to_jsonable(cst[row, 4]) if cst.shape[1] >= 5 else None
+        if idx.size == 0:
+            warnings.warn(f"{p.name}: structure {sname!r} has no voxels; skipped", stacklevel=2)
+            continue
+        jj, ii, kk = np.unravel_index(idx.astype(np.int64) - 1, (ny, nx, nz), order="F")
+        mask = np.zeros((nz, ny, nx), dtype=bool)
+        mask[kk, jj, ii] = True
+        mask = orient(mask)
+        if is_body_name(sname):
+            kind, rx_dose = "body", None
+        elif stype == "TARGET":
+            kind, rx_dose = "target", _prescription(objectives)
+        else:
+            kind, rx_dose = "oar", None
+        uname, n = sname, 2
+        while uname in structures:
+            uname, n = f"{sname}_{n}", n + 1
+        if uname != sname:
+            warnings.warn(f"{p.name}: duplicate structure name {sname!r} renamed to {uname!r}", stacklevel=2)
+        structures.add(Structure(uname, mask, grid, kind=kind, prescription=rx_dose))
+        info[uname] = {"type": stype, "objectives": objectives, "properties": props}
+    return Case(
+        name=name or p.stem,
+        grid=grid,
+        ct=hu,
+        structures=structures,
+        density=density,
+        description=f"matRad phantom loaded from {p.name}",
+        meta={"source": str(p), "matrad": info, "hu_table": np.asarray(table).tolist()},
+    )
+
+
+def _cell(*items, shape=None) -> np.ndarray:
+    c = np.empty(shape or (1, len(items)), dtype=object)
+    for i, it in enumerate(items):
+        c.flat[i] = it
+    return c
+
+
+def save_matrad(case: Case, path, compress: bool = True):
+    """Write a :class:`Case` as a matRad-layout MAT v5 file (atomically).
+
+    Writes ``ct`` (``cube`` = relative electron density, ``cubeHU``, ``cubeDim``,
+    ``resolution``, ``x``/``y``/``z`` voxel-centre coordinates in mm, ``numOfCtScen``) and an
+    ``N x 6`` ``cst`` cell array. Targets get type ``'TARGET'`` and, when they have a
+    prescription, one ``'square deviation'`` objective at that dose (penalty 800); other
+    structures get type ``'OAR'`` and no objective.
+
+    Parameters
+    ----------
+    case : Case
+    path : path-like
+        Destination ``.mat`` file.
+    compress : bool
+        zlib-compress the variables (smaller, slightly slower).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from scipy.io import savemat
+
+    if not isinstance(case, Case):
+        raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+    g = case.grid
+    nz, ny, nx = g.shape
+
+    def to_yxz(a):
+        return np.ascontiguousarray(np.transpose(np.asarray(a, np.float64), (1, 2, 0)))
+
+    zc, yc, xc = g.axes()
+    ct = {
+        "cube": _cell(to_yxz(case.density)),
+        "cubeHU": _cell(to_yxz(case.ct)),
+        "cubeDim": np.array([[ny, nx, nz]], dtype=float),
+        "resolution": {"x": float(g.spacing[2]), "y": float(g.spacing[1]), "z": float(g.spacing[0])},
+        "x": xc[None, :], "y": yc[None, :], "z": zc[None, :],
+        "numOfCtScen": 1.0,
+    }
+    rows = []
+    for i, s in enumerate(case.structures.values()):
+        mask_yxz = np.transpose(s.mask, (1, 2, 0))
+        idx = (np.flatnonzero(mask_yxz.ravel(order="F")) + 1).astype(np.float64)[:, None]
+        if s.kind == "target":
+            stype = "TARGET"
+            if s.prescription:
+                obj = {"type": "square deviation", "dose": float(s.prescription), "penalty": 800.0}
+            else:
+                obj = np.zeros((0, 0))
+        else:
+            stype = "OAR"
+            obj = np.zeros((0, 0))
+        props = {"Priority": float(2 if s.kind == "target" else 3), "Visible": 1.0}
+        rows.append([float(i), s.name, stype, _cell(idx), props, obj])
+    cst = np.empty((len(rows), 6), dtype=object)
+    for r, row in enumerate(rows):
+        for c, v in enumerate(row):
+            cst[r, c] = v
+    with atomic_path(path) as tmp:
+        savemat(str(tmp), {"ct": ct, "cst": cst}, do_compression=compress, appendmat=False,
+                long_field_names=True, oned_as="column")
+    return Path(path)
