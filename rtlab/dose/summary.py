@@ -1,0 +1,50 @@
+"""One-call size/timing summary of the dose engine (printed by ``rtlab dose --json``)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .influence import DEFAULT_CUTOFF_MM, build_influence
+from .fluence import FluenceDose
+
+__all__ = ["engine_summary"]
+
+
+def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bool = False, cutoff_mm=None,
+                   patch_bixels: int = 5) -> dict:
+    """Build the influence matrix and the fluence engine for ``angles`` and time them.
+
+    Returns
+    -------
+    dict
+        ``n_voxels``, ``n_beamlets``, ``nnz``, ``build_s`` (influence build, after the first
+        call compiled the kernels), ``compile_s`` (first build minus second), ``matvec_ms``
+        (scipy CSR ``A @ x``, median of 5), ``patch_update_ms`` (one ``patch_bixels`` square
+        patch on every beam, fluence engine), ``cutoff_mm``, ``gpu`` (False: the GPU path is
+        provided by ``rtlab.dose.gpu`` when present).
+    """
+    cutoff = DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm
+    kw = dict(dose_grid=dose_grid_mm, cutoff_mm=cutoff, progress=False, bixel_mm=bixel_mm)
+    t0 = time.perf_counter()
+    im = build_influence(case, list(angles), **kw)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    im = build_influence(case, list(angles), **kw)
+    build = time.perf_counter() - t0
+    x = np.ones(im.shape[1])
+    ts = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        im.matrix @ x
+        ts.append(time.perf_counter() - t0)
+    fd = FluenceDose(case, im.beams, im.machine, dose_grid=dose_grid_mm)
+    fd.set_bixel_weights(x)
+    pu = fd.time_patch_updates(patch_bixels)
+    return {
+        "n_voxels": int(im.shape[0]), "n_beamlets": int(im.shape[1]), "nnz": im.nnz,
+        "build_s": round(build, 4), "compile_s": round(max(first - build, 0.0), 3),
+        "matvec_ms": round(float(np.median(ts[1:])) * 1e3, 3), "patch_update_ms": round(pu, 3),
+        "cutoff_mm": float(cutoff), "gpu": False, "timings": {k: round(v, 4) for k, v in im.timings.items()},
+    }
