@@ -9,6 +9,5 @@ if [ ! -x /usr/bin/chromium ]; then
         echo "!! could not install chromium (not root and no sudo); browser tests will be skipped" >&2
     fi
 fi
-export MPLBACKEND=Agg
 exec "$ROOT/.venv/bin/python" -m pytest tests notebooks --nbval \
     --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --timeout=900 -p no:cacheprovider "$@"
