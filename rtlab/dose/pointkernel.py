@@ -45,8 +45,8 @@ rounded; they are a model, not commissioning data):
 collimator    OF          FWHM x/y (mm)   kz       p     tail w      tail lam
 ============  ==========  ==============  =======  ====  ==========  =========
 4 mm          0.814       6.2             1.10     1.0   0.04        6 mm
-8 mm          0.900       11.0            1.10     1.2   0.04        8 mm
-16 mm         1.000       22.0            1.10     1.5   0.04        10 mm
+8 mm          0.900       11.0            1.10     1.25  0.04        8 mm
+16 mm         1.000       22.0            1.10     1.25  0.04        10 mm
 ============  ==========  ==============  =======  ====  ==========  =========
 
 ``R = 3.0 Gy/min`` (16 mm, all sectors open, dose rate at the focus), ``beta = 0.3``.
@@ -117,7 +117,7 @@ class GammaKnifeModel:
     output_factors: tuple = (0.814, 0.900, 1.000)
     fwhm_xy: tuple = (6.2, 11.0, 22.0)
     z_ratio: tuple = (1.10, 1.10, 1.10)
-    flatness: tuple = (1.0, 1.2, 1.5)
+    flatness: tuple = (1.0, 1.25, 1.25)
     tail_weight: tuple = (0.04, 0.04, 0.04)
     tail_length: tuple = (6.0, 8.0, 10.0)
     sector_asymmetry: float = 0.3
@@ -384,11 +384,22 @@ def _quad(M, c, s, uz, uy, ux):
 
 
 @nb.njit(cache=True, inline="always")
-def _radial(Q, A, p, w, k):
+def _qpow(Q, p):
+    # Q**p with fast paths for the default exponents (1, 1.25, 1.5, 2)
     if p == 1.0:
-        qp = Q
-    else:
-        qp = Q ** p
+        return Q
+    if p == 1.25:
+        return Q * math.sqrt(math.sqrt(Q))
+    if p == 1.5:
+        return Q * math.sqrt(Q)
+    if p == 2.0:
+        return Q * Q
+    return Q ** p
+
+
+@nb.njit(cache=True, inline="always")
+def _radial(Q, A, p, w, k):
+    qp = _qpow(Q, p)
     core = math.exp(-0.6931471805599453 * qp)
     sq = math.sqrt(Q + 1.0)
     tail = math.exp(-k * (sq - 1.0))
@@ -397,12 +408,8 @@ def _radial(Q, A, p, w, k):
 
 @nb.njit(cache=True, inline="always")
 def _radial_d(Q, A, p, w, k):
-    if p == 1.0:
-        qp = Q
-        qp1 = 1.0
-    else:
-        qp = Q ** p
-        qp1 = Q ** (p - 1.0)
+    qp = _qpow(Q, p)
+    qp1 = qp / Q if Q > 0.0 else (1.0 if p == 1.0 else 0.0)
     core = math.exp(-0.6931471805599453 * qp)
     sq = math.sqrt(Q + 1.0)
     tail = math.exp(-k * (sq - 1.0))
