@@ -8,6 +8,9 @@ Subcommands
     Score a dose (array ``dose`` in Gy on the case's own grid, ``(z, y, x)``).
 ``rtlab dose (--phantom NAME | --matrad FILE | --dicom DIR) [--angles 0,72,...] [--bixel MM] [--grid MM] [--gpu] [--json]``
     Build the influence matrix and report sizes and timings.
+``rtlab plan (--phantom NAME | --matrad FILE | --dicom DIR) [--angles ...] [--objective conformity|quadratic] [--falloff G] [--control-points] [--grid MM] [--json] [--out FILE.npz]``
+    Build the dose, optimise (:func:`rtlab.planning.plan_case`), print timings and the score
+    table; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads.
 ``rtlab lab``
     Open JupyterLab on the notebooks.
 
@@ -22,7 +25,7 @@ import math
 import sys
 from pathlib import Path
 
-__all__ = ["main", "load_case"]
+__all__ = ["main", "load_case", "score_json"]
 
 
 class CLIError(Exception):
@@ -93,38 +96,31 @@ def cmd_phantoms(args) -> int:
     return 0
 
 
+def score_json(case, dose, rx=None) -> dict:
+    """The ``rtlab score --json`` object (shared by ``score`` and ``plan``; see
+    :func:`rtlab.planning.score_summary`). Raises :class:`CLIError` without a target or rx."""
+    from .planning import score_summary
+
+    targets = case.structures.targets
+    if not targets:
+        raise CLIError(f"case {case.name!r} has no target structure; CI/GI/HI need one")
+    rx = rx if rx is not None else (case.prescription or targets[0].prescription)
+    if rx is None:
+        raise CLIError("no prescription known for the target: pass --rx GY")
+    return score_summary(case, dose, rx=rx)
+
+
 def cmd_score(args) -> int:
-    from . import metrics
     from .compare import score
     from .io import load_dose_npz
 
     case = load_case(args)
     dose = load_dose_npz(args.dose, expected_shape=case.grid.shape)
-    targets = case.structures.targets
-    if not targets:
-        raise CLIError(f"case {case.name!r} has no target structure; CI/GI/HI need one")
-    rx = args.rx if args.rx is not None else (case.prescription or targets[0].prescription)
-    if rx is None:
-        raise CLIError("no prescription known for the target: pass --rx GY")
+    out = score_json(case, dose, args.rx)
     if args.json:
-        report = metrics.conformity_report(dose, case.structures, rx=rx)
-        out = {
-            "case": case.name,
-            "target": targets[0].name,
-            "rx_gy": float(rx),
-            **{k: _clean(report[k]) for k in ("ci_paddick", "ci_rtog", "gi", "hi", "coverage", "selectivity")},
-            "structures": {},
-            "goals": [],
-        }
-        for s in case.structures.values():
-            st = metrics.structure_stats(dose, s)
-            out["structures"][s.name] = {k: _clean(st[k]) for k in ("D95", "D98", "D2", "D10", "Dmean", "Dmax")}
-        for g in case.goals:
-            v = metrics.evaluate(dose, case.structures[g.structure], g.metric)
-            out["goals"].append({"goal": str(g), "value": _clean(v), "passed": g.passed(v)})
         print(json.dumps(out))
         return 0
-    table = score({Path(args.dose).stem: dose}, case, rx=rx)
+    table = score({Path(args.dose).stem: dose}, case, rx=out["rx_gy"])
     import pandas as pd
 
     with pd.option_context("display.max_rows", None, "display.width", 140):
@@ -160,6 +156,52 @@ def cmd_dose(args) -> int:
     for k in ("n_voxels", "n_beamlets", "nnz", "build_s", "compile_s", "matvec_ms", "matvec_scipy_ms",
               "patch_update_ms", "cutoff_mm", "gpu"):
         print(f"  {k:<16} {out[k]}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .planning import OBJECTIVES, plan_case
+
+    if args.objective not in OBJECTIVES:
+        raise CLIError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
+    for flag, v in (("--bixel", args.bixel), ("--grid", args.grid), ("--falloff", args.falloff),
+                    ("--max-iter", args.max_iter)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise CLIError(f"{flag} must be a positive number, got {v}")
+    if args.out is not None and not str(args.out).endswith(".npz"):
+        raise CLIError(f"--out must name an .npz file, got {args.out!r}")
+    case = load_case(args)
+    angles = _angles(args, case)
+    if not angles:
+        raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
+    res = plan_case(case, angles, objective=args.objective, falloff=args.falloff,
+                    control_points=args.control_points, bixel_mm=args.bixel, dose_grid_mm=args.grid,
+                    rx=args.rx, max_iter=int(args.max_iter), progress=not args.json and sys.stderr.isatty())
+    out = score_json(case, res.dose, args.rx)
+    t = res.timings
+    out.update(build_s=round(t["build_s"], 3), optimize_s=round(t["optimize_s"], 3), iterations=int(t["iterations"]),
+               mu_total=round(res.mu_total, 1), status=t["status"], objective=args.objective, angles=angles,
+               falloff_gy_per_mm=args.falloff, control_points=bool(args.control_points), dose_grid_mm=args.grid,
+               bixel_mm=args.bixel)
+    if args.out:
+        res.save(args.out)
+        out["out"] = str(args.out)
+    if args.json:
+        print(json.dumps(out, default=_clean))
+        return 0
+    print(f"{case.name}: {len(angles)} beams at {', '.join(f'{a:g}' for a in angles)} deg, objective "
+          f"{args.objective}, {args.bixel:g} mm bixels, dose grid {args.grid or 'CT'} mm"
+          + (f", falloff {args.falloff:g} Gy/mm" if args.falloff else "")
+          + (", control points" if args.control_points else ""))
+    print(f"  build {t['build_s']:.2f} s, optimise {t['optimize_s']:.2f} s, {t['iterations']} iterations "
+          f"({t['status']}), {res.mu_total:.0f} MU")
+    table = res.score_table(Path(args.out).stem if args.out else "plan")
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.width", 140):
+        print(table.to_string(index=False))
+    if args.out:
+        print(f"  dose saved to {args.out}")
     return 0
 
 
@@ -200,6 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gpu", action="store_true", help="use the CUDA mat-vec path (fails without a device)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_dose)
+
+    sp = sub.add_parser("plan", help="build the dose, optimise and score a plan")
+    _add_case_args(sp)
+    sp.add_argument("--angles", metavar="DEG,...", help="gantry angles (default: the case's suggested beams)")
+    sp.add_argument("--objective", default="conformity", metavar="NAME",
+                    help="objective recipe: conformity (patent 000, default) or quadratic")
+    sp.add_argument("--falloff", type=float, metavar="GY_PER_MM",
+                    help="dose falloff gradient G in Gy/mm (2 = 200 cGy/mm): falloff-adjusted targets and a low-dose ring")
+    sp.add_argument("--control-points", action="store_true", help="add control-point dose bounds on the first target")
+    sp.add_argument("--bixel", type=float, default=5.0, metavar="MM", help="bixel size (default 5 mm)")
+    sp.add_argument("--grid", type=float, metavar="MM", help="dose grid spacing (default: the CT grid; 5 is much faster)")
+    sp.add_argument("--rx", type=float, metavar="GY", help="prescription for a target without one")
+    sp.add_argument("--max-iter", type=int, default=100, metavar="N", help="iteration limit (default 100)")
+    sp.add_argument("--out", metavar="FILE.npz", help="save the dose (array `dose`, Gy, CT grid) for `rtlab score`")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.set_defaults(func=cmd_plan)
 
     sp = sub.add_parser("lab", help="open JupyterLab on the notebooks")
     sp.add_argument("--notebooks", metavar="DIR", help="notebook directory (default: the repository's notebooks/)")

@@ -166,7 +166,17 @@ class _Stop(Exception):
         self.message = message
 
 
+def _is_operator(A) -> bool:
+    """A duck-typed linear operator: ``shape``, ``matvec(x)`` (dose) and ``rmatvec(g)`` (``A^T g``)."""
+    return (not sp.issparse(A) and not isinstance(A, np.ndarray) and hasattr(A, "shape")
+            and callable(getattr(A, "matvec", None)) and callable(getattr(A, "rmatvec", None)))
+
+
 def _check_A(A):
+    if _is_operator(A):  # e.g. rtlab.dose.sparse.DoseOperator or rtlab.planning.PlanOperator
+        if len(A.shape) != 2 or A.shape[0] == 0 or A.shape[1] == 0:
+            raise ValueError(f"A has shape {tuple(A.shape)}; it needs at least one voxel and one beamlet")
+        return A
     if sp.issparse(A):
         A = sp.csr_matrix(A) if not isinstance(A, sp.csr_matrix) and A.format != "csr" else A
     elif isinstance(A, np.ndarray):
@@ -187,8 +197,10 @@ class Solver:
 
     Parameters
     ----------
-    A : scipy.sparse matrix or ndarray, shape ``(n_voxels, n_beamlets)``
-        Influence matrix (Gy per unit weight); dose ``d = A @ x``.
+    A : scipy.sparse matrix, ndarray or linear operator, shape ``(n_voxels, n_beamlets)``
+        Influence matrix (Gy per unit weight); dose ``d = A @ x``. An object with ``shape``,
+        ``matvec(x)`` and ``rmatvec(g)`` (e.g. :class:`rtlab.dose.sparse.DoseOperator`) is used
+        as is: ``d = A.matvec(x)``, ``grad_x = A.rmatvec(grad_d)``.
     objective : Objective or Term
     method : {'lbfgsb', 'pg'}
         ``'lbfgsb'``: scipy's L-BFGS-B with bounds ``x >= 0``. ``'pg'``: projected gradient with
@@ -225,7 +237,10 @@ class Solver:
                  callback: Callable | None = None, cancel_event: threading.Event | None = None,
                  progress: bool = False, report_every: int = 1):
         self.A = _check_A(A)
-        self._At = self.A.T.tocsr() if sp.issparse(self.A) else np.ascontiguousarray(self.A.T)
+        if _is_operator(self.A):
+            self._At = None
+        else:
+            self._At = self.A.T.tocsr() if sp.issparse(self.A) else np.ascontiguousarray(self.A.T)
         if isinstance(objective, Term):
             objective = Objective([objective])
         if not isinstance(objective, Objective):
@@ -266,6 +281,8 @@ class Solver:
     # -- evaluation ---------------------------------------------------------------------------
     def dose(self, x) -> np.ndarray:
         """``A @ x`` in float64 (Gy)."""
+        if self._At is None:
+            return np.asarray(self.A.matvec(np.asarray(x, np.float64)), np.float64).ravel()
         return np.asarray(self.A @ np.asarray(x, np.float64), np.float64).ravel()
 
     def _fg(self, x):
@@ -277,7 +294,10 @@ class Solver:
         else:
             f, gd = self.objective.value_and_gradient(d)
             gx = None
-        g = np.asarray(self._At @ gd, np.float64).ravel()
+        if self._At is None:
+            g = np.asarray(self.A.rmatvec(gd), np.float64).ravel()
+        else:
+            g = np.asarray(self._At @ gd, np.float64).ravel()
         if gx is not None:
             g = g + gx
         self._n_evals += 1

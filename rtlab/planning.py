@@ -1,0 +1,758 @@
+"""The planning pipeline: case -> influence matrix -> objective -> optimised dose -> scores.
+
+:func:`plan_case` runs the whole chain in one call and returns a :class:`PlanResult` that holds
+the dose on the CT grid (Gy, ``(z, y, x)``), the beamlet weights, MU per beam, the optimisation
+history, timings and the score table; :meth:`PlanResult.review` opens the review step of
+patent 000 (para. 101, claim 12) on it.
+
+Where the objective is evaluated
+--------------------------------
+The plan is scored on the CT grid, so the objective is evaluated there too. With a coarser dose
+grid (``dose_grid_mm``) the CT-grid dose is the trilinear interpolation of the dose-grid dose,
+``d_ct = R A x`` with ``R`` a sparse interpolation matrix (8 non-zeros per CT voxel, the same
+interpolation as :func:`rtlab.geometry.resample`, order 1). :class:`PlanOperator` applies
+``E x = [R_roi A x ; A x]``: the CT voxels of a region of interest (``roi``: the body within
+``roi_mm`` of a target, plus the organs with goals) followed by every dose-grid row; its
+adjoint is ``A^T (R_roi^T g_ct + g_dose)``. Both products run on the numba
+:class:`rtlab.dose.sparse.DoseOperator`. Terms pick their voxels from ``E x``: conformity,
+coverage, organ and hot-spot terms act on CT voxels; a "guard" overdose term on the dose-grid
+rows outside the region of interest keeps stray high dose out of the part of the body that the
+CT-grid terms do not see. On the CT grid itself (``dose_grid_mm=None``) ``E = A`` and every
+body voxel is evaluated.
+
+Objective recipes (``objective=``)
+----------------------------------
+``'conformity'`` (patent 000, eqs 6, 8-12), per target ``T`` with prescription ``D``:
+
+* :class:`~rtlab.methods.conformity.ConformityTerm` at ``D`` over the body domain (weight 1);
+  with ``falloff=G`` (Gy/mm) the targets are first adjusted with the dose-falloff rule
+  (eqs 16-17, :func:`rtlab.methods.falloff.adjust_targets`) and an automatic low-dose ring at
+  ``ring_fraction * D`` is added (para. 80, claim 5), each level with its own conformity term;
+* coverage: mean squared underdose below ``coverage_level * D``;
+* hot spots: mean squared overdose of the target above ``hot_level * D`` and a smooth maximum
+  (log-sum-exp) over the region of interest above ``max_level * D``;
+* organs: mean squared overdose above ``oar_level * v`` for every ``<=`` dose goal ``v`` of an
+  organ;
+* guard (coarse dose grid only): mean squared overdose above ``guard_level * min(D)`` on the
+  dose-grid rows outside the region of interest;
+* with ``control_points=True``: the dose bounds of :mod:`rtlab.methods.control_points`
+  (para. 179-181) as a quadratic penalty.
+
+``'quadratic'`` (the conventional objective, for comparison): mean squared deviation from ``D``
+in each target, the same organ terms, and a mean squared overdose of the normal tissue above
+``normal_level * D``.
+
+The weights and levels are :data:`CONFORMITY_RECIPE` and :data:`QUADRATIC_RECIPE`; override any
+of them with ``recipe={...}``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._util import check_positive
+from .geometry import Grid, signed_distance
+
+__all__ = [
+    "plan_case",
+    "PlanResult",
+    "PlanOperator",
+    "trilinear_matrix",
+    "build_objective",
+    "score_summary",
+    "CONFORMITY_RECIPE",
+    "QUADRATIC_RECIPE",
+    "OBJECTIVES",
+]
+
+#: Objective recipes understood by :func:`plan_case`.
+OBJECTIVES = ("conformity", "quadratic")
+
+#: Weights and dose levels of the conformity recipe (levels are fractions of the prescription
+#: ``D``, or of the goal value ``v`` for organs; quadratic terms are in Gy^2, averaged over
+#: their voxels, so weights ~1e-3 balance a conformity weight of 1).
+CONFORMITY_RECIPE = {
+    "steepness": 50.0,          # k of sigmoid(k (d - D) / D), patent 000 eq 9
+    "conformity_weight": 1.0,
+    "coverage_level": 1.01,     # underdose below 1.01 D
+    "coverage_weight": 0.1,
+    "hot_level": 1.08,          # target overdose above 1.08 D
+    "hot_weight": 1e-3,
+    "max_level": 1.12,          # smooth maximum over the region of interest
+    "max_weight": 1e-3,
+    "max_softness": 0.5,        # Gy, log-sum-exp temperature
+    "oar_level": 0.5,           # organ overdose above 0.5 v for a goal "<= v"
+    "oar_weight": 2e-3,
+    "guard_level": 0.8,         # dose-grid rows outside the region of interest
+    "guard_weight": 1e-2,
+    "ring_fraction": 0.8,       # falloff: automatic low-dose ring at 0.8 D (para. 80)
+    "ring_weight": 0.3,
+    "control_point_weight": 1e-3,
+    "control_point_outside": 0.9,  # outside control points: dose <= 0.9 D
+}
+
+#: Weights and levels of the conventional quadratic recipe.
+QUADRATIC_RECIPE = {
+    "target_weight": 1.0,       # mean squared deviation from D
+    "oar_level": 0.6,
+    "oar_weight": 0.3,
+    "normal_level": 0.6,        # normal tissue above 0.6 D
+    "normal_weight": 0.3,
+    "guard_level": 0.6,
+    "guard_weight": 0.3,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# interpolation and the evaluation operator
+# ---------------------------------------------------------------------------------------------
+def trilinear_matrix(source: Grid, source_index, target: Grid, target_index) -> sp.csr_matrix:
+    """Sparse trilinear interpolation from selected voxels of one grid to voxels of another.
+
+    Row ``r`` gives the value at voxel ``target_index[r]`` (flat C-order index into
+    ``target.shape``) as a weighted sum over the values at ``source_index`` (flat indices into
+    ``source.shape``; column ``c`` = ``source_index[c]``). Same interpolation as
+    :func:`rtlab.geometry.resample` with ``order=1``: between voxel centres, clamped within half
+    a voxel of the outermost centres, zero beyond. Source voxels that are not in
+    ``source_index`` contribute zero.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of float32, shape ``(len(target_index), len(source_index))``
+    """
+    src = np.asarray(source_index, np.int64).ravel()
+    tgt = np.asarray(target_index, np.int64).ravel()
+    if src.size and (src.min() < 0 or src.max() >= source.size):
+        raise ValueError(f"source_index must hold flat indices into a grid of {source.size} voxels")
+    if tgt.size and (tgt.min() < 0 or tgt.max() >= target.size):
+        raise ValueError(f"target_index must hold flat indices into a grid of {target.size} voxels")
+    lut = np.full(source.size, -1, np.int64)
+    lut[src] = np.arange(src.size)
+    idx = np.stack(np.unravel_index(tgt, target.shape), axis=1)
+    world = target.index_to_world(idx)
+    c = source.world_to_index(world)
+    n = np.asarray(source.shape)
+    c = np.where((c < 0) & (c >= -0.5), 0.0, c)
+    c = np.where((c > n - 1) & (c <= n - 0.5), n - 1.0, c)
+    base = np.floor(c).astype(np.int64)
+    fr = c - base
+    rows, cols, vals = [], [], []
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                off = np.array([dz, dy, dx])
+                w = np.prod(np.where(off == 1, fr, 1.0 - fr), axis=1)
+                p = base + off
+                ok = np.all((p >= 0) & (p < n), axis=1) & (w > 0)
+                flat = np.ravel_multi_index(tuple(np.clip(p, 0, n - 1).T), source.shape)
+                col = lut[flat]
+                ok &= col >= 0
+                rows.append(np.flatnonzero(ok))
+                cols.append(col[ok])
+                vals.append(w[ok])
+    R = sp.csr_matrix((np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(tgt.size, src.size))
+    R.sum_duplicates()
+    R.sort_indices()
+    return R
+
+
+class PlanOperator:
+    """``E x = [R_roi A x ; A x]``: beamlet weights to the dose the objective sees (Gy).
+
+    Parameters
+    ----------
+    influence : rtlab.dose.InfluenceMatrix
+    roi : ndarray of bool on the CT grid, optional
+        CT voxels evaluated on the CT grid (default: every selected CT voxel). Ignored when the
+        dose grid is the CT grid (then ``E = A``).
+    backend : str
+        :class:`rtlab.dose.sparse.DoseOperator` backend (default ``'numba'``).
+
+    Attributes
+    ----------
+    shape : (n_eval, n_beamlets)
+    n_ct : int
+        Number of CT-voxel rows (first rows of ``E x``).
+    ct_index : ndarray of int64
+        Flat CT-grid index of each of the first ``n_ct`` rows.
+    """
+
+    def __init__(self, influence, roi=None, backend: str = "numba"):
+        from .dose.sparse import DoseOperator
+
+        self.influence = influence
+        self.A = DoseOperator(influence.matrix, backend=backend)
+        self.A.prepare_transpose()
+        ct = influence.ct_grid
+        self.on_ct = influence.grid.is_same(ct)
+        if self.on_ct:
+            self.ct_index = np.asarray(influence.voxel_index, np.int64)
+            self.R = None
+            self.n_ct = self.ct_index.size
+            self.n_dose = 0
+        else:
+            sel = influence.ct_mask.copy()
+            if roi is not None:
+                sel &= ct.check_array("roi", roi).astype(bool)
+            if not sel.any():
+                raise ValueError("roi selects no CT voxel with dose; pass a region inside the body")
+            self.ct_index = np.flatnonzero(sel.ravel()).astype(np.int64)
+            R = trilinear_matrix(influence.grid, influence.voxel_index, ct, self.ct_index)
+            self.R = DoseOperator(R, backend=backend)
+            self.R.prepare_transpose()
+            self.n_ct = self.ct_index.size
+            self.n_dose = influence.shape[0]
+        self.shape = (self.n_ct + self.n_dose, influence.shape[1])
+        self._lut = None
+
+    def __repr__(self) -> str:
+        return (f"PlanOperator(shape={self.shape}, ct_rows={self.n_ct}, dose_rows={self.n_dose}, "
+                f"backend={self.A.backend!r})")
+
+    def matvec(self, x) -> np.ndarray:
+        """``E x`` in Gy (float64): CT-voxel rows, then dose-grid rows."""
+        y = self.A.matvec(np.asarray(x, np.float64))
+        if self.R is None:
+            return y.astype(np.float64)
+        out = np.empty(self.shape[0], np.float64)
+        out[: self.n_ct] = self.R.matvec(y)
+        out[self.n_ct:] = y
+        return out
+
+    def rmatvec(self, g) -> np.ndarray:
+        """``E^T g = A^T (R^T g_ct + g_dose)`` (float64)."""
+        g = np.asarray(g, np.float64)
+        if g.shape != (self.shape[0],):
+            raise ValueError(f"g has shape {g.shape}, expected ({self.shape[0]},), one value per row of E")
+        if self.R is None:
+            return self.A.rmatvec(g)
+        gd = self.R.rmatvec(g[: self.n_ct])
+        gd += g[self.n_ct:]
+        return self.A.rmatvec(gd)
+
+    def __matmul__(self, x):
+        return self.matvec(x)
+
+    # -- row selection ------------------------------------------------------------------------
+    def ct_rows(self, mask, missing: str = "ignore") -> np.ndarray:
+        """Rows of ``E x`` of the CT voxels in ``mask`` (bool, CT grid, or a Structure).
+
+        ``missing='raise'`` raises when some voxels of ``mask`` are not evaluated (outside the
+        region of interest / body); ``'ignore'`` drops them.
+        """
+        from .optimize.terms import rows_for
+
+        return rows_for(mask, self.ct_index, self.influence.ct_grid.shape, missing=missing)
+
+    def ct_rows_of_flat(self, flat) -> np.ndarray:
+        """Rows of ``E x`` of flat CT indices (``-1`` where a voxel is not evaluated)."""
+        if self._lut is None:
+            self._lut = np.full(self.influence.ct_grid.size, -1, np.int64)
+            self._lut[self.ct_index] = np.arange(self.n_ct)
+        return self._lut[np.asarray(flat, np.int64)]
+
+    def dose_rows(self, mask_dose_grid) -> np.ndarray:
+        """Rows of ``E x`` of the dose-grid voxels in ``mask_dose_grid`` (empty on the CT grid)."""
+        if self.R is None:
+            return np.zeros(0, np.int64)
+        m = self.influence.grid.check_array("mask_dose_grid", mask_dose_grid).astype(bool)
+        sel = m.ravel()[self.influence.voxel_index]
+        return self.n_ct + np.flatnonzero(sel).astype(np.int64)
+
+    def dose_ct(self, x) -> np.ndarray:
+        """Dose on the whole CT grid (Gy, float32, ``(z, y, x)``; zero outside the selection)."""
+        y = self.A.matvec(np.asarray(x, np.float64))
+        return self.influence.to_grid(y, on="ct").astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# objective recipes
+# ---------------------------------------------------------------------------------------------
+def _goal_limits(case) -> dict[str, float]:
+    """Lowest ``<=``/``<`` dose goal (Gy) of every non-target structure."""
+    from .metrics import parse_metric
+
+    out: dict[str, float] = {}
+    for g in case.goals:
+        s = case.structures[g.structure]
+        if s.kind == "target" or g.comparator not in ("<=", "<"):
+            continue
+        try:
+            unit = parse_metric(g.metric).unit
+        except ValueError:
+            continue
+        if unit != "Gy":
+            continue
+        out[s.name] = min(out.get(s.name, np.inf), float(g.value))
+    return out
+
+
+def _targets_with_rx(case, rx=None):
+    ts = [t for t in case.structures.targets if t.mask.any()]
+    if not ts:
+        raise ValueError(f"case {case.name!r} has no target structure; planning needs one (kind='target')")
+    out = []
+    for i, t in enumerate(ts):
+        d = t.prescription
+        if d is None and i == 0:
+            d = rx if rx is not None else case.prescription
+        if d is None:
+            raise ValueError(f"target {t.name!r} has no prescription; set Structure.prescription (Gy) or pass rx=")
+        out.append((t, float(d)))
+    out.sort(key=lambda it: -it[1])
+    return out
+
+
+def region_of_interest(case, roi_mm: float = 20.0) -> np.ndarray:
+    """Body voxels within ``roi_mm`` of a target, plus the organs that have dose goals (CT grid)."""
+    (roi_mm,) = check_positive("roi_mm", roi_mm)
+    tm = np.zeros(case.grid.shape, bool)
+    for t in case.structures.targets:
+        tm |= t.mask
+    if not tm.any():
+        raise ValueError(f"case {case.name!r} has no target voxels")
+    roi = signed_distance(tm, case.grid.spacing) <= roi_mm
+    for name in _goal_limits(case):
+        roi |= case.structures[name].mask
+    return roi & case.structures.body_mask().astype(bool)
+
+
+def _control_point_term(case, op, target, d_ref, recipe, weight):
+    from .methods.control_points import ControlPointTerm, find_control_points
+    from .optimize.terms import Term
+
+    pts = find_control_points(target.mask, case.grid.spacing, mode="2d")
+    cp = ControlPointTerm.from_control_points(pts, d_ref, recipe["control_point_outside"] * d_ref, weight=1.0)
+    rows = op.ct_rows_of_flat(cp.voxel_index)
+    keep = rows >= 0
+    if not keep.any():
+        return None, pts
+    inner = ControlPointTerm(np.arange(int(keep.sum())), cp.inside[keep], cp.bound[keep], weight=1.0)
+    order = np.argsort(rows[keep], kind="stable")
+
+    class ControlPointDoseTerm(Term):
+        """Control-point dose bounds (patent 000, para. 179-181) on rows of ``E x``."""
+
+        def _eval_sub(self, d):
+            dd = np.empty_like(d)
+            dd[order] = d  # rows were sorted by Term; put them back in control-point order
+            v = inner.value(dd)
+            g = inner.gradient(dd)
+            return v, g[order]
+
+    t = ControlPointDoseTerm(rows[keep], weight, name="control points")
+    return t, pts
+
+
+def build_objective(case, op: PlanOperator, objective: str = "conformity", falloff: float | None = None,
+                    control_points: bool = False, rx: float | None = None, recipe: Mapping | None = None):
+    """The objective of a recipe (see the module docstring) on the rows of ``op``.
+
+    Parameters
+    ----------
+    case : Case
+    op : PlanOperator
+    objective : {'conformity', 'quadratic'}
+    falloff : float, optional
+        Dose falloff gradient ``G`` in **Gy/mm** (2.0 = 200 cGy/mm); conformity recipe only.
+    control_points : bool
+        Add control-point dose bounds (conformity recipe only).
+    rx : float, optional
+        Prescription (Gy) for a first target without one.
+    recipe : mapping, optional
+        Overrides of :data:`CONFORMITY_RECIPE` / :data:`QUADRATIC_RECIPE` entries.
+
+    Returns
+    -------
+    objective : rtlab.optimize.Objective
+    info : dict
+        ``levels`` (falloff levels or None), ``control_points`` (ControlPoints or None), ``recipe``.
+    """
+    from .methods.conformity import ConformityTerm
+    from .optimize import MaxDose, Objective, SquaredDeviation, SquaredOverdose, SquaredUnderdose
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    base = CONFORMITY_RECIPE if objective == "conformity" else QUADRATIC_RECIPE
+    rec = dict(base)
+    for k, v in (recipe or {}).items():
+        if k not in base:
+            raise ValueError(f"unknown recipe entry {k!r} for objective {objective!r}; known: {sorted(base)}")
+        rec[k] = float(v)
+    if falloff is not None:
+        (falloff,) = check_positive("falloff (Gy/mm)", falloff)
+        if objective != "conformity":
+            raise ValueError("falloff applies to objective='conformity' only")
+    if control_points and objective != "conformity":
+        raise ValueError("control_points applies to objective='conformity' only")
+    targets = _targets_with_rx(case, rx)
+    d_min = min(d for _, d in targets)
+    d_max = max(d for _, d in targets)
+    ss = case.structures
+    all_t = np.zeros(case.grid.shape, bool)
+    for t, _ in targets:
+        all_t |= t.mask
+    roi_rows = np.arange(op.n_ct, dtype=np.int64)
+    terms = []
+    info = {"levels": None, "control_points": None, "recipe": rec}
+    limits = _goal_limits(case)
+
+    if objective == "conformity":
+        body = np.zeros(case.grid.shape, bool)
+        body.ravel()[op.ct_index] = True  # the evaluated CT voxels = the domain
+        if falloff is not None:
+            from .methods.falloff import adjust_targets, falloff_conformity_terms
+
+            levels = adjust_targets([(t.name, t.mask, d) for t, d in targets], gradient=falloff,
+                                    spacing=case.grid.spacing, body=body, low_dose=rec["ring_fraction"])
+            for lv in levels:
+                if not lv.region.any():
+                    import warnings
+
+                    warnings.warn(f"falloff level {lv.name!r} ({lv.dose:g} Gy, {lv.distance_mm:g} mm) holds no voxel "
+                                  "at this spacing and is left out; use a finer grid or a smaller gradient",
+                                  stacklevel=2)
+            levels = [lv for lv in levels if lv.region.any()]
+            ws = [rec["conformity_weight"] if lv.original.any() else rec["ring_weight"] for lv in levels]
+            terms += falloff_conformity_terms(levels, op.ct_index, body=body, weight=ws,
+                                              steepness=rec["steepness"])
+            info["levels"] = levels
+        else:
+            higher = np.zeros(case.grid.shape, bool)
+            for t, d in targets:
+                dom = op.ct_rows(body & ~higher | t.mask)
+                terms.append(ConformityTerm(op.ct_rows(t.mask, missing="raise"), d, dom,
+                                            rec["conformity_weight"], steepness=rec["steepness"],
+                                            name=f"{t.name} conformity"))
+                higher |= t.mask
+        for t, d in targets:
+            r = op.ct_rows(t.mask, missing="raise")
+            terms.append(SquaredUnderdose(r, rec["coverage_level"] * d, rec["coverage_weight"], name=f"{t.name} coverage"))
+            terms.append(SquaredOverdose(r, rec["hot_level"] * d, rec["hot_weight"], name=f"{t.name} hot spots"))
+        terms.append(MaxDose(roi_rows, rec["max_level"] * d_max, rec["max_weight"], softness=rec["max_softness"],
+                             name="max dose"))
+        if control_points:
+            t0, d0 = targets[0]
+            term, pts = _control_point_term(case, op, t0, d0, rec, rec["control_point_weight"])
+            info["control_points"] = pts
+            if term is not None:
+                terms.append(term)
+    else:
+        for t, d in targets:
+            terms.append(SquaredDeviation(op.ct_rows(t.mask, missing="raise"), d, rec["target_weight"],
+                                          name=f"{t.name} deviation"))
+        normal = np.zeros(case.grid.shape, bool)
+        normal.ravel()[op.ct_index] = True
+        normal &= ~all_t
+        if normal.any():
+            terms.append(SquaredOverdose(op.ct_rows(normal), rec["normal_level"] * d_min, rec["normal_weight"],
+                                         name="normal tissue"))
+    for name, v in limits.items():
+        s = ss[name]
+        m = s.mask & ~all_t
+        if not m.any():
+            continue
+        r = op.ct_rows(m)
+        if r.size:
+            terms.append(SquaredOverdose(r, rec["oar_level"] * v, rec["oar_weight"], name=f"{name} overdose"))
+    if op.n_dose:
+        roi_ct = np.zeros(case.grid.shape, np.float32)
+        roi_ct.ravel()[op.ct_index] = 1.0
+        from .geometry import resample
+
+        roi_dose = resample(roi_ct, case.grid, op.influence.grid, order=0) > 0.5
+        g_rows = op.dose_rows(~roi_dose)
+        if g_rows.size:
+            terms.append(SquaredOverdose(g_rows, rec["guard_level"] * d_min, rec["guard_weight"], name="guard"))
+    return Objective(terms), info
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+# ---------------------------------------------------------------------------------------------
+def _clean(v):
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return f if np.isfinite(f) else None
+
+
+def score_summary(case, dose, rx: float | None = None) -> dict:
+    """The ``rtlab score --json`` object of a dose on the case's CT grid.
+
+    Keys: ``case``, ``target`` (first target), ``rx_gy``, ``ci_paddick``, ``ci_rtog``, ``gi``,
+    ``hi``, ``coverage``, ``selectivity`` (first target at its prescription or ``rx``),
+    ``structures`` (``{name: {D95, D98, D2, D10, Dmean, Dmax}}``, Gy) and ``goals`` (one
+    ``{goal, value, passed}`` per case goal). NaN/inf become ``None``.
+    """
+    from . import metrics
+
+    targets = case.structures.targets
+    if not targets:
+        raise ValueError(f"case {case.name!r} has no target structure; CI/GI/HI need one")
+    rx = rx if rx is not None else (case.prescription or targets[0].prescription)
+    if rx is None:
+        raise ValueError("no prescription known for the target: pass --rx GY")
+    dose = case.grid.check_array("dose", dose)
+    report = metrics.conformity_report(dose, case.structures, rx=rx)
+    out = {
+        "case": case.name,
+        "target": targets[0].name,
+        "rx_gy": float(rx),
+        **{k: _clean(report[k]) for k in ("ci_paddick", "ci_rtog", "gi", "hi", "coverage", "selectivity")},
+        "structures": {},
+        "goals": [],
+    }
+    for s in case.structures.values():
+        if not s.mask.any():
+            continue
+        st = metrics.structure_stats(dose, s)
+        out["structures"][s.name] = {k: _clean(st[k]) for k in ("D95", "D98", "D2", "D10", "Dmean", "Dmax")}
+    for g in case.goals:
+        v = metrics.evaluate(dose, case.structures[g.structure], g.metric)
+        out["goals"].append({"goal": str(g), "value": _clean(v), "passed": g.passed(v)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# result and pipeline
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PlanResult:
+    """Outcome of :func:`plan_case`.
+
+    Attributes
+    ----------
+    case : Case
+    angles : list of float
+        Gantry angles (deg).
+    dose : ndarray of float32, ``case.grid.shape``
+        Dose on the CT grid (Gy, ``(z, y, x)``), not rescaled.
+    x : ndarray
+        Beamlet weights (unit fluence per bixel).
+    x0 : ndarray
+        Preliminary weights (uniform, target median dose = prescription).
+    mu : ndarray
+        Open-field-equivalent MU per beam (:func:`rtlab.dose.beam_mu`).
+    history : rtlab.optimize.History
+    result : rtlab.optimize.OptimizationResult
+    objective : rtlab.optimize.Objective
+    operator : PlanOperator
+    influence : rtlab.dose.InfluenceMatrix
+    timings : dict
+        ``build_s`` (influence matrix + operators + objective, s), ``optimize_s`` (solver wall
+        time, s), ``optimize_cpu_s`` (CPU time of the process during the solve, all threads),
+        ``iterations``, ``n_evals``, ``status``.
+    scores : dict
+        :func:`score_summary` of ``dose``.
+    settings : dict
+        The arguments of the run.
+    info : dict
+        Falloff levels and control points (see :func:`build_objective`).
+    """
+
+    case: object
+    angles: list
+    dose: np.ndarray
+    x: np.ndarray
+    x0: np.ndarray
+    mu: np.ndarray
+    history: object
+    result: object
+    objective: object
+    operator: PlanOperator
+    influence: object
+    timings: dict
+    scores: dict
+    settings: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def mu_total(self) -> float:
+        return float(np.sum(self.mu))
+
+    @property
+    def iterations(self) -> int:
+        return int(self.timings["iterations"])
+
+    def initial_dose(self) -> np.ndarray:
+        """Dose of the preliminary plan ``x0`` on the CT grid (Gy)."""
+        return self.operator.dose_ct(self.x0)
+
+    def score_table(self, name: str = "plan"):
+        """Tidy score table (:func:`rtlab.compare.score`) of this plan, with its MU."""
+        from .compare import score
+
+        return score({name: {"dose": self.dose, "mu": self.mu_total}}, self.case)
+
+    def summary(self) -> dict:
+        """``scores`` plus ``build_s``, ``optimize_s``, ``iterations``, ``mu_total`` (JSON-ready)."""
+        out = dict(self.scores)
+        out.update(build_s=round(self.timings["build_s"], 3), optimize_s=round(self.timings["optimize_s"], 3),
+                   iterations=self.iterations, mu_total=round(self.mu_total, 1), status=self.timings["status"],
+                   objective=self.settings.get("objective"), angles=list(self.angles))
+        return out
+
+    def save(self, path):
+        """Save the dose (array ``dose``, Gy, CT grid) plus ``x`` and ``mu`` to ``path`` (npz, atomic).
+
+        The file is what ``rtlab score --dose`` reads.
+        """
+        from .io import save_npz
+
+        return save_npz(path, dose=self.dose, grid=self.case.grid, x=self.x, mu=self.mu)
+
+    def review(self, **solver_options):
+        """A :class:`rtlab.optimize.PlanSession` on this plan (patent 000, para. 101, claim 12).
+
+        The session starts in state ``'optimised'`` with this run's result; ``x_preliminary``
+        is ``x0``. ``edit``, ``reoptimise(start='preliminary'|'optimised')`` and ``accept``
+        then work as documented there; map a session result to the CT grid with
+        ``plan.operator.dose_ct(session.result.x)``.
+        """
+        from .optimize import PlanSession
+
+        opts = dict(self.settings.get("solver_options", {}))
+        opts.update(solver_options)
+        s = PlanSession(self.operator, self.objective, x_preliminary=self.x0, **opts)
+        s.result = self.result
+        s.results.append(self.result)
+        s.state = "optimised"
+        s._note("reoptimise", start="preliminary", status=self.result.status, objective=self.result.objective)
+        return s
+
+    def __repr__(self) -> str:
+        s = self.scores
+        return (f"PlanResult({self.case.name!r}, {len(self.angles)} beams, objective={self.settings.get('objective')!r}, "
+                f"CI={s.get('ci_paddick')}, iterations={self.iterations}, build {self.timings['build_s']:.2f} s, "
+                f"optimise {self.timings['optimize_s']:.2f} s)")
+
+
+def _angles_for(case, angles):
+    if angles is None:
+        if case.beams:
+            return [float(b.gantry) for b in case.beams]
+        return [0.0, 72.0, 144.0, 216.0, 288.0]
+    if np.isscalar(angles):
+        raise TypeError("angles must be a sequence of gantry angles in degrees, e.g. [0, 72, 144, 216, 288]")
+    a = [float(v) for v in angles]
+    if not a:
+        raise ValueError("angles is empty; pass at least one gantry angle (degrees)")
+    if not all(np.isfinite(a)):
+        raise ValueError(f"angles must be finite numbers (degrees), got {angles!r}")
+    return a
+
+
+def plan_case(case, angles: Sequence[float] | None = None, objective: str = "conformity",
+              falloff: float | None = None, control_points: bool = False, bixel_mm: float = 5.0,
+              dose_grid_mm: float | None = None, *, rx: float | None = None, roi_mm: float = 20.0,
+              recipe: Mapping | None = None, max_iter: int = 100, change_threshold: float | None = 1e-4,
+              change_window: int = 5, method: str = "lbfgsb", machine=None, cutoff_mm: float | None = None,
+              backend: str = "numba", progress: bool = False, callback: Callable | None = None) -> PlanResult:
+    """Plan a case end to end: influence matrix, objective, optimisation, dose, scores.
+
+    Parameters
+    ----------
+    case : Case
+    angles : sequence of float, optional
+        Gantry angles in degrees (IEC 61217); default the case's suggested beams, else
+        0, 72, 144, 216, 288.
+    objective : {'conformity', 'quadratic'}
+        Objective recipe (module docstring).
+    falloff : float, optional
+        Dose falloff gradient ``G`` in **Gy/mm** (patent 000 eqs 16-17; 2.0 Gy/mm = 200 cGy/mm):
+        adjusts lower-dose targets and adds the automatic low-dose ring.
+    control_points : bool
+        Add control-point dose bounds on the first target (patent 000, para. 154-197).
+    bixel_mm : float
+        Bixel size at the isocentre plane (mm).
+    dose_grid_mm : float, optional
+        Dose-grid spacing (mm); default the CT grid. A coarser grid is faster; the dose is then
+        resampled trilinearly to the CT grid, where the objective and the scores are evaluated.
+    rx : float, optional
+        Prescription (Gy) for a first target without one.
+    roi_mm : float
+        Region of interest for CT-grid evaluation with a coarse dose grid (mm around targets).
+    recipe : mapping, optional
+        Overrides of the recipe's weights and levels.
+    max_iter, change_threshold, change_window, method
+        Solver settings (:class:`rtlab.optimize.Solver`; the change rule is patent 000 claim 6).
+    machine : rtlab.dose.Machine, optional
+    cutoff_mm : float, optional
+        Lateral kernel cut-off (default :data:`rtlab.dose.DEFAULT_CUTOFF_MM`).
+    backend : str
+        Mat-vec backend (``'numba'``, ``'auto'``, ``'gpu'``, ...).
+    progress : bool
+        tqdm progress bars (ray tracing, iterations).
+    callback : callable, optional
+        ``callback(record)`` after each iteration (see :class:`rtlab.optimize.History`);
+        returning ``True`` stops the run.
+
+    Returns
+    -------
+    PlanResult
+    """
+    from .case import Case
+    from .dose import DEFAULT_CUTOFF_MM, build_influence
+    from .dose.mu import beam_mu
+    from .optimize import Solver
+
+    if not isinstance(case, Case):
+        raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    angles = _angles_for(case, angles)
+    (bixel_mm,) = check_positive("bixel_mm", bixel_mm)
+    if dose_grid_mm is not None:
+        check_positive("dose_grid_mm", dose_grid_mm)
+    if falloff is not None:
+        check_positive("falloff (Gy/mm)", falloff)
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable, taking one history record (dict)")
+    t0 = time.perf_counter()
+    im = build_influence(case, angles, machine=machine, dose_grid=dose_grid_mm,
+                         cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm,
+                         progress=progress, bixel_mm=bixel_mm)
+    roi = None if im.grid.is_same(case.grid) else region_of_interest(case, roi_mm)
+    op = PlanOperator(im, roi=roi, backend=backend)
+    obj, info = build_objective(case, op, objective, falloff=falloff, control_points=control_points, rx=rx,
+                                recipe=recipe)
+    targets = _targets_with_rx(case, rx)
+    t_rows = op.ct_rows(targets[0][0].mask, missing="raise")
+    d1 = op.matvec(np.ones(op.shape[1]))
+    med = float(np.median(d1[t_rows]))
+    if not med > 0:
+        raise ValueError("the beams give no dose to the target; check the angles and the isocentre")
+    x0 = np.full(op.shape[1], targets[0][1] / med)
+    build_s = time.perf_counter() - t0
+    solver_options = dict(method=method, max_iter=max_iter, change_threshold=change_threshold,
+                          change_window=change_window, report_every=10)
+    solver = Solver(op, obj, callback=callback, progress=progress, **solver_options)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = solver.run(x0)
+    optimize_s = time.perf_counter() - t0
+    optimize_cpu_s = time.process_time() - c0
+    dose = op.dose_ct(res.x)
+    maps, i = [], 0
+    for b in im.beams:
+        maps.append(b.bixels.to_map(res.x[i: i + b.bixels.n]))
+        i += b.bixels.n
+    mu = beam_mu(maps, im.machine)
+    timings = {"build_s": build_s, "optimize_s": optimize_s, "optimize_cpu_s": optimize_cpu_s,
+               "iterations": res.iterations,
+               "n_evals": res.meta.get("n_evals"), "status": res.status}
+    settings = {"objective": objective, "falloff_gy_per_mm": falloff, "control_points": bool(control_points),
+                "bixel_mm": bixel_mm, "dose_grid_mm": dose_grid_mm, "roi_mm": roi_mm,
+                "recipe": info["recipe"], "solver_options": solver_options}
+    return PlanResult(case=case, angles=angles, dose=dose, x=res.x, x0=x0, mu=mu, history=res.history,
+                      result=res, objective=obj, operator=op, influence=im, timings=timings,
+                      scores=score_summary(case, dose, rx), settings=settings, info=info)
