@@ -183,6 +183,16 @@ def cmd_plan(args) -> int:
                mu_total=round(res.mu_total, 1), status=t["status"], objective=args.objective, angles=angles,
                falloff_gy_per_mm=args.falloff, control_points=bool(args.control_points), dose_grid_mm=args.grid,
                bixel_mm=args.bixel)
+    seq = None
+    if args.sequence:
+        from .methods.deliverable import sequence_plan
+
+        fractions = max(1, int(round((case.prescription or 2.0) / 2.0)))
+        seq = sequence_plan(res.influence, res.x, machine=args.machine, method=args.sequence, fractions=fractions)
+        # the optimised fluence's MU (whole prescription) stays available; mu_total becomes the
+        # sequenced delivery's MU per fraction
+        out["mu_total_fluence"] = out["mu_total"]
+        out.update(seq.summary(case))
     if args.out:
         res.save(args.out)
         out["out"] = str(args.out)
@@ -200,8 +210,35 @@ def cmd_plan(args) -> int:
 
     with pd.option_context("display.max_rows", None, "display.width", 140):
         print(table.to_string(index=False))
+    if seq is not None:
+        sm = seq.summary(case)
+        print(f"  sequenced ({args.sequence}, {args.machine}, {sm['fractions']} fractions): "
+              f"{sm['mu_total']:.0f} MU per fraction (lower bound {sm['mu_lower_bound']:.0f}), "
+              f"{sm['segments']} segments; deliverable CI {sm['deliverable_ci_paddick']:.3f} "
+              f"(optimised {sm['optimised_ci_paddick']:.3f}), D95 {sm['d95_deliverable']:.2f} Gy")
     if args.out:
         print(f"  dose saved to {args.out}")
+    return 0
+
+
+def cmd_gk(args) -> int:
+    from .methods.isocentres import gk_summary
+
+    if args.spacing_mm <= 0:
+        raise CLIError(f"--spacing must be positive, got {args.spacing_mm}")
+    if args.phantom not in ("head",):
+        from . import phantoms
+
+        if args.phantom not in phantoms.list_phantoms():
+            raise CLIError(f"unknown phantom {args.phantom!r}; built-ins: {phantoms.list_phantoms()}")
+    out = gk_summary(args.phantom, spacing=args.spacing_mm, target=args.target, method=args.method)
+    if args.json:
+        print(json.dumps(out, default=_clean))
+        return 0
+    print(f"{out.get('case', args.phantom)}: {out['n_shots']} shots ({args.method}), beam-on {out['beam_on_min']:.1f} min")
+    for k in ("coverage", "selectivity", "ci_paddick", "gi", "isodose_pct", "optimize_s"):
+        if k in out and out[k] is not None:
+            print(f"  {k:<12} {out[k]:.3f}")
     return 0
 
 
@@ -255,9 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--grid", type=float, metavar="MM", help="dose grid spacing (default: the CT grid; 5 is much faster)")
     sp.add_argument("--rx", type=float, metavar="GY", help="prescription for a target without one")
     sp.add_argument("--max-iter", type=int, default=100, metavar="N", help="iteration limit (default 100)")
+    sp.add_argument("--sequence", choices=("sliding", "step"),
+                    help="sequence the optimised fluence into MLC leaf motions (sliding window or step-and-shoot)")
+    sp.add_argument("--machine", default="generic_5mm_60", metavar="NAME",
+                    help="MLC model for --sequence (see rtlab.mlc.list_mlcs)")
     sp.add_argument("--out", metavar="FILE.npz", help="save the dose (array `dose`, Gy, CT grid) for `rtlab score`")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_plan)
+
+    sp = sub.add_parser("gk", help="plan a Gamma-Knife-style case by isocentre optimisation (patent 002)")
+    sp.add_argument("--phantom", default="head", metavar="NAME", help="phantom with a small target (default head)")
+    sp.add_argument("--spacing", dest="spacing_mm", type=float, default=1.0, metavar="MM", help="voxel size (default 1 mm)")
+    sp.add_argument("--target", default="sphere", choices=("sphere", "irregular"), help="head phantom target shape")
+    sp.add_argument("--method", default="pgd", choices=("pgd", "smooth", "times"),
+                    help="projected subgradient (eq 9), smooth reformulation (eq 11) or times only")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.set_defaults(func=cmd_gk)
 
     sp = sub.add_parser("lab", help="open JupyterLab on the notebooks")
     sp.add_argument("--notebooks", metavar="DIR", help="notebook directory (default: the repository's notebooks/)")

@@ -144,3 +144,28 @@ def test_dose_json_keys(capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "rtlab.cli", "phantoms", "--json"], capture_output=True, text=True)
     assert out.returncode == 0 and json.loads(out.stdout)
+
+
+def test_plan_with_sequencing_adds_delivery_keys(capsys):
+    code, out, err = run(capsys, "plan", "--phantom", "tg119_cshape_easy", "--spacing", "6", "--grid", "6",
+                         "--angles", "0,72,144,216,288", "--max-iter", "15", "--sequence", "step",
+                         "--machine", "generic_10mm_40_noid", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    for k in ("mu_total", "segments", "deliverable_ci_paddick", "ci_paddick", "build_s", "optimize_s", "iterations"):
+        assert k in res
+    assert res["segments"] > 0 and res["mu_total"] >= res["mu_lower_bound"] - 1e-6
+    assert 0 <= res["deliverable_ci_paddick"] <= 1
+    code, _, err = run(capsys, "plan", "--phantom", "sphere", "--spacing", "8", "--sequence", "step", "--machine", "nope")
+    assert code == 2 and "unknown MLC" in err
+
+
+def test_gk_json(capsys):
+    code, out, err = run(capsys, "gk", "--phantom", "head", "--spacing", "1.5", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    for k in ("coverage", "selectivity", "ci_paddick", "gi", "beam_on_min"):
+        assert k in res
+    assert res["coverage"] >= 0.95 and res["ci_paddick"] >= 0.8 and res["gi"] <= 3.0
+    code, _, err = run(capsys, "gk", "--spacing", "-1")
+    assert code == 2
