@@ -325,7 +325,11 @@ _EXTRA_COMMANDS: list = []
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command != "lab":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.extra = list(args.extra) + unknown  # options for `jupyter lab` itself
     try:
         return int(args.func(args) or 0)
     except CLIError as e:

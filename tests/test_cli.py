@@ -169,3 +169,15 @@ def test_gk_json(capsys):
     assert res["coverage"] >= 0.95 and res["ci_paddick"] >= 0.8 and res["gi"] <= 3.0
     code, _, err = run(capsys, "gk", "--spacing", "-1")
     assert code == 2
+
+
+def test_lab_launches_jupyter_on_the_notebooks(capsys, monkeypatch, tmp_path):
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda cmd: calls.append(cmd) or 0)
+    code, _, _ = run(capsys, "lab", "--notebooks", str(tmp_path), "--no-browser")
+    assert code == 0
+    assert calls[0][1] == "lab" and calls[0][2] == f"--notebook-dir={tmp_path}" and "--no-browser" in calls[0]
+    code, _, err = run(capsys, "lab", "--notebooks", str(tmp_path / "missing"))
+    assert code == 2 and "does not exist" in err
