@@ -175,3 +175,67 @@ def test_numba_cuda_backend_matches_cpu():
     np.testing.assert_allclose(d, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
     rref = rmatvec_reference(A.indptr, A.indices, A.data, g.astype(np.float32), A.shape[1])
     np.testing.assert_allclose(r, rref, rtol=0, atol=2e-6 * np.abs(rref).max())
+
+
+# ---------------------------------------------------------------- influence build on the device
+BUILD_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    sys.path.insert(0, {root!r})
+    from rtlab.dose import build_influence
+    from rtlab.dose._testcases import water_box
+    from rtlab.plan import Beam, BixelGrid
+    case = water_box(shape=(5, 9, 7), spacing=(4.0, 4.0, 4.0), surface_y=-12.0, target_halfwidth=(4, 4))
+    mask = np.zeros((3, 4), bool)  # an empty-free but holey mask: two runs in row 2
+    mask[0, :3] = True; mask[1, :] = True; mask[2, 1] = mask[2, 3] = True
+    beams = [Beam(0.0, bixels=BixelGrid(5.0, -1, -2, mask)),
+             Beam(90.0, bixels=BixelGrid(5.0, -1, -1, np.ones((3, 3), bool)))]
+    cpu = build_influence(case, beams, cutoff_mm=12.0, voxels="all", progress=False, gpu=False)
+    dev = build_influence(case, beams, cutoff_mm=12.0, voxels="all", progress=False, gpu=True)
+    A, B = cpu.matrix, dev.matrix
+    print(json.dumps({{"backend": dev.backend, "cpu_backend": cpu.backend, "nnz": [int(A.nnz), int(B.nnz)],
+        "same_pattern": bool(np.array_equal(A.indptr, B.indptr) and np.array_equal(A.indices, B.indices)),
+        "max_rel": float(np.abs(A.toarray() - B.toarray()).max() / np.abs(A.data).max())}}))
+    """
+)
+
+
+def test_influence_build_kernel_under_cuda_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", BUILD_SCRIPT.format(root=str(ROOT))], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["backend"] == "cuda" and res["cpu_backend"] == "cpu"
+    assert res["nnz"][0] == res["nnz"][1] > 1000
+    assert res["same_pattern"] is True
+    assert res["max_rel"] < 1e-6  # float32 storage of the same float64 arithmetic
+
+
+@pytest.mark.skipif(gpu.numba_cuda_available(), reason="a CUDA device exists here")
+def test_influence_gpu_true_without_device_raises_and_auto_falls_back():
+    from rtlab.dose import build_influence
+    from rtlab.dose._testcases import water_box
+
+    case = water_box(shape=(5, 9, 7), spacing=(4.0, 4.0, 4.0), surface_y=-12.0, target_halfwidth=(4, 4))
+    with pytest.raises(ValueError, match="CUDA device"):
+        build_influence(case, [0], progress=False, gpu=True)
+    assert build_influence(case, [0], progress=False, gpu="auto").backend == "cpu"
+    with pytest.raises(ValueError, match="gpu must be"):
+        build_influence(case, [0], progress=False, gpu="yes")
+
+
+@pytest.mark.gpu
+@needs_numba_cuda
+def test_influence_build_on_device_matches_cpu():
+    from rtlab.dose import build_influence
+    from rtlab.dose._testcases import water_box
+
+    case = water_box(shape=(21, 41, 21), spacing=(3.0, 3.0, 3.0), surface_y=-45.0, target_halfwidth=(10, 10))
+    cpu = build_influence(case, [0, 90, 200], progress=False, gpu=False)
+    dev = build_influence(case, [0, 90, 200], progress=False, gpu=True)
+    assert dev.backend == "cuda"
+    np.testing.assert_array_equal(cpu.matrix.indptr, dev.matrix.indptr)
+    np.testing.assert_array_equal(cpu.matrix.indices, dev.matrix.indices)
+    np.testing.assert_allclose(dev.matrix.data, cpu.matrix.data, rtol=2e-6, atol=1e-7 * cpu.matrix.data.max())

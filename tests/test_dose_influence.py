@@ -119,3 +119,23 @@ def test_bad_geometry_raises(box):
                                  Structure("t", np.zeros(box.grid.shape, bool), box.grid, "target", allow_empty=True)])
     with pytest.raises(ValueError, match="zero field|empty"):
         build_influence(Case("e", box.grid, box.ct, ss), [0], progress=False)
+
+
+def test_holey_bixel_mask_matches_numpy_reference(box):
+    """Rows of the bixel mask with several runs of active bixels (and empty rows)."""
+    from rtlab.plan import BixelGrid
+
+    mask = np.ones((6, 7), bool)
+    mask[1, 2:4] = False  # two runs
+    mask[3, :] = False  # empty row
+    mask[4, ::2] = False  # four one-bixel runs
+    beam = Beam(30.0, bixels=BixelGrid(5.0, -3, -3, mask))
+    im = build_influence(box, [beam], cutoff_mm=18.0, progress=False, gpu=False)
+    pts = box.grid.index_to_world(np.stack(np.unravel_index(im.voxel_index, box.grid.shape), 1))
+    bv = beam_voxels(box, im.beams[0], im.machine, pts, 18.0)
+    comp, sig, w = im.machine.gaussians()
+    ref = influence_dense_numpy(bv.u, bv.v, bv.w, beam.bixels.centers(), 5.0, comp, sig, w, 18.0)
+    got = im.matrix.toarray()
+    np.testing.assert_allclose(got, ref, atol=2e-6 * ref.max(), rtol=1e-4)
+    assert im.matrix.nnz == np.count_nonzero(ref)  # same cut-off decisions entry by entry
+    assert im.backend == "cpu" and im.matrix.has_sorted_indices

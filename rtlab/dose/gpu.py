@@ -18,6 +18,10 @@ Two device-resident matrix types, both with ``matvec`` / ``rmatvec`` on device a
     a whole row apart; that kernel measured 18 % of the device copy bandwidth on an H100
     (``/work/shared/design/GPU.md``), cuSPARSE 98 %. Used when CuPy is missing.
 
+:func:`influence_csr_cuda` builds the influence matrix itself on the device: numba.cuda count
+and fill kernels, one thread per voxel, with the arithmetic of :mod:`rtlab.dose.kernels`
+(``build_influence(..., gpu=True | 'auto')``).
+
 Use :func:`to_device` (or :meth:`rtlab.dose.sparse.DoseOperator.to_device`) to upload ``A``
 once and keep it resident across optimiser iterations; only ``x`` and ``d`` move per call, or
 nothing when they are device arrays already.
@@ -45,6 +49,7 @@ __all__ = [
     "CupyMatrix",
     "NumbaCudaMatrix",
     "warp_csr_matvec",
+    "influence_csr_cuda",
 ]
 
 WARP = 32
@@ -447,3 +452,219 @@ def to_device(A, backend: str = "gpu"):
         f"to_device(backend={backend!r}) needs a CUDA device, but none is usable here "
         f"({cuda_unavailable_reason()}); keep the operator on the CPU (backend='numba')"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# numba.cuda influence-matrix build (count + fill), mirroring rtlab.dose.kernels
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _influence_kernels(G: int, M: int):
+    """Compile (lazily) the count and fill kernels for ``G`` Gaussians and ``M`` columns.
+
+    One thread per row (voxel). The arithmetic is that of :func:`rtlab.dose.kernels.count_entries`
+    and :func:`rtlab.dose.kernels.fill_entries` (same tabulated ``Phi``, float64 math, float32
+    storage), so the matrices agree to float32 rounding. ``G`` and ``M`` size the per-thread
+    local arrays of the separable factors ``Fu_g``, ``Fv_g`` (compile-time constants).
+    """
+    global cuda
+    import numba
+
+    if cuda is None:
+        from numba import cuda
+    f64 = numba.float64
+    GM = G * M
+
+    @cuda.jit(device=True)
+    def phi(z, table):  # pragma: no cover - device / simulator
+        f = (z + 9.0) * 512.0
+        if f <= 0.0:
+            return 0.0
+        n = table.shape[0] - 1
+        if f >= n:
+            return 1.0
+        i = int(f)
+        a = f - i
+        return table[i] * (1.0 - a) + table[i + 1] * a
+
+    @cuda.jit(device=True)
+    def lo_of(x, cut, h, off):  # pragma: no cover
+        lo = int(math.ceil((x - cut) / h)) - off
+        return max(lo, 0)
+
+    @cuda.jit(device=True)
+    def hi_of(x, cut, h, off, n):  # pragma: no cover
+        hi = int(math.floor((x + cut) / h)) - off
+        return min(hi, n - 1)
+
+    @cuda.jit(device=True)
+    def circle_lo(u, dv2, c0, h, cut2, clo, chi):  # pragma: no cover
+        rem = cut2 - dv2
+        if rem < 0.0:
+            return chi + 1
+        lo = max(int(math.ceil((u - math.sqrt(rem)) / h)) - c0, clo)
+        while lo <= chi and ((c0 + lo) * h - u) ** 2 + dv2 > cut2:
+            lo += 1
+        while lo - 1 >= clo and ((c0 + lo - 1) * h - u) ** 2 + dv2 <= cut2:
+            lo -= 1
+        return lo
+
+    @cuda.jit(device=True)
+    def circle_hi(u, dv2, c0, h, cut2, clo, chi):  # pragma: no cover
+        rem = cut2 - dv2
+        if rem < 0.0:
+            return clo - 1
+        hi = min(int(math.floor((u + math.sqrt(rem)) / h)) - c0, chi)
+        while hi >= clo and ((c0 + hi) * h - u) ** 2 + dv2 > cut2:
+            hi -= 1
+        while hi + 1 <= chi and ((c0 + hi + 1) * h - u) ** 2 + dv2 <= cut2:
+            hi += 1
+        return hi
+
+    @cuda.jit
+    def count(U, V, r0, c0, nr, nc, seg_ptr, seg_c0, seg_c1, h, cut, counts):  # pragma: no cover
+        i = cuda.grid(1)
+        if i >= counts.shape[0]:
+            return
+        cut2 = cut * cut
+        cnt = 0
+        for b in range(U.shape[0]):
+            u = U[b, i]
+            v = V[b, i]
+            if u != u:
+                continue
+            clo = lo_of(u, cut, h, c0[b])
+            chi = hi_of(u, cut, h, c0[b], nc[b])
+            for r in range(lo_of(v, cut, h, r0[b]), hi_of(v, cut, h, r0[b], nr[b]) + 1):
+                dv = (r0[b] + r) * h - v
+                cl = circle_lo(u, dv * dv, c0[b], h, cut2, clo, chi)
+                ch = circle_hi(u, dv * dv, c0[b], h, cut2, clo, chi)
+                if cl > ch:
+                    continue
+                for s in range(seg_ptr[b, r], seg_ptr[b, r + 1]):
+                    lo = max(cl, seg_c0[s])
+                    hi = min(ch, seg_c1[s])
+                    if hi >= lo:
+                        cnt += hi - lo + 1
+        counts[i] = cnt
+
+    @cuda.jit
+    def fill(U, V, W, r0, c0, nr, nc, seg_ptr, seg_c0, seg_c1, seg_j0, gcomp, gsig, gw, ng, h, cut,
+             indptr, indices, data, table):  # pragma: no cover
+        i = cuda.grid(1)
+        if i >= indptr.shape[0] - 1:
+            return
+        fu = cuda.local.array(GM, f64)
+        fv = cuda.local.array(GM, f64)
+        cg = cuda.local.array(G, f64)
+        cut2 = cut * cut
+        pos = indptr[i]
+        for b in range(U.shape[0]):
+            u = U[b, i]
+            v = V[b, i]
+            if u != u:
+                continue
+            clo = lo_of(u, cut, h, c0[b])
+            chi = hi_of(u, cut, h, c0[b], nc[b])
+            rlo = lo_of(v, cut, h, r0[b])
+            rhi = hi_of(v, cut, h, r0[b], nr[b])
+            if clo > chi or rlo > rhi:
+                continue
+            ngb = ng[b]
+            for g in range(ngb):
+                cg[g] = gw[b, g] * W[b, i, gcomp[b, g]]
+                inv = 1.0 / gsig[b, g]
+                prev = phi((u - (c0[b] + clo - 0.5) * h) * inv, table)
+                for c in range(clo, chi + 1):
+                    nxt = phi((u - (c0[b] + c + 0.5) * h) * inv, table)
+                    fu[g * M + c - clo] = prev - nxt
+                    prev = nxt
+                prev = phi((v - (r0[b] + rlo - 0.5) * h) * inv, table)
+                for r in range(rlo, rhi + 1):
+                    nxt = phi((v - (r0[b] + r + 0.5) * h) * inv, table)
+                    fv[g * M + r - rlo] = prev - nxt
+                    prev = nxt
+            for r in range(rlo, rhi + 1):
+                dv = (r0[b] + r) * h - v
+                cl = circle_lo(u, dv * dv, c0[b], h, cut2, clo, chi)
+                ch = circle_hi(u, dv * dv, c0[b], h, cut2, clo, chi)
+                if cl > ch:
+                    continue
+                for s in range(seg_ptr[b, r], seg_ptr[b, r + 1]):
+                    lo = max(cl, seg_c0[s])
+                    hi = min(ch, seg_c1[s])
+                    for c in range(lo, hi + 1):
+                        val = 0.0
+                        for g in range(ngb):
+                            val += cg[g] * fv[g * M + r - rlo] * fu[g * M + c - clo]
+                        indices[pos] = seg_j0[s] + (c - seg_c0[s])
+                        data[pos] = val
+                        pos += 1
+
+    return count, fill
+
+
+def influence_csr_cuda(U, V, W, r0, c0, nr, nc, seg_ptr, seg_c0, seg_c1, seg_j0, gcomp, gsig, gw, ng, h, cut,
+                       table, threads_per_block: int = 128):
+    """Count and fill an influence matrix's CSR arrays with numba.cuda (one thread per voxel).
+
+    Arguments are those of :func:`rtlab.dose.kernels.fill_entries` (the per-beam geometry from
+    the CPU ray tracing, bixel runs, Gaussian mixture, bixel size ``h`` and cut-off ``cut`` in
+    mm) plus the ``Phi`` table. Pass 1 counts the entries of each row on the device, the row
+    pointer is their prefix sum (host), pass 2 fills ``indices`` / ``data`` on the device.
+
+    Returns
+    -------
+    (indptr, indices, data), count_s, fill_s
+        Host arrays (int32 indices where they fit, float32 data) and the seconds of each pass
+        (including transfers).
+
+    Raises
+    ------
+    ValueError
+        Without a usable CUDA device (and outside numba's CUDA simulator).
+    """
+    import time
+
+    import numba
+
+    if not (getattr(numba.config, "ENABLE_CUDASIM", 0) or numba_cuda_available()):
+        raise ValueError(f"build_influence(gpu=True) needs a CUDA device ({numba_cuda_unavailable_reason()}); "
+                         "use gpu=False or gpu='auto'")
+    global cuda
+    if cuda is None:
+        from numba import cuda
+    n = int(U.shape[1])
+    G = max(int(gsig.shape[1]), 1)
+    M = int(2 * math.ceil(cut / h)) + 3
+    try:
+        kcount, kfill = _influence_kernels(G, M)
+        t0 = time.perf_counter()
+        d = {k: cuda.to_device(np.ascontiguousarray(a)) for k, a in dict(
+            U=U, V=V, W=W, r0=r0, c0=c0, nr=nr, nc=nc, seg_ptr=seg_ptr, seg_c0=seg_c0, seg_c1=seg_c1,
+            seg_j0=seg_j0, gcomp=gcomp, gsig=gsig, gw=gw, ng=ng, table=table).items()}
+        counts = cuda.device_array(n, np.int64)
+        blocks = max(1, math.ceil(n / threads_per_block))
+        kcount[blocks, threads_per_block](d["U"], d["V"], d["r0"], d["c0"], d["nr"], d["nc"], d["seg_ptr"],
+                                          d["seg_c0"], d["seg_c1"], float(h), float(cut), counts)
+        cnt = counts.copy_to_host()
+        nnz = int(cnt.sum())
+        idx_t = np.int32 if nnz < 2**31 - 1 else np.int64
+        indptr = np.zeros(n + 1, idx_t)
+        np.cumsum(cnt, out=indptr[1:])
+        t_count = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        d_indptr = cuda.to_device(indptr)
+        d_indices = cuda.device_array(max(nnz, 1), idx_t)
+        d_data = cuda.device_array(max(nnz, 1), np.float32)
+        kfill[blocks, threads_per_block](d["U"], d["V"], d["W"], d["r0"], d["c0"], d["nr"], d["nc"], d["seg_ptr"],
+                                         d["seg_c0"], d["seg_c1"], d["seg_j0"], d["gcomp"], d["gsig"], d["gw"],
+                                         d["ng"], float(h), float(cut), d_indptr, d_indices, d_data, d["table"])
+        indices = d_indices.copy_to_host()[:nnz]
+        data = d_data.copy_to_host()[:nnz]
+        t_fill = time.perf_counter() - t0
+    except Exception as exc:
+        err = _numba_cuda_error(exc)
+        if err is exc:
+            raise
+        raise err from exc
+    return (indptr, indices, data), t_count, t_fill

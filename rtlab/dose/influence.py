@@ -158,21 +158,28 @@ def beam_voxels(case, beam: Beam, machine: Machine, points, margin_mm: float, ra
     """Project ``points`` (n, 3) for ``beam``, trace its fan and evaluate the depth factors.
 
     Voxels whose projection lies more than ``margin_mm`` outside the bixel grid's edges, or
-    behind the source, get NaN coordinates and zero factors.
+    behind the source, get NaN coordinates and zero factors. Projection, fan look-up and
+    depth factors run in parallel numba kernels (:func:`rtlab.dose.kernels.beam_geometry`,
+    :func:`rtlab.dose.kernels.lookup_depth_factors`).
     """
-    u, v, t = beam.project(points)
-    vmin, vmax, umin, umax = beam.bixels.extent_mm()
-    band = (t > 0) & (u >= umin - margin_mm) & (u <= umax + margin_mm) & (v >= vmin - margin_mm) & (v <= vmax + margin_mm)
-    n = len(u)
+    pts = np.ascontiguousarray(points, dtype=np.float64)
+    n = len(pts)
+    u = np.empty(n)
+    v = np.empty(n)
+    t = np.empty(n)
     depth = np.full(n, np.nan)
     w = np.zeros((n, 3))
-    if band.any():
+    vmin, vmax, umin, umax = beam.bixels.extent_mm()
+    eu, ev, eb = beam.frame()
+    f64 = lambda a: np.ascontiguousarray(a, np.float64)  # noqa: E731
+    n_in, tmin, tmax = K.beam_geometry(pts, f64(beam.source), f64(eu), f64(ev), f64(eb), float(beam.sad),
+                                       umin - margin_mm, umax + margin_mm, vmin - margin_mm, vmax + margin_mm,
+                                       u, v, t)
+    if n_in:
         fan = fan_depth(case.density, case.grid, beam, (umin - margin_mm, umax + margin_mm),
-                        (vmin - margin_mm, vmax + margin_mm), (t[band].min(), t[band].max()), ray_mm=ray_mm)
-        depth[band] = fan(u[band], v[band], t[band])
-        w[band] = machine.depth_dose(depth[band]) * ((beam.sad / t[band]) ** 2)[:, None]
-    u = np.where(band, u, np.nan)
-    v = np.where(band, v, np.nan)
+                        (vmin - margin_mm, vmax + margin_mm), (tmin, tmax), ray_mm=ray_mm)
+        K.lookup_depth_factors(fan.fan, fan.u0, fan.du, fan.v0, fan.dv, fan.t0, fan.dt, u, v, t,
+                               f64(machine.betas), float(machine.mu), float(beam.sad), depth, w)
     return BeamVoxels(u, v, t, depth, w, _ssd(case, beam))
 
 
@@ -198,6 +205,8 @@ class InfluenceMatrix:
         Selected CT voxels (dose is zero elsewhere when mapped ``on='ct'``).
     timings : dict
         Seconds spent in ray tracing, counting, filling.
+    backend : str
+        ``'cpu'`` (numba kernels) or ``'cuda'`` (numba.cuda kernels) for the count/fill passes.
     """
 
     matrix: sp.csr_matrix
@@ -210,6 +219,7 @@ class InfluenceMatrix:
     cutoff_mm: float
     ct_mask: np.ndarray
     timings: dict = field(default_factory=dict)
+    backend: str = "cpu"
 
     @property
     def shape(self):
@@ -251,9 +261,22 @@ class InfluenceMatrix:
         return self.to_grid(self.dose_vector(weights), on=on)
 
 
+def _resolve_gpu(gpu) -> bool:
+    """``gpu`` argument of :func:`build_influence` -> whether to try the CUDA fill kernel."""
+    if gpu is None or gpu is False:
+        return False
+    if gpu is True:
+        return True
+    if gpu == "auto":
+        from .gpu import numba_cuda_available
+
+        return numba_cuda_available()
+    raise ValueError(f"gpu must be True, False or 'auto', got {gpu!r}")
+
+
 def build_influence(case, beams, machine: Machine | None = None, dose_grid=None, cutoff_mm: float = DEFAULT_CUTOFF_MM,
                     voxels="body", progress: bool = True, ray_mm: float | None = None, bixel_mm: float = 5.0,
-                    n_chunks: int = 512) -> InfluenceMatrix:
+                    n_chunks: int = 256, gpu="auto") -> InfluenceMatrix:
     """Build the beamlet influence matrix of ``beams`` on ``case``.
 
     Parameters
@@ -274,12 +297,23 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid=None,
         Fan ray spacing (default: smallest CT spacing).
     bixel_mm : float
         Bixel size for beams given as angles/BeamSpec.
+    n_chunks : int
+        Row chunks of the fill pass (about equal non-zero count each, run in parallel).
+    gpu : bool or 'auto'
+        Count and fill the matrix with the numba.cuda kernels of :mod:`rtlab.dose.gpu`
+        (ray tracing stays on the CPU). ``'auto'`` (default) uses them when numba.cuda sees
+        a device and falls back to the CPU kernels (with a warning) if the device path fails;
+        ``True`` requires a device (``ValueError`` otherwise). The result equals the CPU
+        matrix within float32 rounding.
 
     Returns
     -------
     InfluenceMatrix
+        ``timings`` holds ``trace_s``, ``count_s``, ``fill_s``, ``total_s`` (seconds);
+        ``backend`` is ``'cpu'`` or ``'cuda'`` (where the matrix was counted and filled).
     """
     t_start = time.perf_counter()
+    use_gpu = _resolve_gpu(gpu)
     machine = generic_6mv() if machine is None else machine
     if not isinstance(machine, Machine):
         raise TypeError(f"machine must be an rtlab.dose.Machine, got {type(machine).__name__}")
@@ -291,12 +325,11 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid=None,
         raise ValueError("all beams must share one bixel size (bixel_mm)")
     grid = _dose_grid(case, dose_grid)
     vidx, _, ct_mask = select_voxels(case, grid, voxels)
-    pts = grid.index_to_world(np.stack(np.unravel_index(vidx, grid.shape), axis=1))
+    pts = np.ascontiguousarray(grid.index_to_world(np.stack(np.unravel_index(vidx, grid.shape), axis=1)), np.float64)
     nb_, n = len(beams), len(vidx)
     U = np.empty((nb_, n))
     V = np.empty((nb_, n))
     W = np.empty((nb_, n, 3))
-    gs = [machine.gaussians(1000.0)]
     it = beams
     if progress:
         from tqdm.auto import tqdm
@@ -310,16 +343,13 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid=None,
         ssds.append(bv.ssd)
     t_trace = time.perf_counter() - t0
     gs = [machine.gaussians(s) for s in ssds]
-    G = max(len(g[0]) for g in gs)
+    G = max(max(len(g[0]) for g in gs), 1)
     gcomp = np.zeros((nb_, G), np.int64)
     gsig = np.ones((nb_, G))
     gw = np.zeros((nb_, G))
     ng = np.zeros(nb_, np.int64)
     for b, (c, s, w) in enumerate(gs):
         gcomp[b, : len(c)], gsig[b, : len(c)], gw[b, : len(c)], ng[b] = c, s, w, len(c)
-    nrmax = max(b.bixels.shape[0] for b in beams)
-    ncmax = max(b.bixels.shape[1] for b in beams)
-    idxmap = np.full((nb_, nrmax, ncmax), -1, np.int32)
     r0 = np.array([b.bixels.r0 for b in beams], np.int64)
     c0 = np.array([b.bixels.c0 for b in beams], np.int64)
     nr = np.array([b.bixels.shape[0] for b in beams], np.int64)
@@ -328,27 +358,56 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid=None,
     slices = []
     col = 0
     for b, beam in enumerate(beams):
-        idxmap[b, : nr[b], : nc[b]] = beam.bixels.index_map()
         colstart[b] = col
         slices.append(slice(col, col + beam.bixels.n))
         col += beam.bixels.n
-    bounds = np.linspace(0, n, min(n_chunks, max(n, 1)) + 1).astype(np.int64)
+    runs = K.bixel_runs([beam.bixels.index_map() for beam in beams], colstart)
+    geo = (U, V, W, r0, c0, nr, nc) + runs + (gcomp, gsig, gw, ng, float(h), float(cutoff_mm))
+    backend = "cpu"
+    arrays = None
+    if use_gpu:
+        from . import gpu as G_
+
+        try:
+            arrays, t_count, t_fill = G_.influence_csr_cuda(*geo, K.PHI_TABLE)
+            backend = "cuda"
+        except Exception as exc:
+            if gpu is True:
+                raise
+            import warnings
+
+            warnings.warn(f"GPU influence build failed ({type(exc).__name__}: {exc}); using the CPU kernels",
+                          RuntimeWarning, stacklevel=2)
+    if arrays is None:
+        arrays, t_count, t_fill = _influence_csr_cpu(geo, n, n_chunks)
+    indptr, indices, data = arrays
+    A = sp.csr_matrix((data, indices, indptr), shape=(n, col), copy=False)
+    A.has_sorted_indices = True
+    total = time.perf_counter() - t_start
+    return InfluenceMatrix(A, grid, case.grid, vidx, slices, beams, machine, float(cutoff_mm), ct_mask,
+                           {"trace_s": t_trace, "count_s": t_count, "fill_s": t_fill, "total_s": total,
+                           }, backend=backend)
+
+
+def _influence_csr_cpu(geo, n, n_chunks):
+    """Count and fill the CSR arrays with the parallel numba kernels; returns arrays and times."""
+    U, V, W, r0, c0, nr, nc, seg_ptr, seg_c0, seg_c1, seg_j0, gcomp, gsig, gw, ng, h, cut = geo
     t0 = time.perf_counter()
     counts = np.zeros(n, np.int64)
-    K.count_entries(U, V, r0, c0, nr, nc, idxmap, float(h), float(cutoff_mm), bounds, counts)
+    bounds = np.linspace(0, n, min(max(n_chunks, 1), max(n, 1)) + 1).astype(np.int64)
+    K.count_entries(U, V, r0, c0, nr, nc, seg_ptr, seg_c0, seg_c1, h, cut, bounds, counts)
     nnz = int(counts.sum())
     idx_t = np.int32 if nnz < 2**31 - 1 else np.int64
     indptr = np.zeros(n + 1, idx_t)
     np.cumsum(counts, out=indptr[1:])
     indices = np.empty(nnz, idx_t)
     data = np.empty(nnz, np.float32)
+    # chunks of about equal non-zero count, so that both threads get the same work
+    targets = np.linspace(0, nnz, min(max(n_chunks, 1), max(n, 1)) + 1)
+    fb = np.unique(np.searchsorted(indptr, targets, side="left").astype(np.int64))
+    fb[0], fb[-1] = 0, n
     t_count = time.perf_counter() - t0
     t0 = time.perf_counter()
-    K.fill_entries(U, V, W, r0, c0, nr, nc, idxmap, colstart, gcomp, gsig, gw, ng, float(h), float(cutoff_mm),
-                   bounds, indptr, indices, data, K.PHI_TABLE)
-    t_fill = time.perf_counter() - t0
-    A = sp.csr_matrix((data, indices, indptr), shape=(n, col), copy=False)
-    A.has_sorted_indices = True
-    total = time.perf_counter() - t_start
-    return InfluenceMatrix(A, grid, case.grid, vidx, slices, beams, machine, float(cutoff_mm), ct_mask,
-                           {"trace_s": t_trace, "count_s": t_count, "fill_s": t_fill, "total_s": total})
+    K.fill_entries(U, V, W, r0, c0, nr, nc, seg_ptr, seg_c0, seg_c1, seg_j0, gcomp, gsig, gw, ng, h, cut,
+                   fb, indptr, indices, data, K.PHI_TABLE)
+    return (indptr, indices, data), t_count, time.perf_counter() - t0

@@ -24,11 +24,13 @@ def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bo
         (``A @ x`` with :class:`rtlab.dose.sparse.DoseOperator`: numba on the CPU, CuPy/numba.cuda
         with ``gpu=True``; median of 5), ``matvec_scipy_ms`` (scipy CSR, for comparison),
         ``patch_update_ms`` (one ``patch_bixels`` square
-        patch on every beam, fluence engine), ``cutoff_mm``, ``gpu`` (False: the GPU path is
-        provided by ``rtlab.dose.gpu`` when present).
+        patch on every beam, fluence engine), ``cutoff_mm``, ``gpu`` (False, or the GPU mat-vec
+        backend), ``build_backend`` (``'cpu'``, or ``'cuda'`` with ``gpu=True``: the influence
+        matrix is then counted and filled by the numba.cuda kernels of :mod:`rtlab.dose.gpu`;
+        raises ``ValueError`` without a CUDA device).
     """
     cutoff = DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm
-    kw = dict(dose_grid=dose_grid_mm, cutoff_mm=cutoff, progress=False, bixel_mm=bixel_mm)
+    kw = dict(dose_grid=dose_grid_mm, cutoff_mm=cutoff, progress=False, bixel_mm=bixel_mm, gpu=bool(gpu))
     t0 = time.perf_counter()
     im = build_influence(case, list(angles), **kw)
     first = time.perf_counter() - t0
@@ -57,5 +59,6 @@ def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bo
         "n_voxels": int(im.shape[0]), "n_beamlets": int(im.shape[1]), "nnz": im.nnz,
         "build_s": round(build, 4), "compile_s": round(max(first - build, 0.0), 3),
         "matvec_ms": matvec_ms, "matvec_scipy_ms": scipy_ms, "patch_update_ms": round(pu, 3),
-        "cutoff_mm": float(cutoff), "gpu": op.backend if gpu else False, "timings": {k: round(v, 4) for k, v in im.timings.items()},
+        "cutoff_mm": float(cutoff), "gpu": op.backend if gpu else False,
+        "build_backend": im.backend, "timings": {k: round(v, 4) for k, v in im.timings.items()},
     }
