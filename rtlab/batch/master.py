@@ -1,0 +1,390 @@
+"""The master of seed 001: decompose a batch into dask tasks, schedule, persist as results arrive.
+
+Seed 001's master cloud server "decomposes a computation task and assigns it to a controlled
+computer" (claim 1), queues tasks "according to available computing resources or priority of
+computation tasks set by users" (claim 9), picks the target machine by congestion (claim 8),
+converts one standard plan for one or more machines (claim 13) and re-generates a converted
+plan that fails QA (claim 7). Here the controlled computers are dask.distributed workers:
+
+* a :class:`distributed.LocalCluster` by default (worker processes, one thread each, nothing
+  to set up), or any running scheduler (``scheduler="tcp://host:8786"``) to scale out;
+* per case the task graph is ``load -> n_beams``, then (once the beam count is known) one
+  ``influence`` task per beam, ``optimize`` (the standard plan), then - once the standard plan
+  exists and the congestion model has chosen the machine(s) - ``convert`` and ``qa`` per
+  machine. All tasks of a case carry the user's priority (dask ``priority=``, higher first);
+* the master consumes results with :class:`distributed.as_completed`, adding tasks as earlier
+  ones finish, and writes every finished plan at once (:mod:`rtlab.batch.persist`), so a crash
+  of the master loses at most the plans in flight;
+* failures: a task that raises is retried ``retries`` times (``submit(retries=)``); a task
+  whose worker dies is re-run elsewhere by the scheduler (up to the scheduler's
+  ``distributed.scheduler.allowed-failures``, 3 by default), and results lost with a dead
+  worker are recomputed from the graph. Persistence is idempotent (keyed by case and machine),
+  so a record is written exactly once however often its tasks ran, and a re-run with the same
+  ``out`` skips what is already there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from .congestion import CongestionModel
+from .persist import check_id, completed_records, persist_record
+from .stages import Stages
+
+__all__ = ["BatchPlanner", "run_batch", "run_batch_cli", "make_client", "dashboard_link"]
+
+log = logging.getLogger(__name__)
+
+
+def _case_id(case_ref) -> str:
+    if isinstance(case_ref, str):
+        return check_id("case", case_ref)
+    name = getattr(case_ref, "name", None)
+    if isinstance(name, str):
+        return check_id("case", name)
+    raise TypeError(f"a case must be a case id (str) or an object with a .name, got {type(case_ref).__name__}")
+
+
+def make_client(scheduler: str | None = None, n_workers: int = 2, dashboard_address: str | None = ":0",
+                silence_logs: int = logging.WARNING, **cluster_kwargs):
+    """A dask client: connected to ``scheduler`` if given, else on a new :class:`LocalCluster`.
+
+    The local cluster has ``n_workers`` worker processes with one thread each
+    (``processes=True, threads_per_worker=1``: numba and numpy stay single-threaded per task,
+    CPU-bound stages run in parallel without the GIL). ``dashboard_address=':0'`` picks a free
+    port (None disables the dashboard; it needs ``bokeh``).
+
+    Returns
+    -------
+    (Client, LocalCluster or None)
+        Close both when done (the cluster is None for a remote scheduler).
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler), None
+    if int(n_workers) < 1:
+        raise ValueError(f"n_workers must be >= 1, got {n_workers!r}")
+    if dashboard_address is None:
+        # no dashboard; the scheduler's plain HTTP routes still bind a port: take a free one
+        skw = dict(cluster_kwargs.pop("scheduler_kwargs", None) or {})
+        skw.setdefault("dashboard_address", ":0")
+        cluster_kwargs["scheduler_kwargs"] = skw
+    cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
+                           dashboard_address=dashboard_address, silence_logs=silence_logs, **cluster_kwargs)
+    client = Client(cluster)
+    client._rtlab_dashboard = dashboard_address is not None
+    return client, cluster
+
+
+def dashboard_link(client) -> str | None:
+    """The dask dashboard URL of ``client``'s scheduler, or None when it serves no dashboard.
+
+    For a cluster made by :func:`make_client` the dashboard needs ``bokeh`` in this
+    environment (``pip install bokeh``); without it, or with ``dashboard_address=None``, this
+    returns None.
+    """
+    import importlib.util
+
+    if getattr(client, "_rtlab_dashboard", True) is False:
+        return None
+    if hasattr(client, "_rtlab_dashboard") and importlib.util.find_spec("bokeh") is None:
+        return None
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        return client.dashboard_link
+    except Exception:  # pragma: no cover - dashboard introspection is best effort
+        return None
+
+
+@dataclass
+class _CaseState:
+    ref: object
+    cid: str
+    priority: int
+    load: object = None
+    standard: object = None
+    machines: list = field(default_factory=list)
+    open: int = 0
+    reason: str = ""
+
+
+class BatchPlanner:
+    """Plan a batch of cases for a set of treatment machines on dask (seed 001).
+
+    Parameters
+    ----------
+    cases : list
+        Case references handed to the ``load`` stage: ids (str) or objects with a ``.name``
+        (e.g. :class:`rtlab.case.Case`). Ids name the output files.
+    machines : list of str or MachineQueue, or dict name -> current load
+        Treatment machines and the work already waiting on their queues (see
+        :mod:`rtlab.batch.congestion`).
+    stages : Stages or dict, optional
+        Stage callables (see :mod:`rtlab.batch.stages`); a dict replaces some defaults.
+    policy : {'idle', 'shortest_queue', 'user'}
+        Machine choice by congestion (claim 8).
+    priorities : dict case id -> int, optional
+        User priorities, passed as dask ``priority=`` (higher runs first; default 0).
+    user_choice : dict case id -> machine name (or list), optional
+        Required for ``policy='user'``.
+    fanout : int
+        Machines per standard plan (claim 13); ignored for user choices.
+    max_qa_attempts : int
+        Conversions tried per (case, machine) until QA passes (claim 7); after the last the
+        plan is persisted with its failing QA and listed under ``qa_failed``.
+    plan_load : float or callable(case_id) -> float
+        Load one assigned plan adds to its machine's queue.
+    retries : int
+        ``client.submit(retries=)`` for every task.
+    """
+
+    def __init__(self, cases: Sequence, machines, stages=None, policy: str = "shortest_queue",
+                 priorities: Mapping[str, int] | None = None, user_choice: Mapping | None = None,
+                 fanout: int = 1, max_qa_attempts: int = 2, plan_load: float | Callable = 1.0,
+                 retries: int = 2):
+        if isinstance(cases, (str, bytes)) or not hasattr(cases, "__iter__"):
+            raise TypeError(f"cases must be a list of case ids or cases, got {cases!r}")
+        self.cases = list(cases)
+        if not self.cases:
+            raise ValueError("cases is empty; give at least one case")
+        self.ids = [_case_id(c) for c in self.cases]
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError(f"case ids must be unique, got {self.ids}")
+        self.stages = Stages.coerce(stages)
+        self.congestion = CongestionModel(machines, policy)
+        self.priorities = {str(k): int(v) for k, v in dict(priorities or {}).items()}
+        self.user_choice = dict(user_choice or {})
+        unknown = (set(self.priorities) | set(self.user_choice)) - set(self.ids)
+        if unknown:
+            raise ValueError(f"priorities / user_choice name unknown case(s) {sorted(unknown)}")
+        if policy == "user":
+            missing = [c for c in self.ids if c not in self.user_choice]
+            if missing:
+                raise ValueError(f"policy 'user' needs user_choice for every case; missing {missing}")
+            for c in self.ids:  # validate names now, not mid-batch
+                self.congestion.choose(user=self.user_choice[c])
+        self.fanout = int(fanout)
+        n_avail = sum(q.available for q in self.congestion.queues.values())
+        if not 1 <= self.fanout <= n_avail:
+            raise ValueError(f"fanout must be between 1 and the {n_avail} available machine(s), got {fanout!r}")
+        if int(max_qa_attempts) < 1:
+            raise ValueError(f"max_qa_attempts must be >= 1, got {max_qa_attempts!r}")
+        self.max_qa_attempts = int(max_qa_attempts)
+        self.plan_load = plan_load
+        self.retries = int(retries)
+
+    # ---------------------------------------------------------------------------------------
+    def _needed(self, cid: str) -> int:
+        u = self.user_choice.get(cid)
+        if u is not None:
+            return 1 if isinstance(u, str) else len(u)
+        return self.fanout
+
+    def _load_of(self, cid: str) -> float:
+        return float(self.plan_load(cid)) if callable(self.plan_load) else float(self.plan_load)
+
+    def run(self, out, client=None, scheduler: str | None = None, n_workers: int = 2, progress: bool = True,
+            on_event: Callable[[str, dict], None] | None = None, dashboard_address: str | None = ":0",
+            silence_logs: int = logging.WARNING, **cluster_kwargs) -> dict:
+        """Run the batch; returns a summary dict (see :func:`run_batch`).
+
+        Parameters
+        ----------
+        out : path-like
+            Output directory; plans already persisted there are skipped (resume).
+        client : distributed.Client, optional
+            Use this client (not closed afterwards). Otherwise one is made by
+            :func:`make_client` from ``scheduler`` / ``n_workers`` and closed at the end.
+        progress : bool
+            tqdm.auto progress bar over the (case, machine) plans.
+        on_event : callable(kind, info), optional
+            Called by the master for ``'start'``, ``'n_beams'``, ``'standard'``, ``'assigned'``,
+            ``'qa'``, ``'persisted'``, ``'duplicate'``, ``'failed'`` events (e.g. for a widget).
+        """
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        done = completed_records(out)
+        todo, skipped = [], []
+        for ref, cid in zip(self.cases, self.ids):
+            (skipped if len(done.get(cid, [])) >= self._needed(cid) else todo).append((ref, cid))
+        own = client is None
+        cluster = None
+        if own:
+            client, cluster = make_client(scheduler, n_workers, dashboard_address, silence_logs, **cluster_kwargs)
+        emit = on_event or (lambda kind, info: None)
+        summary = dict(out=str(out), persisted=[], skipped=[c for _, c in skipped], failed={}, qa_failed=[],
+                       duplicates=0, assignments={}, dashboard=dashboard_link(client),
+                       n_workers=len(client.scheduler_info().get("workers", {})))
+        token = uuid.uuid4().hex[:8]
+        st = self.stages
+        tags: dict[str, tuple] = {}
+        states: dict[str, _CaseState] = {}
+        conv_futs: dict[tuple, object] = {}
+
+        def submit(fn, *args, key, prio, tag):
+            f = client.submit(fn, *args, key=f"{key}-{token}", priority=prio, retries=self.retries, pure=False)
+            if tag is not None:
+                tags[f.key] = tag
+            return f
+
+        def start_conversion(s: _CaseState, machine: str, attempt: int):
+            c = submit(st.convert, s.load, s.standard, machine, attempt,
+                       key=f"convert-{s.cid}-{machine}-{attempt}", prio=s.priority, tag=None)
+            q = submit(st.qa, s.load, s.standard, c, machine,
+                       key=f"qa-{s.cid}-{machine}-{attempt}", prio=s.priority, tag=("qa", s.cid, machine, attempt))
+            conv_futs[(s.cid, machine)] = c
+            return q
+
+        try:
+            if summary["dashboard"]:
+                print(f"rtlab.batch: dask dashboard at {summary['dashboard']}")
+            emit("start", dict(todo=[c for _, c in todo], skipped=summary["skipped"], dashboard=summary["dashboard"]))
+            ac = as_completed()
+            total = sum(self._needed(c) for _, c in todo)
+            bar = tqdm(total=total, desc="plans", unit="plan", disable=not progress)
+            for ref, cid in todo:
+                s = _CaseState(ref, cid, self.priorities.get(cid, 0))
+                s.load = submit(st.load, ref, key=f"load-{cid}", prio=s.priority, tag=None)
+                ac.add(submit(st.n_beams, s.load, key=f"nbeams-{cid}", prio=s.priority, tag=("n_beams", cid)))
+                states[cid] = s
+            for fut in ac:
+                kind, cid = tags[fut.key][:2]
+                s = states[cid]
+                if fut.status != "finished":
+                    err = fut.exception()
+                    summary["failed"][cid] = f"{kind}: {type(err).__name__}: {err}"
+                    emit("failed", dict(case=cid, stage=kind, error=repr(err)))
+                    if kind == "qa":
+                        s.open -= 1
+                        bar.update(1)
+                    else:
+                        bar.update(self._needed(cid) - s.open)
+                    continue
+                if kind == "n_beams":
+                    n = int(fut.result())
+                    if n < 1:
+                        summary["failed"][cid] = f"n_beams: stage returned {n} beams"
+                        bar.update(self._needed(cid))
+                        continue
+                    beams = [submit(st.influence, s.load, b, key=f"influence-{cid}-{b}", prio=s.priority, tag=None)
+                             for b in range(n)]
+                    s.standard = submit(st.optimize, s.load, beams, key=f"optimize-{cid}", prio=s.priority,
+                                        tag=("standard", cid))
+                    ac.add(s.standard)
+                    emit("n_beams", dict(case=cid, n_beams=n))
+                elif kind == "standard":
+                    emit("standard", dict(case=cid))
+                    names, reason = self.congestion.choose(self.fanout, self.user_choice.get(cid))
+                    have = set(done.get(cid, []))
+                    for m in names:
+                        self.congestion.assign(m, self._load_of(cid))
+                    s.machines = list(names)
+                    summary["assignments"][cid] = list(names)
+                    emit("assigned", dict(case=cid, machines=names, reason=reason, loads=self.congestion.loads))
+                    for m in names:
+                        if m in have:  # resumed: this machine's plan is already on disk
+                            bar.update(1)
+                            continue
+                        s.open += 1
+                        ac.add(start_conversion(s, m, 0))
+                    s.reason = reason
+                elif kind == "qa":
+                    _, _, machine, attempt = tags[fut.key]
+                    qa = fut.result()
+                    if not isinstance(qa, Mapping) or "passed" not in qa:
+                        raise TypeError(f"the qa stage must return a dict with a 'passed' entry, got {qa!r}")
+                    emit("qa", dict(case=cid, machine=machine, attempt=attempt, qa=dict(qa)))
+                    if not qa["passed"] and attempt + 1 < self.max_qa_attempts:
+                        ac.add(start_conversion(s, machine, attempt + 1))  # claim 7: back to step 4
+                        continue
+                    plan = conv_futs[(cid, machine)].result()
+                    meta = dict(qa=dict(qa), attempt=attempt, attempts=attempt + 1, priority=s.priority,
+                                policy=self.congestion.policy, choice_reason=s.reason,
+                                machine_load_after=self.congestion.loads.get(machine), batch=token,
+                                finished_unix=time.time())
+                    if persist_record(out, cid, machine, plan, meta):
+                        summary["persisted"].append([cid, machine])
+                        emit("persisted", dict(case=cid, machine=machine))
+                    else:
+                        summary["duplicates"] += 1
+                        emit("duplicate", dict(case=cid, machine=machine))
+                    if not qa["passed"]:
+                        summary["qa_failed"].append([cid, machine])
+                    s.open -= 1
+                    bar.update(1)
+                    if s.open == 0:  # release this case's data on the workers
+                        s.load = s.standard = None
+                        for m in s.machines:
+                            conv_futs.pop((cid, m), None)
+            bar.close()
+        finally:
+            if own:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+        summary["loads"] = self.congestion.loads
+        summary["elapsed_s"] = time.perf_counter() - t0
+        n = len(summary["persisted"])
+        summary["plans_per_minute"] = 60.0 * n / summary["elapsed_s"] if n else 0.0
+        return summary
+
+
+def run_batch(cases, machines, out, stages=None, client=None, scheduler: str | None = None, n_workers: int = 2,
+              progress: bool = True, on_event=None, dashboard_address: str | None = ":0", **planner_kwargs) -> dict:
+    """Plan ``cases`` for ``machines`` on dask and persist every plan under ``out``.
+
+    Parameters
+    ----------
+    cases, machines, stages
+        See :class:`BatchPlanner`; further planner options (``policy``, ``priorities``,
+        ``user_choice``, ``fanout``, ``max_qa_attempts``, ``plan_load``, ``retries``) go in
+        ``**planner_kwargs``.
+    out : path-like
+        Output directory (resumable).
+    client, scheduler, n_workers, progress, on_event, dashboard_address
+        See :meth:`BatchPlanner.run`.
+
+    Returns
+    -------
+    dict
+        ``out``, ``persisted`` ([case, machine] pairs written now), ``skipped`` (cases already
+        complete in ``out``), ``failed`` (case -> error), ``qa_failed``, ``duplicates``,
+        ``assignments`` (case -> machines), ``loads`` (machine -> load after the batch),
+        ``dashboard`` (URL or None), ``n_workers``, ``elapsed_s``, ``plans_per_minute``.
+    """
+    planner = BatchPlanner(cases, machines, stages=stages, **planner_kwargs)
+    return planner.run(out, client=client, scheduler=scheduler, n_workers=n_workers, progress=progress,
+                       on_event=on_event, dashboard_address=dashboard_address)
+
+
+def run_batch_cli(cases: list[str], machines: list[str], scheduler: str | None, workers: int, out,
+                  stage_fns=None, **planner_kwargs) -> dict:
+    """Hook for ``rtlab batch --cases ... --machines ... [--scheduler ADDR] [--workers N] [--out DIR]``.
+
+    ``stage_fns`` (a :class:`Stages` or a dict of stage callables) replaces the default rtlab
+    stages. Prints the dashboard link (if any) and a one-line summary; returns the summary of
+    :func:`run_batch`.
+    """
+    if not cases:
+        raise ValueError("--cases: give at least one case id (e.g. a phantom name)")
+    if not machines:
+        raise ValueError("--machines: give at least one treatment machine name")
+    summary = run_batch(list(cases), list(machines), Path(out), stages=stage_fns, scheduler=scheduler,
+                        n_workers=int(workers), **planner_kwargs)
+    print(f"rtlab.batch: {len(summary['persisted'])} plan(s) written to {summary['out']}, "
+          f"{len(summary['skipped'])} case(s) already done, {len(summary['failed'])} failed "
+          f"({summary['elapsed_s']:.1f} s)")
+    for cid, err in summary["failed"].items():
+        print(f"  failed {cid}: {err}")
+    return summary
