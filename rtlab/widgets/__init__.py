@@ -8,6 +8,15 @@ Widgets hold no algorithm: they cut slices, call :mod:`rtlab.metrics` and
 * :class:`View3D` - structure surfaces, dose isosurfaces and beam axes (ipyvolume figure).
 * :class:`DVHPlot` - DVHs that redraw on ``update(dose)``.
 
+Panels (thin layers over library calls, imported on first use):
+
+* :class:`DoseEnginePanel`, :class:`OptimizerPanel`, :class:`ReviewPanel`,
+  :class:`FalloffPanel`, :class:`ControlPointsPanel` and :class:`PlanLab`, which composes them
+  with the viewer, the DVH and the score table;
+* method panels: :class:`IDSPanel` (paper 004), :class:`SequencingPanel` (paper 003),
+  :class:`GKPanel` (patent 002), :class:`RegionPanel` (patent 000 C), :class:`BatchPanel`
+  (patent 001).
+
 See ``docs/widgets.md``.
 """
 
@@ -28,3 +37,31 @@ __all__ = [
     "asset_path",
     "ORIENTATIONS",
 ]
+
+#: Panel name -> submodule; loaded lazily so ``import rtlab.widgets`` stays quick.
+_LAZY = {
+    "DoseEnginePanel": "dose_panel",
+    "OptimizerPanel": "optimizer_panel",
+    "ReviewPanel": "review_panel",
+    "FalloffPanel": "falloff_panel",
+    "ControlPointsPanel": "control_points_panel",
+    "PlanLab": "planlab",
+    "IDSPanel": "ids_panel",
+    "SequencingPanel": "sequencing_panel",
+    "GKPanel": "gk_panel",
+    "RegionPanel": "region_panel",
+    "BatchPanel": "batch_panel",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
