@@ -123,3 +123,76 @@ def test_bad_maps():
         sm.convolve_along_leaves(np.full((2, 2), np.nan))
     with pytest.raises(ValueError, match="shapes"):
         sm.L2Penalty([(2, 2)]).value(np.ones(5))
+
+
+# ------------------------------------------------------------------------------------------
+# bridge to the optimiser: penalties as beamlet-space terms on a real influence matrix
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_im():
+    from rtlab.dose import build_influence
+    from rtlab.phantoms import get_phantom
+
+    case = get_phantom("sphere", spacing=6.0, radius=15.0, oar_radius=8.0)
+    return case, build_influence(case, [0.0, 120.0, 240.0], progress=False, cutoff_mm=20.0)
+
+
+def test_weights_maps_round_trip_and_zero_outside_masks(small_im):
+    _, im = small_im
+    x = np.random.default_rng(0).random(im.shape[1])
+    flat = sm.weights_to_maps(im, x)
+    assert flat.size == sum(r * c for r, c in sm.map_shapes(im))
+    np.testing.assert_array_equal(sm.maps_to_weights(im, flat), x)
+    masks = np.concatenate([b.bixels.mask.ravel() for b in im.beams])
+    assert np.all(flat[~masks] == 0) and np.count_nonzero(flat[masks]) == x.size
+    np.testing.assert_allclose(sm.apply_per_beam(im, lambda m: 2 * m, x), 2 * x)
+
+
+@pytest.mark.parametrize("penalty", ["L2", "curvature", "L1", "TNMU"])
+def test_as_term_gradient_matches_finite_differences(small_im, penalty):
+    _, im = small_im
+    shapes = sm.map_shapes(im)
+    pen = {"L2": lambda: sm.L2Penalty(shapes), "curvature": lambda: sm.CurvaturePenalty(shapes),
+           "L1": lambda: sm.L1Penalty(shapes, eps=0.1), "TNMU": lambda: TNMUPenalty(shapes, tnmu0=1.0)}[penalty]()
+    term = sm.as_term(pen, im, weight=0.7, name=penalty)
+    assert term.space == "beamlet"
+    rng = np.random.default_rng(1)
+    x = rng.random(im.shape[1]) + 0.5
+    v, g = term.value_and_gradient(x)
+    # value equals the penalty on the scattered maps (an independent path)
+    assert v == pytest.approx(0.7 * pen.value(sm.weights_to_maps(im, x)))
+    for k in rng.choice(x.size, 6, replace=False):
+        e = np.zeros_like(x); e[k] = 1e-5
+        fd = (term.value(x + e) - term.value(x - e)) / 2e-5
+        assert g[k] == pytest.approx(fd, rel=1e-4, abs=1e-8)
+
+
+def test_as_term_in_an_objective_smooths_the_optimised_fluence(small_im):
+    from rtlab.methods.beam_angles import default_objective, optimise_beams
+    from rtlab.optimize import Objective
+
+    case, im = small_im
+    obj = default_objective(case, im, "quadratic")
+    x0, _ = optimise_beams(im, obj, max_iter=40)
+    term = sm.as_term(sm.L2Penalty(sm.map_shapes(im)), im, weight=1e-2, name="L2 (eq. 3)")
+    x1, _ = optimise_beams(im, Objective(list(obj.terms) + [term]), max_iter=40)
+
+    def eta(x):
+        return np.mean([sm.smoothness_eta(m) for m in sm.split_maps(sm.weights_to_maps(im, x), sm.map_shapes(im))])
+
+    assert term.value(x1) < term.value(x0)
+    assert eta(x1) < eta(x0)
+    # copying the objective copies the bixel grids, not the influence matrix
+    assert not hasattr(term.copy().im, "matrix")
+
+
+def test_as_term_rejects_mismatched_shapes_and_non_penalties(small_im):
+    _, im = small_im
+    with pytest.raises(ValueError, match="map_shapes"):
+        sm.as_term(sm.L2Penalty([(3, 3)]), im)
+    with pytest.raises(TypeError, match="value"):
+        sm.as_term(object(), im)
+    with pytest.raises(ValueError, match="beamlets"):
+        sm.weights_to_maps(im, np.ones(3))
+    with pytest.raises(TypeError, match="influence matrix"):
+        sm.map_shapes(np.ones(3))

@@ -30,6 +30,15 @@ Metrics (paper 003, beam-angle pheromone)
 
 Penalty objects follow the optimiser's fluence-term interface: ``value(x)`` and
 ``gradient(x)`` on the flat weight vector, with ``shapes`` giving each beam's map shape.
+
+Using them in the optimiser
+---------------------------
+The influence matrix stores only the *active* bixels of each beam (``BixelGrid.mask``), while the
+penalties act on full rectangular maps. :func:`as_term` wraps a penalty (any of the above, or
+:class:`rtlab.methods.sequencing.TNMUPenalty`) as an :class:`rtlab.optimize.Term` on the beamlet
+weights: it scatters the weights into the maps (0 where there is no bixel), evaluates the
+penalty, and gathers its gradient back. :func:`map_shapes`, :func:`weights_to_maps`,
+:func:`maps_to_weights` and :func:`apply_per_beam` do the bookkeeping.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._util import check_finite, check_positive
+from ..optimize.terms import Term
 
 __all__ = [
     "convolve_along_leaves",
@@ -50,6 +60,12 @@ __all__ = [
     "smoothness_eta",
     "tongue_groove_theta",
     "split_maps",
+    "map_shapes",
+    "weights_to_maps",
+    "maps_to_weights",
+    "apply_per_beam",
+    "FluencePenaltyTerm",
+    "as_term",
 ]
 
 
@@ -369,3 +385,119 @@ def tongue_groove_theta(fluence) -> float:
     if total <= 0:
         raise ValueError("fluence is zero everywhere; theta is undefined")
     return abs(_cv(f.sum(axis=0)) - _cv(f.sum(axis=1))) * total
+
+
+# --------------------------------------------------------------------------------------------
+# Bridge to the optimiser: beamlet weights of an influence matrix <-> full per-beam maps
+# --------------------------------------------------------------------------------------------
+class _Grids(list):
+    """The per-beam bixel grids of an influence matrix (small; stands in for it in terms)."""
+
+    @property
+    def beams(self):
+        return [type("B", (), {"bixels": g})() for g in self]
+
+
+def _beams_of(im):
+    if isinstance(im, _Grids):
+        return im.beams
+    beams = getattr(im, "beams", None)
+    if beams is None or not len(beams) or not hasattr(beams[0], "bixels"):
+        raise TypeError("im must be an rtlab.dose influence matrix (with .beams carrying .bixels), "
+                        f"got {type(im).__name__}")
+    return beams
+
+
+def map_shapes(im) -> list[tuple[int, int]]:
+    """Per-beam fluence-map shapes ``(n_rows, n_cols)`` of an influence matrix's bixel grids."""
+    return [tuple(b.bixels.shape) for b in _beams_of(im)]
+
+
+def _n_weights(im) -> int:
+    return int(sum(b.bixels.n for b in _beams_of(im)))
+
+
+def weights_to_maps(im, x) -> np.ndarray:
+    """Scatter beamlet weights ``(n_beamlets,)`` into the concatenated, flattened full maps.
+
+    Bixels outside each beam's mask get 0. The result is the flat layout that the penalties
+    (``shapes = map_shapes(im)``) take.
+    """
+    beams = _beams_of(im)
+    x = np.asarray(x, float).ravel()
+    if x.size != _n_weights(im):
+        raise ValueError(f"x has {x.size} entries, the influence matrix has {_n_weights(im)} beamlets")
+    out, i = [], 0
+    for b in beams:
+        out.append(b.bixels.to_map(x[i: i + b.bixels.n]).ravel())
+        i += b.bixels.n
+    return np.concatenate(out)
+
+
+def maps_to_weights(im, flat) -> np.ndarray:
+    """Gather concatenated full maps (the layout of :func:`weights_to_maps`) into beamlet weights."""
+    beams = _beams_of(im)
+    maps = split_maps(flat, map_shapes(im))
+    return np.concatenate([b.bixels.from_map(m) for b, m in zip(beams, maps)])
+
+
+def apply_per_beam(im, fn, x) -> np.ndarray:
+    """Apply ``fn(map) -> map`` to each beam's full fluence map and return beamlet weights.
+
+    E.g. ``apply_per_beam(im, convolve_along_leaves, x)`` smooths a plan outside the objective.
+    """
+    if not callable(fn):
+        raise TypeError("fn must be callable, taking and returning one 2D fluence map")
+    maps = split_maps(weights_to_maps(im, x), map_shapes(im))
+    return maps_to_weights(im, np.concatenate([np.asarray(fn(m), float).ravel() for m in maps]))
+
+
+class FluencePenaltyTerm(Term):
+    """A fluence-map penalty as an optimiser term on the beamlet weights (``space='beamlet'``).
+
+    ``value(x) = penalty.value(M x)`` and ``gradient(x) = M^T penalty.gradient(M x)``, where
+    ``M`` scatters the beamlet weights into the full per-beam maps (0 outside each mask).
+
+    Parameters
+    ----------
+    penalty : object
+        Has ``value(flat)`` and ``gradient(flat)`` on the concatenated maps of
+        ``map_shapes(im)`` (e.g. :class:`L2Penalty` (eq. 3), :class:`CurvaturePenalty`
+        (eq. 1), :class:`L1Penalty` (eq. 2), :class:`ExplicitSmoothingPenalty`,
+        :class:`rtlab.methods.sequencing.TNMUPenalty` (eq. 8)).
+    im : InfluenceMatrix
+        Gives the bixel masks.
+    weight : float
+        Importance weight of the term (multiplies the penalty's own weight).
+    name : str, optional
+    """
+
+    space = "beamlet"
+
+    def __init__(self, penalty, im, weight: float = 1.0, name: str | None = None):
+        if not (hasattr(penalty, "value") and hasattr(penalty, "gradient")):
+            raise TypeError("penalty must have value(x) and gradient(x) (e.g. smoothing.L2Penalty)")
+        shapes = getattr(penalty, "shapes", None)
+        if shapes is not None and [tuple(s) for s in shapes] != map_shapes(im):
+            raise ValueError(f"penalty.shapes {list(shapes)} do not match the influence matrix's map "
+                             f"shapes {map_shapes(im)}; build it with shapes=smoothing.map_shapes(im)")
+        super().__init__(None, weight, name or type(penalty).__name__)
+        self.penalty = penalty
+        # keep only the bixel grids: copying an objective must not copy the influence matrix
+        self.im = _Grids(b.bixels for b in _beams_of(im))
+
+    def _eval_sub(self, x):
+        flat = weights_to_maps(self.im, x)
+        return float(self.penalty.value(flat)), maps_to_weights(self.im, self.penalty.gradient(flat))
+
+
+def as_term(penalty, im, weight: float = 1.0, name: str | None = None):
+    """Wrap a fluence-map penalty as an :class:`rtlab.optimize.Term` on beamlet weights.
+
+    Examples
+    --------
+    >>> term = as_term(L2Penalty(map_shapes(im)), im, weight=1e-3, name="L2 (eq. 3)")  # doctest: +SKIP
+    >>> objective = Objective(list(objective.terms) + [term])  # doctest: +SKIP
+    """
+    return FluencePenaltyTerm(penalty, im, weight, name)
+
