@@ -13,7 +13,7 @@ Panels (thin layers over library calls, imported on first use):
 * :class:`DoseEnginePanel`, :class:`OptimizerPanel`, :class:`ReviewPanel`,
   :class:`FalloffPanel`, :class:`ControlPointsPanel` and :class:`PlanLab`, which composes them
   with the viewer, the DVH and the score table;
-* method panels: :class:`IDSPanel` (paper 004), :class:`SequencingPanel` (paper 003),
+* method panels: :class:`IDSPanel` (paper 004), :class:`SequencingPanel` and :class:`BeamAnglePanel` (paper 003),
   :class:`GKPanel` (patent 002), :class:`RegionPanel` (patent 000 C), :class:`BatchPanel`
   (patent 001).
 
@@ -48,6 +48,7 @@ _LAZY = {
     "PlanLab": "planlab",
     "IDSPanel": "ids_panel",
     "SequencingPanel": "sequencing_panel",
+    "BeamAnglePanel": "beam_angle_panel",
     "GKPanel": "gk_panel",
     "RegionPanel": "region_panel",
     "BatchPanel": "batch_panel",
