@@ -5,6 +5,13 @@ the dose on the CT grid (Gy, ``(z, y, x)``), the beamlet weights, MU per beam, t
 history, timings and the score table; :meth:`PlanResult.review` opens the review step of
 patent 000 (para. 101, claim 12) on it.
 
+The chain has two public halves, which interactive tools call separately:
+:func:`prepare_plan` (influence matrix, operator, objective, preliminary plan ->
+:class:`PlanProblem`) and :func:`optimise_plan` (solver, dose, MU, scores -> :class:`PlanResult`;
+it takes a ``threading.Event`` to stop a run from another thread).
+:meth:`PlanProblem.with_objective` changes the objective (recipe, weights, ``w1``/``w2``,
+steepness, falloff, control points) on the same influence matrix without rebuilding it.
+
 Where the objective is evaluated
 --------------------------------
 The plan is scored on the CT grid, so the objective is evaluated there too. With a coarser dose
@@ -60,6 +67,9 @@ from .geometry import Grid, signed_distance
 
 __all__ = [
     "plan_case",
+    "prepare_plan",
+    "optimise_plan",
+    "PlanProblem",
     "PlanResult",
     "PlanOperator",
     "trilinear_matrix",
@@ -630,11 +640,53 @@ class PlanResult:
         s._note("reoptimise", start="preliminary", status=self.result.status, objective=self.result.objective)
         return s
 
+    def with_result(self, result, objective=None) -> "PlanResult":
+        """This plan with the beamlet weights of another optimisation on the same operator.
+
+        For the plans of a review session (:meth:`review`): dose, MU and scores are recomputed
+        from ``result.x``; ``timings`` take the run's ``optimize_s``, ``iterations``,
+        ``n_evals`` and ``status`` (``optimize_cpu_s`` is None).
+
+        Parameters
+        ----------
+        result : rtlab.optimize.OptimizationResult
+        objective : rtlab.optimize.Objective, optional
+            The objective that produced it (e.g. the session's edited copy); default this plan's.
+        """
+        from .optimize import OptimizationResult
+
+        if not isinstance(result, OptimizationResult):
+            raise TypeError(f"result must be an rtlab.optimize.OptimizationResult, got {type(result).__name__}")
+        x = np.asarray(result.x, np.float64)
+        if x.shape != self.x.shape:
+            raise ValueError(f"result.x has {x.size} beamlet weights but this plan has {self.x.size}; "
+                             "it must come from the same operator (plan.review())")
+        dose = self.operator.dose_ct(x)
+        timings = dict(self.timings, optimize_s=float(result.time), optimize_cpu_s=None,
+                       iterations=int(result.iterations), n_evals=result.meta.get("n_evals"), status=result.status)
+        return PlanResult(case=self.case, angles=self.angles, dose=dose, x=x, x0=self.x0,
+                          mu=_beam_mu(self.influence, x), history=result.history, result=result,
+                          objective=self.objective if objective is None else objective, operator=self.operator,
+                          influence=self.influence, timings=timings,
+                          scores=score_summary(self.case, dose, self.scores.get("rx_gy")),
+                          settings=dict(self.settings), info=self.info)
+
     def __repr__(self) -> str:
         s = self.scores
         return (f"PlanResult({self.case.name!r}, {len(self.angles)} beams, objective={self.settings.get('objective')!r}, "
                 f"CI={s.get('ci_paddick')}, iterations={self.iterations}, build {self.timings['build_s']:.2f} s, "
                 f"optimise {self.timings['optimize_s']:.2f} s)")
+
+
+def _beam_mu(im, x) -> np.ndarray:
+    """Open-field-equivalent MU per beam of beamlet weights ``x`` (:func:`rtlab.dose.beam_mu`)."""
+    from .dose.mu import beam_mu
+
+    maps, i = [], 0
+    for b in im.beams:
+        maps.append(b.bixels.to_map(x[i: i + b.bixels.n]))
+        i += b.bixels.n
+    return beam_mu(maps, im.machine)
 
 
 def _angles_for(case, angles):
@@ -652,6 +704,286 @@ def _angles_for(case, angles):
     return a
 
 
+_KEEP = object()  # "keep the problem's current value" in PlanProblem.with_objective
+
+
+@dataclass
+class PlanProblem:
+    """A planning problem ready to optimise: influence matrix, operator, objective, start point.
+
+    Made by :func:`prepare_plan` (the expensive part: ray tracing and the operators); solved by
+    :func:`optimise_plan`. :meth:`with_objective` derives a problem with another objective on
+    the same influence matrix and operator (no rebuild), e.g. after the user changes weights,
+    ``w1``/``w2``, the sigmoid steepness or the falloff gradient.
+
+    Attributes
+    ----------
+    case : Case
+    angles : list of float
+        Gantry angles (deg).
+    influence : rtlab.dose.InfluenceMatrix
+    operator : PlanOperator
+    objective : rtlab.optimize.Objective
+    info : dict
+        ``levels``, ``control_points`` and ``recipe`` from :func:`build_objective`.
+    x0 : ndarray
+        Preliminary beamlet weights: uniform, scaled so that the median dose of the first
+        target is its prescription (Gy).
+    settings : dict
+        ``objective``, ``falloff_gy_per_mm``, ``control_points``, ``bixel_mm``,
+        ``dose_grid_mm``, ``roi_mm``, ``recipe`` (the full recipe used), ``recipe_overrides``
+        (what the caller changed), ``rx``, ``term_weights``, ``w1``, ``w2``, ``backend``.
+    build_s : float
+        Wall time of :func:`prepare_plan` (s); a derived problem adds its objective build time.
+    """
+
+    case: object
+    angles: list
+    influence: object
+    operator: PlanOperator
+    objective: object
+    info: dict
+    x0: np.ndarray
+    settings: dict
+    build_s: float
+
+    def target_terms(self) -> list[str]:
+        """Names of the per-target terms: conformity terms (conformity recipe, including the
+        falloff levels and ring), else the targets' deviation terms (quadratic recipe)."""
+        from .methods.conformity import ConformityTerm
+        from .optimize import SquaredDeviation
+
+        kind = ConformityTerm if self.settings["objective"] == "conformity" else SquaredDeviation
+        return [t.name for t in self.objective if isinstance(t, kind)]
+
+    def with_objective(self, objective=_KEEP, falloff=_KEEP, control_points=_KEEP, recipe=_KEEP, *,
+                       weights=_KEEP, w1=_KEEP, w2=_KEEP) -> "PlanProblem":
+        """A new problem with another objective on the same influence matrix and operator.
+
+        Arguments left out keep this problem's values, except that switching the recipe
+        (``objective``) drops the recipe overrides, term weights and ``w1``/``w2``, and switching to
+        ``'quadratic'`` turns ``falloff`` and ``control_points`` off (conformity only).
+
+        Parameters
+        ----------
+        objective : {'conformity', 'quadratic'}
+        falloff : float or None
+            Dose falloff gradient ``G`` (Gy/mm, patent 000 eqs 16-17); ``None`` = off.
+        control_points : bool
+        recipe : mapping or None
+            Overrides of the recipe entries (e.g. ``{'steepness': 30, 'coverage_weight': 0.2}``),
+            relative to :data:`CONFORMITY_RECIPE` / :data:`QUADRATIC_RECIPE`.
+        weights : mapping term name -> float, or None
+            Importance weights of individual terms set after the recipe, e.g.
+            ``{'PTV conformity': 2.0}`` (the per-target weights ``w_I`` of eq 6).
+        w1, w2 : float or None
+            Split conformity objective ``w1 (F - C1)^2 + w2 (S - C2)^2`` (patent 000 eq 7) for
+            every conformity term; both ``None`` = the product form of eq 8. One given alone
+            pairs with 1.
+
+        Returns
+        -------
+        PlanProblem
+            Shares ``case``, ``angles``, ``influence``, ``operator`` and ``x0`` with this one.
+        """
+        s = self.settings
+        same = objective is _KEEP or objective == s["objective"]
+        obj = s["objective"] if objective is _KEEP else objective
+        if obj not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {obj!r}")
+        conf = obj == "conformity"
+        fo = (s["falloff_gy_per_mm"] if conf else None) if falloff is _KEEP else falloff
+        cp = (s["control_points"] if conf else False) if control_points is _KEEP else bool(control_points)
+        rec = (s["recipe_overrides"] if same else None) if recipe is _KEEP else recipe
+        tw = (s["term_weights"] if same else None) if weights is _KEEP else weights
+        a = (s["w1"] if same else None) if w1 is _KEEP else w1
+        b = (s["w2"] if same else None) if w2 is _KEEP else w2
+        return _derive(self, obj, fo, cp, rec, tw, a, b)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"PlanProblem({self.case.name!r}, {len(self.angles)} beams, {self.operator.shape[1]} beamlets, "
+                f"objective={s['objective']!r}, falloff={s['falloff_gy_per_mm']}, terms={len(self.objective)}, "
+                f"build {self.build_s:.2f} s)")
+
+
+def _apply_term_edits(obj, weights, w1, w2):
+    """Set term weights by name and the split weights of eq 7 on every conformity term."""
+    from .methods.conformity import ConformityTerm
+
+    if weights:
+        if not isinstance(weights, Mapping):
+            raise TypeError("weights must be a dict term name -> weight, e.g. {'PTV conformity': 2.0}")
+        for name, w in weights.items():
+            if name not in obj.names:
+                raise ValueError(f"weights: no term named {name!r}; the objective has {list(obj.names)}")
+            w = float(w)
+            if not (np.isfinite(w) and w >= 0):
+                raise ValueError(f"weights[{name!r}] must be a finite weight >= 0, got {w!r}")
+            obj[name].weight = w
+    if w1 is not None or w2 is not None:
+        a = 1.0 if w1 is None else float(w1)
+        b = 1.0 if w2 is None else float(w2)
+        if not (np.isfinite(a) and np.isfinite(b) and a >= 0 and b >= 0):
+            raise ValueError(f"w1 and w2 must be finite and >= 0 (patent 000 eq 7), got {w1!r}, {w2!r}")
+        for t in obj:
+            if isinstance(t, ConformityTerm):
+                t.split, t.w1, t.w2 = True, a, b
+
+
+def _derive(base: PlanProblem, objective, falloff, control_points, recipe, weights, w1, w2) -> PlanProblem:
+    t0 = time.perf_counter()
+    if falloff is not None:
+        check_positive("falloff (Gy/mm)", falloff)
+        falloff = float(falloff)
+    if (w1 is not None or w2 is not None) and objective != "conformity":
+        raise ValueError("w1/w2 (patent 000 eq 7) apply to objective='conformity' only; pass w1=None, w2=None")
+    rx = base.settings.get("rx")
+    obj, info = build_objective(base.case, base.operator, objective, falloff=falloff,
+                                control_points=control_points, rx=rx, recipe=recipe)
+    _apply_term_edits(obj, weights, w1, w2)
+    settings = dict(base.settings)
+    settings.update(objective=objective, falloff_gy_per_mm=falloff, control_points=bool(control_points),
+                    recipe=info["recipe"], recipe_overrides=dict(recipe) if recipe else None,
+                    term_weights=dict(weights) if weights else None,
+                    w1=None if w1 is None else float(w1), w2=None if w2 is None else float(w2))
+    return PlanProblem(case=base.case, angles=base.angles, influence=base.influence, operator=base.operator,
+                       objective=obj, info=info, x0=base.x0, settings=settings,
+                       build_s=base.build_s + (time.perf_counter() - t0))
+
+
+def prepare_plan(case, angles: Sequence[float] | None = None, objective: str = "conformity",
+                 falloff: float | None = None, control_points: bool = False, bixel_mm: float = 5.0,
+                 dose_grid_mm: float | None = None, *, rx: float | None = None, roi_mm: float = 20.0,
+                 recipe: Mapping | None = None, machine=None, cutoff_mm: float | None = None,
+                 backend: str = "numba", progress: bool = False) -> PlanProblem:
+    """First half of :func:`plan_case`: influence matrix, operator, objective and start point.
+
+    Parameters are those of :func:`plan_case` without the solver settings.
+
+    Returns
+    -------
+    PlanProblem
+        Solve it with :func:`optimise_plan`; derive other objectives on the same operator with
+        :meth:`PlanProblem.with_objective`.
+    """
+    from .case import Case
+    from .dose import DEFAULT_CUTOFF_MM, build_influence
+
+    if not isinstance(case, Case):
+        raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    angles = _angles_for(case, angles)
+    (bixel_mm,) = check_positive("bixel_mm", bixel_mm)
+    if dose_grid_mm is not None:
+        check_positive("dose_grid_mm", dose_grid_mm)
+    if falloff is not None:
+        check_positive("falloff (Gy/mm)", falloff)
+    t0 = time.perf_counter()
+    im = build_influence(case, angles, machine=machine, dose_grid=dose_grid_mm,
+                         cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm,
+                         progress=progress, bixel_mm=bixel_mm)
+    roi = None if im.grid.is_same(case.grid) else region_of_interest(case, roi_mm)
+    op = PlanOperator(im, roi=roi, backend=backend)
+    obj, info = build_objective(case, op, objective, falloff=falloff, control_points=control_points, rx=rx,
+                                recipe=recipe)
+    targets = _targets_with_rx(case, rx)
+    t_rows = op.ct_rows(targets[0][0].mask, missing="raise")
+    d1 = op.matvec(np.ones(op.shape[1]))
+    med = float(np.median(d1[t_rows]))
+    if not med > 0:
+        raise ValueError("the beams give no dose to the target; check the angles and the isocentre")
+    x0 = np.full(op.shape[1], targets[0][1] / med)
+    build_s = time.perf_counter() - t0
+    settings = {"objective": objective, "falloff_gy_per_mm": falloff, "control_points": bool(control_points),
+                "bixel_mm": bixel_mm, "dose_grid_mm": dose_grid_mm, "roi_mm": roi_mm,
+                "recipe": info["recipe"], "recipe_overrides": dict(recipe) if recipe else None, "rx": rx,
+                "term_weights": None, "w1": None, "w2": None, "backend": backend}
+    return PlanProblem(case=case, angles=angles, influence=im, operator=op, objective=obj, info=info, x0=x0,
+                       settings=settings, build_s=build_s)
+
+
+def optimise_plan(problem: PlanProblem, *, max_iter: int = 100, change_threshold: float | None = 1e-4,
+                  change_window: int = 5, objective_threshold: float | None = None, method: str = "lbfgsb",
+                  progress: bool = False, callback: Callable | None = None, cancel_event=None, x0=None,
+                  report_every: int = 10) -> PlanResult:
+    """Second half of :func:`plan_case`: optimise a :class:`PlanProblem`, then dose, MU and scores.
+
+    Parameters
+    ----------
+    problem : PlanProblem
+    max_iter, change_threshold, change_window, objective_threshold, method
+        Solver settings (:class:`rtlab.optimize.Solver`; the objective-threshold and change
+        rules are patent 000 para. 83 and claim 6).
+    progress : bool
+        tqdm progress bar over the iterations.
+    callback : callable, optional
+        ``callback(record)`` after each iteration: a copy of the history record (see
+        :class:`rtlab.optimize.History`) plus ``'x'``, the iterate's beamlet weights (a copy;
+        map it to the CT grid with ``problem.operator.dose_ct(record['x'])`` for a live dose).
+        Returning ``True`` stops the run (status ``'cancelled'``).
+    cancel_event : threading.Event, optional
+        Set it from any thread to stop; the result holds the best point evaluated so far and
+        status ``'cancelled'``.
+    x0 : array, optional
+        Start point (beamlet weights); default ``problem.x0``. ``PlanResult.x0`` is always the
+        preliminary plan ``problem.x0``.
+    report_every : int
+        Term reports (F, S, f_C of conformity terms) every this many iterations and at the last.
+
+    Returns
+    -------
+    PlanResult
+    """
+    from .optimize import Solver
+
+    if not isinstance(problem, PlanProblem):
+        raise TypeError(f"problem must be a PlanProblem from rtlab.planning.prepare_plan, got {type(problem).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable, taking one history record (dict)")
+    if cancel_event is not None and not callable(getattr(cancel_event, "is_set", None)):
+        raise TypeError("cancel_event must be a threading.Event (or None)")
+    op, im, case = problem.operator, problem.influence, problem.case
+    start = problem.x0 if x0 is None else np.asarray(x0, np.float64).ravel()
+    if start.shape != (op.shape[1],) or not np.all(np.isfinite(start)) or np.any(start < 0):
+        raise ValueError(f"x0 must hold {op.shape[1]} finite, non-negative beamlet weights (one per bixel)")
+    solver_options = dict(method=method, max_iter=max_iter, change_threshold=change_threshold,
+                          change_window=change_window, report_every=report_every)
+    if objective_threshold is not None:
+        solver_options["objective_threshold"] = float(objective_threshold)
+    solver = None
+    cb = None
+    if callback is not None:
+        def cb(rec):
+            # the solver records an iterate right after evaluating it, so its last evaluated
+            # point is the record's x; the callback gets a copy of the record with it
+            x_it = solver._last[0] if getattr(solver, "_last", None) is not None else None
+            return callback({**rec, "x": None if x_it is None else x_it.copy()})
+    solver = Solver(op, problem.objective, callback=cb, progress=progress, cancel_event=cancel_event,
+                    **solver_options)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = solver.run(start)
+    optimize_s = time.perf_counter() - t0
+    optimize_cpu_s = time.process_time() - c0
+    dose = op.dose_ct(res.x)
+    mu = _beam_mu(im, res.x)
+    timings = {"build_s": problem.build_s, "optimize_s": optimize_s, "optimize_cpu_s": optimize_cpu_s,
+               "iterations": res.iterations,
+               "n_evals": res.meta.get("n_evals"), "status": res.status}
+    s = problem.settings
+    settings = {k: s[k] for k in ("objective", "falloff_gy_per_mm", "control_points", "bixel_mm", "dose_grid_mm",
+                                  "roi_mm", "recipe")}
+    for k in ("term_weights", "w1", "w2"):
+        if s.get(k) is not None:
+            settings[k] = s[k]
+    settings["solver_options"] = solver_options
+    return PlanResult(case=case, angles=problem.angles, dose=dose, x=res.x, x0=problem.x0, mu=mu,
+                      history=res.history, result=res, objective=problem.objective, operator=op, influence=im,
+                      timings=timings, scores=score_summary(case, dose, s.get("rx")), settings=settings,
+                      info=problem.info)
+
+
 def plan_case(case, angles: Sequence[float] | None = None, objective: str = "conformity",
               falloff: float | None = None, control_points: bool = False, bixel_mm: float = 5.0,
               dose_grid_mm: float | None = None, *, rx: float | None = None, roi_mm: float = 20.0,
@@ -659,6 +991,8 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
               change_window: int = 5, method: str = "lbfgsb", machine=None, cutoff_mm: float | None = None,
               backend: str = "numba", progress: bool = False, callback: Callable | None = None) -> PlanResult:
     """Plan a case end to end: influence matrix, objective, optimisation, dose, scores.
+
+    ``plan_case(case, ...)`` is ``optimise_plan(prepare_plan(case, ...), ...)``.
 
     Parameters
     ----------
@@ -701,58 +1035,10 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
     -------
     PlanResult
     """
-    from .case import Case
-    from .dose import DEFAULT_CUTOFF_MM, build_influence
-    from .dose.mu import beam_mu
-    from .optimize import Solver
-
-    if not isinstance(case, Case):
-        raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    angles = _angles_for(case, angles)
-    (bixel_mm,) = check_positive("bixel_mm", bixel_mm)
-    if dose_grid_mm is not None:
-        check_positive("dose_grid_mm", dose_grid_mm)
-    if falloff is not None:
-        check_positive("falloff (Gy/mm)", falloff)
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable, taking one history record (dict)")
-    t0 = time.perf_counter()
-    im = build_influence(case, angles, machine=machine, dose_grid=dose_grid_mm,
-                         cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm,
-                         progress=progress, bixel_mm=bixel_mm)
-    roi = None if im.grid.is_same(case.grid) else region_of_interest(case, roi_mm)
-    op = PlanOperator(im, roi=roi, backend=backend)
-    obj, info = build_objective(case, op, objective, falloff=falloff, control_points=control_points, rx=rx,
-                                recipe=recipe)
-    targets = _targets_with_rx(case, rx)
-    t_rows = op.ct_rows(targets[0][0].mask, missing="raise")
-    d1 = op.matvec(np.ones(op.shape[1]))
-    med = float(np.median(d1[t_rows]))
-    if not med > 0:
-        raise ValueError("the beams give no dose to the target; check the angles and the isocentre")
-    x0 = np.full(op.shape[1], targets[0][1] / med)
-    build_s = time.perf_counter() - t0
-    solver_options = dict(method=method, max_iter=max_iter, change_threshold=change_threshold,
-                          change_window=change_window, report_every=10)
-    solver = Solver(op, obj, callback=callback, progress=progress, **solver_options)
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = solver.run(x0)
-    optimize_s = time.perf_counter() - t0
-    optimize_cpu_s = time.process_time() - c0
-    dose = op.dose_ct(res.x)
-    maps, i = [], 0
-    for b in im.beams:
-        maps.append(b.bixels.to_map(res.x[i: i + b.bixels.n]))
-        i += b.bixels.n
-    mu = beam_mu(maps, im.machine)
-    timings = {"build_s": build_s, "optimize_s": optimize_s, "optimize_cpu_s": optimize_cpu_s,
-               "iterations": res.iterations,
-               "n_evals": res.meta.get("n_evals"), "status": res.status}
-    settings = {"objective": objective, "falloff_gy_per_mm": falloff, "control_points": bool(control_points),
-                "bixel_mm": bixel_mm, "dose_grid_mm": dose_grid_mm, "roi_mm": roi_mm,
-                "recipe": info["recipe"], "solver_options": solver_options}
-    return PlanResult(case=case, angles=angles, dose=dose, x=res.x, x0=x0, mu=mu, history=res.history,
-                      result=res, objective=obj, operator=op, influence=im, timings=timings,
-                      scores=score_summary(case, dose, rx), settings=settings, info=info)
+    problem = prepare_plan(case, angles, objective, falloff, control_points, bixel_mm, dose_grid_mm, rx=rx,
+                           roi_mm=roi_mm, recipe=recipe, machine=machine, cutoff_mm=cutoff_mm, backend=backend,
+                           progress=progress)
+    return optimise_plan(problem, max_iter=max_iter, change_threshold=change_threshold,
+                         change_window=change_window, method=method, progress=progress, callback=callback)
