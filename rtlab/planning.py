@@ -956,10 +956,9 @@ def optimise_plan(problem: PlanProblem, *, max_iter: int = 100, change_threshold
     cb = None
     if callback is not None:
         def cb(rec):
-            # the solver records an iterate right after evaluating it, so its last evaluated
-            # point is the record's x; the callback gets a copy of the record with it
-            x_it = solver._last[0] if getattr(solver, "_last", None) is not None else None
-            return callback({**rec, "x": None if x_it is None else x_it.copy()})
+            # the callback gets a copy of the record with the iterate it describes
+            x_it = getattr(solver, "current_x", None)
+            return callback({**rec, "x": None if x_it is None else np.array(x_it, np.float64, copy=True)})
     solver = Solver(op, problem.objective, callback=cb, progress=progress, cancel_event=cancel_event,
                     **solver_options)
     t0, c0 = time.perf_counter(), time.process_time()

@@ -229,6 +229,12 @@ class Solver:
         Show a ``tqdm.auto`` progress bar.
     report_every : int
         Compute term reports (F, S, f_C, ...) every this many iterations (always at the last).
+
+    Attributes
+    ----------
+    current_x : ndarray
+        While ``callback`` runs: the beamlet weights of the iteration its record describes
+        (read-only; copy it to keep it).
     """
 
     def __init__(self, A, objective, *, method: str = "lbfgsb", max_iter: int = 200,
@@ -327,6 +333,7 @@ class Solver:
                 self._bar.update(1)
             self._bar.set_postfix(f=f"{f:.4g}", refresh=False)
         stop = False
+        self.current_x = x  # the iterate this record describes (read by callbacks; do not modify)
         if self.callback is not None and it > 0:
             stop = bool(self.callback(rec))
         if stop:
