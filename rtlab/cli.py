@@ -13,6 +13,10 @@ Subcommands
     table; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads.
 ``rtlab lab``
     Open JupyterLab on the notebooks.
+``rtlab batch --cases NAME|FILE ... --machines NAME[=LOAD] ... [--scheduler ADDRESS] [--workers N] [--out DIR] [--spacing MM] [--angles ...] [--max-iter N] [--fanout K] [--policy P] [--json]``
+    Seed 001 batch planning on dask (:func:`rtlab.batch.run_batch_cli`): a standard plan per
+    case, converted for the machines, QA'd, persisted; prints progress, the dashboard link and
+    the QA table. Exit status 1 when a case failed or a plan failed QA.
 
 Every subcommand exits with status 2 and a one-line message on bad input (no traceback).
 """
@@ -255,6 +259,35 @@ def cmd_lab(args) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_batch(args) -> int:
+    from .batch import run_batch_cli
+
+    opts = {}
+    if args.angles:
+        opts["angles"] = _parse_floats(args.angles, "--angles")
+        if not opts["angles"]:
+            raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,120,240")
+    for flag, v in (("--max-iter", args.max_iter), ("--workers", args.workers), ("--qa-attempts", args.qa_attempts)):
+        if v is not None and v < 1:
+            raise CLIError(f"{flag} must be >= 1, got {v}")
+    if args.spacing is not None and not (math.isfinite(args.spacing) and args.spacing > 0):
+        raise CLIError(f"--spacing must be a positive voxel size in mm, got {args.spacing}")
+    if args.max_iter is not None:
+        opts["max_iter"] = opts["convert_max_iter"] = int(args.max_iter)
+    kw = dict(policy=args.policy, max_qa_attempts=args.qa_attempts)
+    if args.fanout is not None:
+        kw["fanout"] = args.fanout
+    quiet = bool(args.json)
+    summary = run_batch_cli(args.cases, args.machines, args.scheduler, args.workers, args.out, spacing=args.spacing,
+                            stage_options=opts, progress=not quiet and sys.stderr.isatty(), verbose=not quiet, **kw)
+    if args.json:
+        print(json.dumps(dict(out=summary["out"], files=summary["files"], persisted=summary["persisted"],
+                              failed=summary["failed"], qa_failed=summary["qa_failed"],
+                              all_passed=summary["all_passed"], dashboard=summary["dashboard"],
+                              elapsed_s=round(summary["elapsed_s"], 3)), default=_clean))
+    return 0 if not summary["failed"] and not summary["qa_failed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtlab", description="rtlab: a laboratory for radiotherapy planning algorithms")
     sub = p.add_subparsers(dest="command", required=True)
@@ -313,6 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--notebooks", metavar="DIR", help="notebook directory (default: the repository's notebooks/)")
     sp.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for `jupyter lab`")
     sp.set_defaults(func=cmd_lab)
+
+    sp = sub.add_parser("batch", help="plan cases for treatment machines on a dask cluster (patent 001)")
+    sp.add_argument("--cases", nargs="+", required=True, metavar="NAME|FILE",
+                    help="phantom names (see `rtlab phantoms`) or case files (rtlab .npz, matRad .mat, DICOM dir)")
+    sp.add_argument("--machines", nargs="+", required=True, metavar="NAME[=LOAD]",
+                    help="treatment machines (standard, linac_10mm_hard, linac_5mm_soft, ...); =LOAD: plans waiting")
+    sp.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler, e.g. tcp://host:8786 (default: local cluster)")
+    sp.add_argument("--workers", type=int, default=2, metavar="N", help="local worker processes (default 2)")
+    sp.add_argument("--out", default="batch_out", metavar="DIR", help="output directory (default batch_out; resumable)")
+    sp.add_argument("--spacing", type=float, metavar="MM", help="phantom voxel size in mm (e.g. 6 for a quick run)")
+    sp.add_argument("--angles", metavar="DEG,...", help="gantry angles (default: each case's suggested beams)")
+    sp.add_argument("--max-iter", type=int, metavar="N", help="optimiser iterations per plan and conversion (default 50)")
+    sp.add_argument("--fanout", type=int, metavar="K", help="machines per standard plan (default: all listed)")
+    sp.add_argument("--policy", default="shortest_queue", choices=("idle", "shortest_queue"),
+                    help="machine choice by congestion when --fanout is less than the machines")
+    sp.add_argument("--qa-attempts", type=int, default=2, metavar="N", help="conversions tried per plan until QA passes")
+    sp.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    sp.set_defaults(func=cmd_batch)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

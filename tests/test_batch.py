@@ -17,7 +17,7 @@ from rtlab.batch import (  # noqa: E402
     BatchPlanner, CongestionModel, MachineQueue, Stages, completed_records, demo_stages, load_record,
     make_client, persist_record, run_batch, run_batch_cli,
 )
-from rtlab.batch.stages import rtlab_convert  # noqa: E402
+from rtlab.batch.stages import default_stages, rtlab_convert  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +93,8 @@ def test_planner_validation():
     with pytest.raises(TypeError, match="callable"):
         Stages(qa=3)
     assert Stages.coerce({"qa": print}).qa is print and Stages.coerce(None).convert is rtlab_convert
-    with pytest.raises(NotImplementedError, match="stage_fns"):
-        rtlab_convert(None, None, "a", 0)
+    # the default convert stage is wired to rtlab.methods.conversion (tested in test_batch_cli.py)
+    assert default_stages().convert is rtlab_convert and default_stages() == Stages()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -206,7 +206,9 @@ class BatchPlanner:
             tqdm.auto progress bar over the (case, machine) plans.
         on_event : callable(kind, info), optional
             Called by the master for ``'start'``, ``'n_beams'``, ``'standard'``, ``'assigned'``,
-            ``'qa'``, ``'persisted'``, ``'duplicate'``, ``'failed'`` events (e.g. for a widget).
+            ``'converting'``, ``'qa'``, ``'persisted'``, ``'duplicate'``, ``'failed'`` events (e.g. for a
+            widget). ``info`` holds ``case`` and, where they apply, ``machine``, ``attempt``,
+            ``priority``, ``worker`` (address of the worker that computed the result) and ``qa``.
         """
         from distributed import as_completed
         from tqdm.auto import tqdm
@@ -224,7 +226,7 @@ class BatchPlanner:
             client, cluster = make_client(scheduler, n_workers, dashboard_address, silence_logs, **cluster_kwargs)
         emit = on_event or (lambda kind, info: None)
         summary = dict(out=str(out), persisted=[], skipped=[c for _, c in skipped], failed={}, qa_failed=[],
-                       duplicates=0, assignments={}, dashboard=dashboard_link(client),
+                       duplicates=0, assignments={}, records=[], dashboard=dashboard_link(client),
                        n_workers=len(client.scheduler_info().get("workers", {})))
         token = uuid.uuid4().hex[:8]
         st = self.stages
@@ -238,7 +240,15 @@ class BatchPlanner:
                 tags[f.key] = tag
             return f
 
+        def where(fut):
+            try:
+                w = client.who_has([fut]).get(fut.key) or ()
+                return sorted(w)[0] if w else None
+            except Exception:  # pragma: no cover - informational only
+                return None
+
         def start_conversion(s: _CaseState, machine: str, attempt: int):
+            emit("converting", dict(case=s.cid, machine=machine, attempt=attempt, priority=s.priority))
             c = submit(st.convert, s.load, s.standard, machine, attempt,
                        key=f"convert-{s.cid}-{machine}-{attempt}", prio=s.priority, tag=None)
             q = submit(st.qa, s.load, s.standard, c, machine,
@@ -249,7 +259,8 @@ class BatchPlanner:
         try:
             if summary["dashboard"]:
                 print(f"rtlab.batch: dask dashboard at {summary['dashboard']}")
-            emit("start", dict(todo=[c for _, c in todo], skipped=summary["skipped"], dashboard=summary["dashboard"]))
+            emit("start", dict(todo=[c for _, c in todo], skipped=summary["skipped"], dashboard=summary["dashboard"],
+                               priorities={c: self.priorities.get(c, 0) for _, c in todo}))
             ac = as_completed()
             total = sum(self._needed(c) for _, c in todo)
             bar = tqdm(total=total, desc="plans", unit="plan", disable=not progress)
@@ -263,8 +274,12 @@ class BatchPlanner:
                 s = states[cid]
                 if fut.status != "finished":
                     err = fut.exception()
-                    summary["failed"][cid] = f"{kind}: {type(err).__name__}: {err}"
-                    emit("failed", dict(case=cid, stage=kind, error=repr(err)))
+                    tag = tags[fut.key]
+                    machine = tag[2] if kind == "qa" else None
+                    summary["failed"][cid if machine is None else f"{cid}__{machine}"] = \
+                        f"{kind}: {type(err).__name__}: {err}"
+                    emit("failed", dict(case=cid, machine=machine, stage=kind, error=f"{type(err).__name__}: {err}",
+                                        attempt=tag[3] if kind == "qa" else None, priority=s.priority))
                     if kind == "qa":
                         s.open -= 1
                         bar.update(1)
@@ -284,7 +299,7 @@ class BatchPlanner:
                     ac.add(s.standard)
                     emit("n_beams", dict(case=cid, n_beams=n))
                 elif kind == "standard":
-                    emit("standard", dict(case=cid))
+                    emit("standard", dict(case=cid, worker=where(fut), priority=s.priority))
                     names, reason = self.congestion.choose(self.fanout, self.user_choice.get(cid))
                     have = set(done.get(cid, []))
                     for m in names:
@@ -304,7 +319,8 @@ class BatchPlanner:
                     qa = fut.result()
                     if not isinstance(qa, Mapping) or "passed" not in qa:
                         raise TypeError(f"the qa stage must return a dict with a 'passed' entry, got {qa!r}")
-                    emit("qa", dict(case=cid, machine=machine, attempt=attempt, qa=dict(qa)))
+                    emit("qa", dict(case=cid, machine=machine, attempt=attempt, qa=dict(qa), worker=where(fut),
+                                    priority=s.priority, retry=not qa["passed"] and attempt + 1 < self.max_qa_attempts))
                     if not qa["passed"] and attempt + 1 < self.max_qa_attempts:
                         ac.add(start_conversion(s, machine, attempt + 1))  # claim 7: back to step 4
                         continue
@@ -315,7 +331,10 @@ class BatchPlanner:
                                 finished_unix=time.time())
                     if persist_record(out, cid, machine, plan, meta):
                         summary["persisted"].append([cid, machine])
-                        emit("persisted", dict(case=cid, machine=machine))
+                        summary["records"].append(dict(case=cid, machine=machine, passed=bool(qa["passed"]),
+                                                       attempts=attempt + 1, qa=dict(qa), priority=s.priority))
+                        emit("persisted", dict(case=cid, machine=machine, passed=bool(qa["passed"]),
+                                               attempts=attempt + 1))
                     else:
                         summary["duplicates"] += 1
                         emit("duplicate", dict(case=cid, machine=machine))
@@ -359,7 +378,9 @@ def run_batch(cases, machines, out, stages=None, client=None, scheduler: str | N
     -------
     dict
         ``out``, ``persisted`` ([case, machine] pairs written now), ``skipped`` (cases already
-        complete in ``out``), ``failed`` (case -> error), ``qa_failed``, ``duplicates``,
+        complete in ``out``), ``failed`` (case, or ``case__machine`` for a failed conversion / QA task
+        -> error), ``qa_failed`` ([case, machine] persisted with a failing QA), ``duplicates``,
+        ``records`` (per persisted plan: case, machine, passed, attempts, qa dict, priority),
         ``assignments`` (case -> machines), ``loads`` (machine -> load after the batch),
         ``dashboard`` (URL or None), ``n_workers``, ``elapsed_s``, ``plans_per_minute``.
     """
@@ -368,23 +389,122 @@ def run_batch(cases, machines, out, stages=None, client=None, scheduler: str | N
                        on_event=on_event, dashboard_address=dashboard_address)
 
 
+def _parse_machines(machines, check_registry: bool) -> dict:
+    """``['a', 'b=3']`` -> ``{'a': 0.0, 'b': 3.0}`` (name = initial load on its treatment queue)."""
+    out = {}
+    for m in machines:
+        name, _, load = str(m).partition("=")
+        name = name.strip()
+        if name in out:
+            raise ValueError(f"--machines: machine {name!r} is listed twice; give each machine once")
+        if not name:
+            raise ValueError(f"--machines: empty machine name in {m!r}; use NAME or NAME=LOAD")
+        try:
+            out[name] = float(load) if load else 0.0
+        except ValueError:
+            raise ValueError(f"--machines: the load after '=' in {m!r} must be a number (plans waiting)") from None
+    if check_registry:
+        from ..dose.machines import list_machines
+
+        unknown = [n for n in out if n not in list_machines()]
+        if unknown:
+            raise ValueError(f"--machines: unknown machine(s) {unknown}; available: {list_machines()}")
+    return out
+
+
+def _printer(event_log: list | None = None):
+    """An ``on_event`` that prints one line per master event that matters to a user."""
+
+    def on_event(kind, info):
+        w = f" on {info['worker']}" if info.get("worker") else ""
+        line = None
+        if kind == "standard":
+            line = f"standard plan {info['case']} done{w}"
+        elif kind == "assigned":
+            line = f"{info['case']} -> {', '.join(info['machines'])} ({info['reason']})"
+        elif kind == "qa":
+            q = info["qa"]
+            rates = ", ".join(f"{k} {100 * v:.1f} %" for k, v in dict(q.get("pass_rates") or {}).items())
+            verdict = "passed" if q["passed"] else ("FAILED, regenerating" if info.get("retry") else "FAILED")
+            line = f"QA {info['case']} on {info['machine']} (attempt {info['attempt'] + 1}): {verdict}; {rates}"
+        elif kind == "failed":
+            m = f" on {info['machine']}" if info.get("machine") else ""
+            line = f"FAILED {info['case']}{m} in stage {info['stage']}: {info['error']}"
+        if line is not None:
+            print("rtlab.batch: " + line, flush=True)
+        if event_log is not None:
+            event_log.append((kind, info))
+
+    return on_event
+
+
 def run_batch_cli(cases: list[str], machines: list[str], scheduler: str | None, workers: int, out,
-                  stage_fns=None, **planner_kwargs) -> dict:
+                  stage_fns=None, spacing: float | None = None, stage_options: dict | None = None,
+                  progress: bool = True, verbose: bool = True, **planner_kwargs) -> dict:
     """Hook for ``rtlab batch --cases ... --machines ... [--scheduler ADDR] [--workers N] [--out DIR]``.
 
-    ``stage_fns`` (a :class:`Stages` or a dict of stage callables) replaces the default rtlab
-    stages. Prints the dashboard link (if any) and a one-line summary; returns the summary of
-    :func:`run_batch`.
+    Parameters
+    ----------
+    cases : list of str
+        Phantom names or case files (with the default stages: parsed by
+        :meth:`rtlab.batch.stages.CaseRef.parse`, so an unknown name fails here, before any
+        worker starts); with ``stage_fns`` plain case ids for those stages.
+    machines : list of str
+        Machine names, optionally ``NAME=LOAD`` (plans already waiting on its treatment queue,
+        for the congestion model). With the default stages they must be in
+        :func:`rtlab.dose.machines.list_machines`.
+    scheduler, workers, out
+        Scheduler address (None: a LocalCluster with ``workers`` processes) and output directory.
+    stage_fns : Stages or dict, optional
+        Replaces rtlab's stages (:func:`rtlab.batch.stages.rtlab_stages`).
+    spacing : float, optional
+        Phantom voxel size (mm) for the default stages.
+    stage_options : dict, optional
+        Further :func:`rtlab.batch.stages.rtlab_stages` options (angles, max_iter, ...).
+    progress, verbose : bool
+        tqdm bar (stderr) / one line per master event (stdout).
+    **planner_kwargs
+        :class:`BatchPlanner` options; ``fanout`` defaults to every listed machine (claim 13).
+
+    Returns
+    -------
+    dict
+        The :func:`run_batch` summary plus ``files`` (the summary JSON and QA CSV) and
+        ``all_passed``. Prints the dashboard link, progress, the QA table and a one-line summary.
     """
+    from .report import format_qa_table, qa_table, write_summary
+    from .stages import CaseRef, rtlab_stages
+
     if not cases:
         raise ValueError("--cases: give at least one case id (e.g. a phantom name)")
     if not machines:
         raise ValueError("--machines: give at least one treatment machine name")
-    summary = run_batch(list(cases), list(machines), Path(out), stages=stage_fns, scheduler=scheduler,
-                        n_workers=int(workers), **planner_kwargs)
+    if int(workers) < 0 or (scheduler is None and int(workers) < 1):
+        raise ValueError(f"--workers must be >= 1 for a local cluster, got {workers!r}")
+    if spacing is not None and not float(spacing) > 0:
+        raise ValueError(f"--spacing must be a positive voxel size in mm, got {spacing!r}")
+    default = stage_fns is None
+    mach = _parse_machines(machines, check_registry=default)
+    if default:
+        refs = [CaseRef.parse(c, spacing) for c in cases]
+        stage_fns = rtlab_stages(spacing=spacing, **dict(stage_options or {}))
+    else:
+        refs = list(cases)
+    planner_kwargs.setdefault("fanout", len(mach))
+    summary = run_batch(refs, mach, Path(out), stages=stage_fns, scheduler=scheduler, n_workers=max(int(workers), 1),
+                        progress=progress, on_event=_printer() if verbose else None, **planner_kwargs)
+    ids = [getattr(r, "name", r) for r in refs]
+    files = write_summary(out, summary, cases=ids)
+    summary["files"] = {k: str(v) for k, v in files.items()}
+    table = qa_table(out, ids)
+    summary["all_passed"] = bool(len(table) and table["passed"].all() and not summary["failed"])
+    if verbose:
+        print(format_qa_table(table))
     print(f"rtlab.batch: {len(summary['persisted'])} plan(s) written to {summary['out']}, "
-          f"{len(summary['skipped'])} case(s) already done, {len(summary['failed'])} failed "
-          f"({summary['elapsed_s']:.1f} s)")
+          f"{len(summary['skipped'])} case(s) already done, {len(summary['failed'])} failed, "
+          f"{len(summary['qa_failed'])} failed QA ({summary['elapsed_s']:.1f} s)")
     for cid, err in summary["failed"].items():
         print(f"  failed {cid}: {err}")
+    for cid, m in summary["qa_failed"]:
+        print(f"  QA failed {cid} on {m} (persisted with its QA report; see {Path(out) / (cid + '__' + m + '.json')})")
     return summary

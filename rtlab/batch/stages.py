@@ -20,68 +20,377 @@ the rest to the JSON sidecar). Every function must be importable by the workers 
 function or a ``functools.partial`` of one; not a lambda defined in a notebook cell when the
 workers are separate processes, unless cloudpickle can ship it by value).
 
-The defaults call rtlab: ``load`` = :func:`rtlab.phantoms.get_phantom` (a case reference is a
-phantom name), ``n_beams`` = the case's suggested beams, ``influence`` =
-:func:`rtlab.dose.influence.build_influence` for one beam, ``qa`` = :func:`rtlab.qa.qa_report`
-on ``plan["dose"]`` against ``standard["dose"]``. ``optimize`` and ``convert`` are not wired
-yet (they wait for the optimiser and the machine-conversion method) and raise
-``NotImplementedError`` naming the stage to pass instead.
+rtlab's stages (:func:`rtlab_stages`, the defaults)
+---------------------------------------------------
+``load``
+    :func:`rtlab_load`: a :class:`~rtlab.case.Case` passes through; a :class:`CaseRef` or a
+    string names a built-in phantom (:func:`rtlab.phantoms.get_phantom`, optionally at
+    ``spacing``) or a case file (rtlab ``.npz``, matRad ``.mat``, DICOM directory) that the
+    worker reads (workers need the path: a shared file system on a multi-node cluster).
+``n_beams`` / ``influence``
+    The gantry angles (``angles=`` or the case's suggested beams); one task per beam builds
+    that beam's influence matrix with the **standard machine's** source
+    (:func:`rtlab.dose.influence.build_influence`, CPU, no progress bar).
+``optimize``
+    :func:`merge_influences` joins the beams' matrices column-wise (the rows - the selected
+    voxels - do not depend on the beam, so the result equals ``build_influence`` of all beams
+    at once, tested), then :func:`plan_from_influence` runs the rest of
+    :func:`rtlab.planning.plan_case` on it (same operator, objective recipe, start point,
+    solver; tested equal to ``plan_case``): the **standard plan** (step 3).
+``convert``
+    :func:`rtlab.methods.conversion.convert_plan` of the standard plan to the machine (step 4:
+    coincidence check, leaf-row resampling, dose recalculation, re-optimisation with the
+    standard plan's DVH points and isodose lines, QA with ``attempts_per_task`` internal
+    regenerations). A master-level retry (``attempt`` >= 1, after a failed QA) runs it again with
+    ``escalate**attempt`` times the iterations and ``tighten**attempt`` times the constraint
+    weights.
+``qa``
+    :func:`rtlab.qa.qa_report` of the converted dose against the standard dose (gamma 3 %/3 mm
+    >= 95 %, 2 %/2 mm >= 90 %, |DVH difference| <= 3 % of Rx by default): the report that
+    ``convert_plan`` computed on the same doses with the same settings when there is one, else
+    computed here (a plan used as is).
+
+Per task only small things travel: a case reference (string), a beam index, a machine name
+and futures. The case is built on a worker by ``load`` and moved once to the workers that need
+it; the standard plan (weights, dose, its influence matrix) moves to the converting workers;
+the master receives only the converted plan's weights and dose (float32) and JSON metadata.
+Machine models are rebuilt from their names on the worker (cheap); numba kernels are compiled
+once per worker process and cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
-__all__ = ["Stages", "default_stages", "rtlab_load", "rtlab_n_beams", "rtlab_influence",
-           "rtlab_optimize", "rtlab_convert", "rtlab_qa"]
+import numpy as np
+
+__all__ = ["Stages", "default_stages", "rtlab_stages", "CaseRef", "merge_influences", "plan_from_influence",
+           "rtlab_load", "rtlab_n_beams", "rtlab_influence", "rtlab_optimize", "rtlab_convert", "rtlab_qa"]
+
+_CASE_SUFFIXES = (".npz", ".mat")
 
 
-def rtlab_load(case_ref):
-    """Default ``load``: a :class:`~rtlab.case.Case` passes through; a string is a phantom name."""
+@dataclass(frozen=True)
+class CaseRef:
+    """A case to load on a worker: ``name`` (the case id in file names) and ``source``.
+
+    Parameters
+    ----------
+    name : str
+        Case id (letters, digits, ``.``, ``_``, ``+``, ``-``).
+    source : str
+        A phantom name (:func:`rtlab.phantoms.list_phantoms`) or the path of a case file
+        (rtlab ``.npz`` with a case, matRad ``.mat``) or of a DICOM directory.
+    spacing : float, optional
+        Phantom voxel size (mm); ignored for files.
+    """
+
+    name: str
+    source: str
+    spacing: float | None = None
+
+    @classmethod
+    def parse(cls, text: str, spacing: float | None = None) -> "CaseRef":
+        """A phantom name or a path; the id is the phantom name or the file's stem."""
+        from ..phantoms import list_phantoms
+
+        text = str(text)
+        if text in list_phantoms():
+            return cls(text, text, spacing)
+        p = Path(text)
+        if p.is_dir() or (p.is_file() and p.suffix.lower() in _CASE_SUFFIXES):
+            from .persist import check_id
+
+            return cls(check_id("case (file stem)", p.stem if p.is_file() else p.name), str(p.resolve()), None)
+        if p.exists():
+            raise ValueError(f"case {text!r} is a {p.suffix or 'file'} file; give an rtlab .npz, a matRad .mat or "
+                             "a DICOM directory")
+        raise ValueError(f"case {text!r} is neither a built-in phantom ({', '.join(list_phantoms())}) nor an "
+                         "existing case file or DICOM directory")
+
+
+def rtlab_load(case_ref, spacing: float | None = None):
+    """Default ``load``: a Case passes through; a :class:`CaseRef` or a string is loaded.
+
+    Parameters
+    ----------
+    case_ref : Case, CaseRef or str
+        A string is parsed with :meth:`CaseRef.parse` (phantom name or case file).
+    spacing : float, optional
+        Phantom voxel size (mm) when the reference does not give one.
+    """
     from ..case import Case
 
     if isinstance(case_ref, Case):
         return case_ref
-    from ..phantoms import get_phantom
+    ref = case_ref if isinstance(case_ref, CaseRef) else CaseRef.parse(str(case_ref), spacing)
+    from ..phantoms import get_phantom, list_phantoms
 
-    return get_phantom(str(case_ref))
+    if ref.source in list_phantoms():
+        sp = ref.spacing if ref.spacing is not None else spacing
+        return get_phantom(ref.source, spacing=sp)
+    p = Path(ref.source)
+    if p.is_dir():
+        from ..io import load_dicom
 
+        return load_dicom(p)
+    if p.suffix.lower() == ".mat":
+        from ..io import load_matrad
 
-def rtlab_n_beams(case) -> int:
-    """Default ``n_beams``: the number of suggested beams of the case (at least 1)."""
-    return max(1, len(getattr(case, "beams", []) or []))
+        return load_matrad(p)
+    from ..io import load_npz
 
-
-def rtlab_influence(case, beam_index: int):
-    """Default ``influence``: the influence matrix of one suggested beam (CPU, no progress bar)."""
-    from ..dose.influence import build_influence
-
-    beams = case.beams if case.beams else [0.0]
-    return build_influence(case, [beams[beam_index]], progress=False, gpu=False)
-
-
-def rtlab_optimize(case, influences):
-    """Default ``optimize``: not wired yet."""
-    raise NotImplementedError(
-        "the default optimize stage (standard plan from rtlab.optimize) is not wired yet; "
-        "pass stages=Stages(optimize=your_function, ...) or stage_fns={'optimize': ...}"
-    )
+    c = load_npz(p).case
+    if c is None:
+        raise ValueError(f"{p.name} holds no case (write one with rtlab.io.save_npz(path, case))")
+    return c
 
 
-def rtlab_convert(case, standard, machine: str, attempt: int):
-    """Default ``convert``: not wired yet (waits for rtlab.methods.conversion)."""
-    raise NotImplementedError(
-        "the default convert stage (seed 001 machine conversion) is not wired yet; "
-        "pass stages=Stages(convert=your_function, ...) or stage_fns={'convert': ...}"
-    )
+def _angles(case, angles) -> list[float]:
+    if angles is not None:
+        a = [float(v) for v in angles]
+        if not a:
+            raise ValueError("angles is empty; give at least one gantry angle (degrees)")
+        return a
+    if case.beams:
+        return [float(b.gantry) for b in case.beams]
+    return [0.0, 72.0, 144.0, 216.0, 288.0]
 
 
-def rtlab_qa(case, standard, plan, machine: str) -> dict:
-    """Default ``qa``: :func:`rtlab.qa.qa_report` of ``plan['dose']`` against ``standard['dose']``."""
+def rtlab_n_beams(case, angles: Sequence[float] | None = None) -> int:
+    """Default ``n_beams``: the number of gantry angles (``angles`` or the case's suggested beams)."""
+    return len(_angles(case, angles))
+
+
+def rtlab_influence(case, beam_index: int, angles: Sequence[float] | None = None, bixel_mm: float = 5.0,
+                    dose_grid_mm: float | None = None, cutoff_mm: float | None = None, standard: str = "standard"):
+    """Default ``influence``: the influence matrix of beam ``beam_index`` on the standard machine.
+
+    Parameters
+    ----------
+    case : Case
+    beam_index : int
+        Index into the gantry angles.
+    angles : sequence of float, optional
+        Gantry angles (deg); default the case's suggested beams.
+    bixel_mm, dose_grid_mm, cutoff_mm
+        As in :func:`rtlab.planning.plan_case` (mm).
+    standard : str
+        The standard machine (:mod:`rtlab.dose.machines`); its source computes the dose.
+    """
+    from ..dose import DEFAULT_CUTOFF_MM, build_influence
+    from ..dose.machines import get_machine
+
+    a = _angles(case, angles)
+    return build_influence(case, [a[int(beam_index)]], machine=get_machine(standard).source, dose_grid=dose_grid_mm,
+                           cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm, progress=False,
+                           bixel_mm=bixel_mm, gpu=False)
+
+
+def merge_influences(parts):
+    """Join per-beam influence matrices (same case, grid, voxels, source) column-wise.
+
+    Parameters
+    ----------
+    parts : list of rtlab.dose.InfluenceMatrix
+        One per beam, in beam order.
+
+    Returns
+    -------
+    InfluenceMatrix
+        Columns beam after beam, as :func:`rtlab.dose.influence.build_influence` of all beams.
+    """
+    import scipy.sparse as sp
+
+    from ..dose.influence import InfluenceMatrix
+
+    parts = list(parts)
+    if not parts or not all(isinstance(p, InfluenceMatrix) for p in parts):
+        raise TypeError("parts must be a non-empty list of rtlab.dose.InfluenceMatrix (one per beam)")
+    p0 = parts[0]
+    for i, p in enumerate(parts[1:], 1):
+        if not (p.grid.is_same(p0.grid) and p.ct_grid.is_same(p0.ct_grid) and np.array_equal(p.voxel_index, p0.voxel_index)
+                and p.machine.key() == p0.machine.key() and p.cutoff_mm == p0.cutoff_mm):
+            raise ValueError(f"parts[{i}] was built on other voxels, grid, source or cut-off than parts[0]; "
+                             "build every beam of a case with the same settings")
+    if len(parts) == 1:
+        return p0
+    A = sp.hstack([p.matrix for p in parts], format="csr", dtype=np.float32)
+    A.sort_indices()
+    slices, beams, col = [], [], 0
+    for p in parts:
+        for s, b in zip(p.beamlet_slices, p.beams):
+            slices.append(slice(col + s.start, col + s.stop))
+            beams.append(b)
+        col += p.matrix.shape[1]
+    timings = {k: float(sum(p.timings.get(k, 0.0) for p in parts)) for k in p0.timings}
+    return InfluenceMatrix(A, p0.grid, p0.ct_grid, p0.voxel_index, slices, beams, p0.machine, p0.cutoff_mm,
+                           p0.ct_mask, timings, backend=p0.backend)
+
+
+def plan_from_influence(case, im, objective: str = "conformity", falloff: float | None = None,
+                        control_points: bool = False, *, rx: float | None = None, roi_mm: float = 20.0,
+                        recipe: Mapping | None = None, max_iter: int = 100, change_threshold: float | None = 1e-4,
+                        change_window: int = 5, method: str = "lbfgsb", backend: str = "numba"):
+    """:func:`rtlab.planning.plan_case` on an influence matrix that is already built.
+
+    Same steps and defaults as ``plan_case`` after its ``build_influence`` call (operator,
+    objective recipe, preliminary plan = uniform weights with the first target's median dose
+    at its prescription, solver, dose, MU, scores); the result equals ``plan_case`` with the
+    same settings (tested). Used by the batch so that the beams' matrices can be built by
+    separate tasks.
+
+    Returns
+    -------
+    rtlab.planning.PlanResult
+    """
+    import time
+
+    from ..case import Case
+    from ..dose.mu import beam_mu
+    from ..optimize import Solver
+    from ..planning import (OBJECTIVES, PlanOperator, PlanResult, _targets_with_rx, build_objective,
+                            region_of_interest, score_summary)
+
+    if not isinstance(case, Case):
+        raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if not im.ct_grid.is_same(case.grid):
+        raise ValueError("im was built on another CT grid than case; build it from this case")
+    t0 = time.perf_counter()
+    roi = None if im.grid.is_same(case.grid) else region_of_interest(case, roi_mm)
+    op = PlanOperator(im, roi=roi, backend=backend)
+    obj, info = build_objective(case, op, objective, falloff=falloff, control_points=control_points, rx=rx,
+                                recipe=recipe)
+    targets = _targets_with_rx(case, rx)
+    t_rows = op.ct_rows(targets[0][0].mask, missing="raise")
+    med = float(np.median(op.matvec(np.ones(op.shape[1]))[t_rows]))
+    if not med > 0:
+        raise ValueError("the beams give no dose to the target; check the angles and the isocentre")
+    x0 = np.full(op.shape[1], targets[0][1] / med)
+    build_s = time.perf_counter() - t0 + float(im.timings.get("total_s", 0.0))
+    solver_options = dict(method=method, max_iter=max_iter, change_threshold=change_threshold,
+                          change_window=change_window, report_every=10)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = Solver(op, obj, **solver_options).run(x0)
+    optimize_s, optimize_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    dose = op.dose_ct(res.x)
+    maps = [b.bixels.to_map(res.x[s]) for b, s in zip(im.beams, im.beamlet_slices)]
+    mu = beam_mu(maps, im.machine)
+    timings = {"build_s": build_s, "optimize_s": optimize_s, "optimize_cpu_s": optimize_cpu_s,
+               "iterations": res.iterations, "n_evals": res.meta.get("n_evals"), "status": res.status}
+    settings = {"objective": objective, "falloff_gy_per_mm": falloff, "control_points": bool(control_points),
+                "bixel_mm": float(im.beams[0].bixel_mm), "dose_grid_mm": None if im.grid.is_same(case.grid) else
+                float(im.grid.spacing[0]), "roi_mm": roi_mm, "recipe": info["recipe"],
+                "solver_options": solver_options}
+    return PlanResult(case=case, angles=[float(b.gantry) for b in im.beams], dose=dose, x=res.x, x0=x0, mu=mu,
+                      history=res.history, result=res, objective=obj, operator=op, influence=im, timings=timings,
+                      scores=score_summary(case, dose, rx), settings=settings, info=info)
+
+
+def rtlab_optimize(case, influences, objective: str = "conformity", max_iter: int = 50, rx: float | None = None,
+                   **plan_options) -> dict:
+    """Default ``optimize``: the standard plan from the beams' influence matrices.
+
+    Returns
+    -------
+    dict
+        ``x`` (beamlet weights), ``dose`` (Gy, CT grid, float32), ``im`` (the merged standard
+        influence matrix, needed by the conversion), ``scores``, ``iterations``, ``optimize_s``,
+        ``angles``.
+    """
+    im = merge_influences(influences)
+    p = plan_from_influence(case, im, objective, rx=rx, max_iter=max_iter, **plan_options)
+    return dict(x=np.asarray(p.x, np.float64), dose=np.asarray(p.dose, np.float32), im=im, scores=p.scores,
+                iterations=int(p.iterations), optimize_s=float(p.timings["optimize_s"]), angles=list(p.angles),
+                mu_total=float(p.mu_total))
+
+
+def _dvh_rows(qa) -> list:
+    return [dict(structure=str(r.structure), metric=str(r.metric), reference=float(r.reference),
+                 evaluated=float(r.evaluated), diff=float(r.diff)) for r in qa.dvh.itertuples(index=False)]
+
+
+def _qa_dict(qa) -> dict:
+    d = qa.to_dict()
+    d["dvh"] = _dvh_rows(qa)
+    return d
+
+
+def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "fluence", max_iter: int = 50,
+                  attempts_per_task: int = 2, escalate: float = 2.0, tighten: float = 4.0,
+                  qa_kwargs: Mapping | None = None, standard_machine: str = "standard", **convert_options) -> dict:
+    """Default ``convert``: :func:`rtlab.methods.conversion.convert_plan` of the standard plan.
+
+    Parameters
+    ----------
+    case, standard, machine, attempt
+        See the module docstring; ``standard`` is what :func:`rtlab_optimize` returned.
+    method : {'fluence', 'dao', 'recalc'}
+        Conversion method.
+    max_iter : int
+        L-BFGS-B iterations per optimisation on attempt 0; ``escalate**attempt`` times more on a
+        master-level retry.
+    attempts_per_task : int
+        ``max_attempts`` of ``convert_plan`` (optimisations with tightened constraints inside one
+        task).
+    escalate, tighten : float
+        Retry ``attempt`` multiplies the iterations by ``escalate**attempt`` and the isodose,
+        DVH and fidelity weights by ``tighten**attempt``.
+    qa_kwargs : dict, optional
+        :func:`rtlab.qa.qa_report` settings (criteria, thresholds, max_dvh_diff_gy).
+
+    Returns
+    -------
+    dict
+        ``x`` (weights on the machine's influence matrix), ``dose`` (Gy, float32), ``method``,
+        ``coincide``, ``passed``, ``reasons``, ``qa`` (the QA of the returned plan with its DVH
+        table, or None when used as is), ``recalc_pass_rates``, ``conversion_attempts`` (the
+        internal attempt history), ``timings``, ``max_iter``, ``retry`` (= ``attempt``).
+    """
+    from ..methods.conversion import convert_plan
+
+    k = int(attempt)
+    f = float(tighten) ** k
+    opts = dict(isodose_weight=1.0 * f, dvh_weight=1.0 * f, fidelity_weight=0.1 * f)
+    opts.update(convert_options)
+    n_iter = int(round(max_iter * float(escalate) ** k))
+    r = convert_plan(case, standard["x"], standard["im"], machine, standard_machine, method=method,
+                     max_iter=n_iter, max_attempts=int(attempts_per_task), tighten=tighten,
+                     qa_kwargs=dict(qa_kwargs or {}), **opts)
+    hist = [{kk: v for kk, v in a.items() if kk != "time_s"} for a in r.attempts]
+    return dict(x=np.asarray(r.x, np.float64), dose=np.asarray(r.dose, np.float32), machine=r.machine,
+                method=r.method, coincide=bool(r.coincidence.coincide), passed=r.passed, reasons=list(r.reasons),
+                qa=None if r.qa is None else _qa_dict(r.qa),
+                recalc_pass_rates=None if r.recalc_qa is None else dict(r.recalc_qa.pass_rates),
+                coincidence_reasons=list(r.coincidence.reasons), conversion_attempts=hist,
+                timings={kk: float(v) for kk, v in r.timings.items()}, max_iter=n_iter, retry=k)
+
+
+def rtlab_qa(case, standard, plan, machine: str, qa_kwargs: Mapping | None = None) -> dict:
+    """Default ``qa``: :func:`rtlab.qa.qa_report` of ``plan['dose']`` against ``standard['dose']``.
+
+    When the convert stage already reported the QA of this dose with the same settings
+    (``plan['qa']``, from :func:`rtlab_convert`) that report is returned; otherwise it is
+    computed. The dict has ``passed``, ``pass_rates``, ``thresholds``, ``reasons``,
+    ``max_abs_dvh_diff_gy``, ``dvh`` (rows of D95/D50/D2/Dmean differences) and, for converted
+    plans, the conversion's own ``reasons`` under ``conversion_reasons``.
+    """
     from ..qa import qa_report
 
-    return qa_report(standard["dose"], plan["dose"], case).to_dict()
+    q = plan.get("qa") if isinstance(plan, Mapping) else None
+    if isinstance(q, Mapping) and "passed" in q:
+        out = dict(q)
+    else:
+        out = _qa_dict(qa_report(np.asarray(standard["dose"], np.float64), np.asarray(plan["dose"], np.float64), case,
+                                 **dict(qa_kwargs or {})))
+    if isinstance(plan, Mapping) and plan.get("reasons"):
+        out["conversion_reasons"] = list(plan["reasons"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -116,6 +425,57 @@ class Stages:
         raise TypeError(f"stages must be None, a dict of stage callables or a Stages, got {type(stages).__name__}")
 
 
+def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = None, bixel_mm: float = 5.0,
+                 dose_grid_mm: float | None = None, cutoff_mm: float | None = None, objective: str = "conformity",
+                 max_iter: int = 50, convert_method: str = "fluence", convert_max_iter: int = 50,
+                 attempts_per_task: int = 2, escalate: float = 2.0, tighten: float = 4.0,
+                 qa_kwargs: Mapping | None = None, standard: str = "standard", **plan_options) -> Stages:
+    """rtlab's real stages with one set of settings (see the module docstring).
+
+    Parameters
+    ----------
+    spacing : float, optional
+        Phantom voxel size (mm) for cases given by phantom name.
+    angles : sequence of float, optional
+        Gantry angles (deg); default each case's suggested beams.
+    bixel_mm, dose_grid_mm, cutoff_mm, objective, max_iter
+        Standard plan settings (:func:`rtlab.planning.plan_case`; mm, iterations).
+    convert_method, convert_max_iter, attempts_per_task, escalate, tighten
+        Conversion settings (:func:`rtlab_convert`).
+    qa_kwargs : dict, optional
+        :func:`rtlab.qa.qa_report` settings for conversion and QA.
+    standard : str
+        The standard machine's name.
+    **plan_options
+        Further :func:`plan_from_influence` options (``rx``, ``roi_mm``, ``recipe``, ``falloff``, ...).
+    """
+    from ..dose.machines import get_machine
+    from ..methods.conversion import METHODS
+
+    get_machine(standard)  # fail early on an unknown name
+    if convert_method not in METHODS:
+        raise ValueError(f"convert_method must be one of {METHODS}, got {convert_method!r}")
+    for name, v in (("max_iter", max_iter), ("convert_max_iter", convert_max_iter),
+                    ("attempts_per_task", attempts_per_task)):
+        if int(v) < 1:
+            raise ValueError(f"{name} must be >= 1, got {v!r}")
+    if spacing is not None and not float(spacing) > 0:
+        raise ValueError(f"spacing must be a positive voxel size in mm, got {spacing!r}")
+    a = None if angles is None else tuple(float(v) for v in angles)
+    qk = None if qa_kwargs is None else dict(qa_kwargs)
+    return Stages(
+        load=partial(rtlab_load, spacing=spacing),
+        n_beams=partial(rtlab_n_beams, angles=a),
+        influence=partial(rtlab_influence, angles=a, bixel_mm=bixel_mm, dose_grid_mm=dose_grid_mm,
+                          cutoff_mm=cutoff_mm, standard=standard),
+        optimize=partial(rtlab_optimize, objective=objective, max_iter=int(max_iter), **plan_options),
+        convert=partial(rtlab_convert, method=convert_method, max_iter=int(convert_max_iter),
+                        attempts_per_task=int(attempts_per_task), escalate=escalate, tighten=tighten,
+                        qa_kwargs=qk, standard_machine=standard),
+        qa=partial(rtlab_qa, qa_kwargs=qk),
+    )
+
+
 def default_stages() -> Stages:
-    """rtlab's default stages (see the module docstring for which are wired)."""
+    """rtlab's default stages: :func:`rtlab_stages` with its defaults (= ``Stages()``)."""
     return Stages()
