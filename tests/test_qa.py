@@ -192,11 +192,19 @@ def test_against_pymedphys():
     Z, Y, X = _coords(grid)
     ref = 2.0 * np.exp(-(X ** 2 + Y ** 2 + Z ** 2) / 300.0)
     ev = 2.0 * np.exp(-((X - 1.0) ** 2 + Y ** 2 + (Z + 0.5) ** 2) / 280.0)
-    ours = gamma(ref, ev, grid, cutoff=0.2)
+    # Both implementations search the evaluated dose on a discrete grid of step DTA / f, so each
+    # over-estimates gamma by up to about 1/f; measured: max |difference| 0.079, 0.043, 0.024 at
+    # f = 10, 20, 40 (halving with the step, i.e. both converge to the same value).
+    f = 20
+    ours = gamma(ref, ev, grid, cutoff=0.2, interp_fraction=f)
     theirs = pymedphys.gamma(grid.axes(), ref, grid.axes(), ev, 3, 3, lower_percent_dose_cutoff=20,
-                             interp_fraction=10, max_gamma=2.0, quiet=True)
+                             interp_fraction=f, max_gamma=2.0)
     fin = np.isfinite(ours.gamma) & np.isfinite(theirs)
-    assert np.allclose(ours.gamma[fin], theirs[fin], atol=0.02)
+    assert fin.sum() > 1000
+    diff = ours.gamma[fin] - theirs[fin]
+    assert np.abs(diff).max() <= 1.0 / f
+    assert abs(diff.mean()) < 0.01
+    assert np.mean(ours.gamma[fin] <= 1) == np.mean(theirs[fin] <= 1)
 
 
 # ---------------------------------------------------------------------------------------------
