@@ -43,7 +43,11 @@ Objective recipes (``objective=``)
 * guard (coarse dose grid only): mean squared overdose above ``guard_level * min(D)`` on the
   dose-grid rows outside the region of interest;
 * with ``control_points=True``: the dose bounds of :mod:`rtlab.methods.control_points`
-  (para. 179-181) as a quadratic penalty.
+  (para. 179-181) as a quadratic penalty. The points are those of
+  :func:`~rtlab.methods.control_points.find_control_points` on the first target with the
+  keyword arguments of the recipe entry ``control_point_find`` (a dict, see
+  :func:`control_point_find_options`; default ``None`` = the library defaults with
+  ``mode='2d'``).
 
 ``'quadratic'`` (the conventional objective, for comparison): mean squared deviation from ``D``
 in each target, the same organ terms, and a mean squared overdose of the normal tissue above
@@ -77,6 +81,7 @@ __all__ = [
     "score_summary",
     "CONFORMITY_RECIPE",
     "QUADRATIC_RECIPE",
+    "control_point_find_options",
     "OBJECTIVES",
 ]
 
@@ -104,7 +109,14 @@ CONFORMITY_RECIPE = {
     "ring_weight": 0.3,
     "control_point_weight": 1e-3,
     "control_point_outside": 0.9,  # outside control points: dose <= 0.9 D
+    "control_point_find": None,    # find_control_points keyword arguments (dict); None = defaults, mode '2d'
 }
+
+#: Recipe entries that are not numbers (validated by their own functions).
+_NON_NUMERIC = ("control_point_find",)
+
+#: Keyword arguments of find_control_points that the recipe entry ``control_point_find`` may set.
+_CP_FIND_KEYS = ("r_in", "r_out", "inside_filter", "outside_filter", "thresholds", "mode", "smooth_mm", "backend")
 
 #: Weights and levels of the conventional quadratic recipe.
 QUADRATIC_RECIPE = {
@@ -333,11 +345,110 @@ def region_of_interest(case, roi_mm: float = 20.0) -> np.ndarray:
     return roi & case.structures.body_mask().astype(bool)
 
 
+def control_point_find_options(spec: Mapping | None = None) -> dict:
+    """Validate the recipe entry ``control_point_find`` and fill in the defaults.
+
+    The entry holds keyword arguments of
+    :func:`rtlab.methods.control_points.find_control_points` (patent 000, para. 154-197), the
+    call that finds the control points of a plan with ``control_points=True``.
+
+    Parameters
+    ----------
+    spec : mapping or None
+        Any of ``r_in``, ``r_out`` (sampling band inside / outside the target, mm, >= 0, not
+        both 0), ``inside_filter``, ``outside_filter`` (a ``RingFilter``, an outer radius in mm,
+        or ``(outer_mm, inner_mm)``), ``thresholds`` (a ``Thresholds`` or a dict of its fields),
+        ``mode`` (``'2d'`` circles per axial slice, ``'3d'`` spheres), ``smooth_mm`` (Gaussian
+        sigma in mm, >= 0, or None = one voxel) and ``backend`` (``'numba'`` / ``'numpy'``).
+        ``None`` or ``{}``: the library defaults with ``mode='2d'``.
+
+    Returns
+    -------
+    dict
+        All eight keyword arguments, filters as ``RingFilter`` and thresholds as ``Thresholds``:
+        ``find_control_points(mask, spacing, **result)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a non-mapping, an unknown key or a bad value; the message names the key.
+    """
+    from .methods.control_points import RingFilter, Thresholds
+
+    out = {"r_in": 10.0, "r_out": 10.0, "inside_filter": RingFilter(8.0), "outside_filter": RingFilter(8.0),
+           "thresholds": Thresholds(), "mode": "2d", "smooth_mm": None, "backend": "numba"}
+    if spec is None:
+        return out
+    where = "recipe['control_point_find']"
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"{where} must be a dict of find_control_points keyword arguments, e.g. "
+                        f"{{'mode': '3d', 'r_out': 6.0}}, or None for the defaults; got {type(spec).__name__}")
+    bad = [k for k in spec if k not in _CP_FIND_KEYS]
+    if bad:
+        raise ValueError(f"{where}: unknown key(s) {bad}; allowed: {list(_CP_FIND_KEYS)} "
+                         "(mask and spacing come from the case)")
+    for k in ("r_in", "r_out"):
+        if k in spec:
+            v = spec[k]
+            if isinstance(v, bool) or not np.isscalar(v):
+                raise TypeError(f"{where}['{k}'] must be a number in mm, got {v!r}")
+            (out[k],) = check_positive(f"{where}['{k}'] (mm)", v, allow_zero=True)
+    if out["r_in"] == 0 and out["r_out"] == 0:
+        raise ValueError(f"{where}: r_in and r_out are both 0 mm; widen at least one (e.g. 10 mm)")
+    for k in ("inside_filter", "outside_filter"):
+        if k not in spec:
+            continue
+        f = spec[k]
+        if isinstance(f, RingFilter):
+            out[k] = f
+            continue
+        try:
+            if isinstance(f, Mapping):
+                out[k] = RingFilter(**f)
+            elif isinstance(f, (str, bytes)) or (not np.isscalar(f) and (np.ndim(f) != 1 or np.size(f) != 2)):
+                raise TypeError("not a filter")
+            elif np.isscalar(f):
+                out[k] = RingFilter(f)
+            else:
+                b, a = f
+                out[k] = RingFilter(b, a)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{where}['{k}']: {exc}; give a RingFilter, an outer radius in mm or "
+                            f"(outer_mm, inner_mm), got {f!r}") from None
+    if "thresholds" in spec:
+        t = spec["thresholds"]
+        if isinstance(t, Thresholds):
+            out["thresholds"] = t
+        elif isinstance(t, Mapping):
+            try:
+                out["thresholds"] = Thresholds(**t)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"{where}['thresholds']: {exc}") from None
+        else:
+            raise TypeError(f"{where}['thresholds'] must be a Thresholds or a dict of its fields "
+                            f"(ratio, bulge, length, enclosed, count), got {t!r}")
+    if "mode" in spec:
+        if spec["mode"] not in ("2d", "3d"):
+            raise ValueError(f"{where}['mode'] must be '2d' (circles per axial slice) or '3d' (spheres), "
+                             f"got {spec['mode']!r}")
+        out["mode"] = spec["mode"]
+    if spec.get("smooth_mm") is not None:
+        v = spec["smooth_mm"]
+        if isinstance(v, bool) or not np.isscalar(v):
+            raise TypeError(f"{where}['smooth_mm'] must be a number in mm or None, got {v!r}")
+        (out["smooth_mm"],) = check_positive(f"{where}['smooth_mm'] (mm)", v, allow_zero=True)
+    if "backend" in spec:
+        if spec["backend"] not in ("numba", "numpy"):
+            raise ValueError(f"{where}['backend'] must be 'numba' or 'numpy', got {spec['backend']!r}")
+        out["backend"] = spec["backend"]
+    return out
+
+
 def _control_point_term(case, op, target, d_ref, recipe, weight):
     from .methods.control_points import ControlPointTerm, find_control_points
     from .optimize.terms import Term
 
-    pts = find_control_points(target.mask, case.grid.spacing, mode="2d")
+    pts = find_control_points(target.mask, case.grid.spacing, **recipe["control_point_find"])
     cp = ControlPointTerm.from_control_points(pts, d_ref, recipe["control_point_outside"] * d_ref, weight=1.0)
     rows = op.ct_rows_of_flat(cp.voxel_index)
     keep = rows >= 0
@@ -376,13 +487,17 @@ def build_objective(case, op: PlanOperator, objective: str = "conformity", fallo
     rx : float, optional
         Prescription (Gy) for a first target without one.
     recipe : mapping, optional
-        Overrides of :data:`CONFORMITY_RECIPE` / :data:`QUADRATIC_RECIPE` entries.
+        Overrides of :data:`CONFORMITY_RECIPE` / :data:`QUADRATIC_RECIPE` entries. Every entry
+        is a number except ``control_point_find``: a dict of
+        :func:`~rtlab.methods.control_points.find_control_points` keyword arguments (see
+        :func:`control_point_find_options`).
 
     Returns
     -------
     objective : rtlab.optimize.Objective
     info : dict
-        ``levels`` (falloff levels or None), ``control_points`` (ControlPoints or None), ``recipe``.
+        ``levels`` (falloff levels or None), ``control_points`` (ControlPoints or None), ``recipe``
+        (the full recipe; ``control_point_find`` there holds all the keyword arguments used).
     """
     from .methods.conformity import ConformityTerm
     from .optimize import MaxDose, Objective, SquaredDeviation, SquaredOverdose, SquaredUnderdose
@@ -391,10 +506,21 @@ def build_objective(case, op: PlanOperator, objective: str = "conformity", fallo
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     base = CONFORMITY_RECIPE if objective == "conformity" else QUADRATIC_RECIPE
     rec = dict(base)
+    if recipe is not None and not isinstance(recipe, Mapping):
+        raise TypeError(f"recipe must be a dict of recipe entries (e.g. {{'steepness': 30}}) or None, "
+                        f"got {type(recipe).__name__}")
     for k, v in (recipe or {}).items():
         if k not in base:
             raise ValueError(f"unknown recipe entry {k!r} for objective {objective!r}; known: {sorted(base)}")
-        rec[k] = float(v)
+        if k in _NON_NUMERIC:
+            rec[k] = v
+            continue
+        try:
+            rec[k] = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(f"recipe entry {k!r} must be a number, got {v!r}") from None
+    if "control_point_find" in rec:
+        rec["control_point_find"] = control_point_find_options(rec["control_point_find"])
     if falloff is not None:
         (falloff,) = check_positive("falloff (Gy/mm)", falloff)
         if objective != "conformity":
@@ -772,7 +898,8 @@ class PlanProblem:
         control_points : bool
         recipe : mapping or None
             Overrides of the recipe entries (e.g. ``{'steepness': 30, 'coverage_weight': 0.2}``),
-            relative to :data:`CONFORMITY_RECIPE` / :data:`QUADRATIC_RECIPE`.
+            relative to :data:`CONFORMITY_RECIPE` / :data:`QUADRATIC_RECIPE`; e.g.
+            ``{'control_point_find': {'mode': '3d'}}`` finds the control points with spheres.
         weights : mapping term name -> float, or None
             Importance weights of individual terms set after the recipe, e.g.
             ``{'PTV conformity': 2.0}`` (the per-target weights ``w_I`` of eq 6).
@@ -1016,7 +1143,9 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
     roi_mm : float
         Region of interest for CT-grid evaluation with a coarse dose grid (mm around targets).
     recipe : mapping, optional
-        Overrides of the recipe's weights and levels.
+        Overrides of the recipe's weights and levels; ``control_point_find`` (a dict of
+        :func:`~rtlab.methods.control_points.find_control_points` keyword arguments, see
+        :func:`control_point_find_options`) sets how the control points are found.
     max_iter, change_threshold, change_window, method
         Solver settings (:class:`rtlab.optimize.Solver`; the change rule is patent 000 claim 6).
     machine : rtlab.dose.Machine, optional

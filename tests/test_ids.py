@@ -227,6 +227,61 @@ def test_bad_requests_raise(session):
     assert not s.can_undo  # none of the bad requests changed the session
 
 
+def test_validate_request_same_errors_and_nothing_changes(session):
+    s = session
+    ref = s.reference_gy
+    v = _rim_voxel(s)
+    d0 = s.dose.copy()
+    # each bad argument raises what the request itself raises (same type and message)
+    for kw, call in [
+        (dict(index=(0, 0, 0)), lambda: s.request_voxel((0, 0, 0), ref)),               # outside the body
+        (dict(index=(0, 0, 10_000)), lambda: s.request_voxel((0, 0, 10_000), ref)),     # outside the grid
+        (dict(index=(1.5, 2, 3)), lambda: s.request_voxel((1.5, 2, 3), ref)),           # not integers
+        (dict(index=v, dose_gy=-1.0), lambda: s.request_voxel(v, -1.0)),                # negative dose
+        (dict(index=v, dose_gy=float("inf")), lambda: s.request_voxel(v, float("inf"))),
+        (dict(index=v, dose_gy="a lot"), lambda: s.request_voxel(v, "a lot")),
+        (dict(index=v, dose_gy=ref, n_steps=-2), lambda: s.request_voxel(v, ref, recover=-2)),  # bad steps
+        (dict(index=v, dose_gy=ref, n_steps=2.5), lambda: s.request_voxel(v, ref, recover=2.5)),
+        (dict(dose_gy=-ref, path=[v], dose_name="level_gy"), lambda: s.request_isodose_line(-ref, [v])),
+        (dict(dose_gy=ref, path=[(0, 0, 0), (0, 0, 3)], dose_name="level_gy"),
+         lambda: s.request_isodose_line(ref, [(0, 0, 0), (0, 0, 3)])),                   # path outside the body
+    ]:
+        with pytest.raises((ValueError, TypeError)) as want:
+            call()
+        with pytest.raises(type(want.value)) as got:
+            s.validate_request(**kw)
+        assert str(got.value) == str(want.value) and str(got.value)
+    with pytest.raises(ValueError, match="outside the body"):
+        s.validate_request(index=(0, 0, 0))
+    with pytest.raises(ValueError, match="dose_gy must be a finite dose >= 0"):
+        s.validate_request(dose_gy=-0.5)
+    with pytest.raises(ValueError, match="n_steps must be a non-negative integer"):
+        s.validate_request(n_steps=-1)
+    with pytest.raises(ValueError, match="n_steps"):
+        s.validate_request(n_steps=True)
+    # good arguments come back normalised; nothing is checked that is not given
+    ok = s.validate_request(index=np.array(v), dose_gy=np.float32(0.5), n_steps=np.int64(3))
+    assert ok["index"] == v and type(ok["index"][0]) is int
+    assert ok["dose_gy"] == 0.5 and ok["n_steps"] == 3 and ok["voxels"] is None
+    assert s.validate_request() == {"index": None, "dose_gy": None, "n_steps": None, "voxels": None}
+    line = s.validate_request(dose_gy=ref, path=[v, (v[0], v[1], v[2] + 0.25)])["voxels"]
+    np.testing.assert_array_equal(line, rasterize_polyline([v, (v[0], v[1], v[2] + 0.25)], s.grid.shape))
+    assert not s.can_undo and not s.has_request and np.array_equal(s.dose, d0)
+
+
+def test_has_request_follows_requests_and_history(case):
+    s = IDSSession(case, kernel_sigma_mm=4.0)
+    assert not s.has_request
+    with pytest.raises(ValueError, match="no request to recover"):
+        s.recover(1)
+    s.request_voxel(_rim_voxel(s), 0.6 * s.reference_gy, recover=0)
+    assert s.has_request
+    s.undo()  # back to the state before any request
+    assert not s.has_request
+    s.redo()
+    assert s.has_request and s.recover(0) == 0
+
+
 def test_callback_events_and_outputs(case):
     from rtlab.compare import score
 

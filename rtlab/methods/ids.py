@@ -852,6 +852,60 @@ class IDSSession:
             raise ValueError(f"{name} must be a finite dose >= 0 Gy, got {dose_gy!r}")
         return d
 
+    @property
+    def has_request(self) -> bool:
+        """True when there is a request to recover from (:meth:`recover` would not raise)."""
+        return self._req is not None
+
+    def validate_request(self, index=None, dose_gy=None, n_steps=None, *, path=None,
+                         dose_name: str = "dose_gy") -> dict:
+        """Check the arguments of a request without changing anything (for user interfaces).
+
+        The checks and messages are those of :meth:`request_voxel`,
+        :meth:`request_isodose_line` and :meth:`recover`, in the same order (index, dose, path,
+        steps); arguments left as None are not checked.
+
+        Parameters
+        ----------
+        index : (z, y, x) ints, optional
+            A voxel that must lie inside the grid and the body.
+        dose_gy : float, optional
+            Requested dose (Gy): finite and >= 0.
+        n_steps : int, optional
+            Recovery steps: an integer >= 0.
+        path : sequence of (z, y, x), optional
+            Polyline of an isodose-line request; every voxel it rasterises to
+            (:func:`rasterize_polyline`) must lie inside the body.
+        dose_name : str
+            Name of the dose in the messages (e.g. ``'level_gy'`` for an isodose level).
+
+        Returns
+        -------
+        dict
+            ``index`` (tuple of int), ``dose_gy`` (float), ``n_steps`` (int) and ``voxels``
+            (``(n, 3)`` int array of the path's voxels); None for arguments not given.
+
+        Raises
+        ------
+        TypeError, ValueError
+            An index that is not three integers, a voxel outside the grid or the body, a dose
+            that is not a finite number >= 0 Gy, a negative or non-integer step count.
+        """
+        out = {"index": None, "dose_gy": None, "n_steps": None, "voxels": None}
+        if index is not None:
+            self._body_pos(index)
+            out["index"] = tuple(int(i) for i in index)
+        if dose_gy is not None:
+            out["dose_gy"] = self._check_dose(dose_gy, dose_name)
+        if path is not None:
+            vox = rasterize_polyline(path, self.grid.shape)
+            for v in vox:
+                self._body_pos(v, "path voxel")
+            out["voxels"] = np.asarray(vox, np.int64).reshape(-1, 3)
+        if n_steps is not None:
+            out["n_steps"] = self._check_steps(n_steps)
+        return out
+
     def _start_request(self, pos, goals, kind, recover):
         n = self.recovery_steps if recover is None else self._check_steps(recover)
         self._sync()

@@ -11,7 +11,9 @@ points above ``D2 = outside x D1``.
 The panel holds no algorithm: every number comes from :mod:`rtlab.methods.control_points`.
 :attr:`ControlPointsPanel.enabled` says whether a plan should add the control-point bounds
 (``control_points=True`` of :func:`rtlab.planning.prepare_plan`), and
-:attr:`ControlPointsPanel.recipe` gives the matching recipe entries.
+:attr:`ControlPointsPanel.recipe` gives the matching recipe entries: ``D2 / D1``, the weight and,
+when they differ from the planning default, the find settings (recipe entry
+``control_point_find``), so that the plan uses the control points the panel shows.
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
 
     Events
     ------
-    ``"changed"``: payload :attr:`points`, after new points were drawn, and when
-    :attr:`enabled`, ``D2 / D1`` or the weight (:attr:`recipe`) change.
+    ``"changed"``: payload :attr:`points`, after new points were drawn (so also after a change
+    of the find settings, which recomputes with :attr:`auto`), and when :attr:`enabled`,
+    ``D2 / D1`` or the weight (:attr:`recipe`) change.
     """
 
     EVENTS = ("changed",)
@@ -220,10 +223,30 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
         """Second dose threshold ``D2 = outside x D1`` (Gy)."""
         return float(self.outside.value) * self.d1
 
+    #: Recipe entries of :data:`rtlab.planning.CONFORMITY_RECIPE` that this panel sets.
+    RECIPE_KEYS = ("control_point_outside", "control_point_weight", "control_point_find")
+
     @property
     def recipe(self) -> dict:
-        """Recipe overrides for :func:`rtlab.planning.build_objective`."""
-        return {"control_point_outside": float(self.outside.value), "control_point_weight": float(self.weight.value)}
+        """Recipe overrides for :func:`rtlab.planning.build_objective` / ``prepare_plan``.
+
+        ``control_point_outside`` (``D2 / D1``), ``control_point_weight`` and, when the find
+        settings differ from the planning default (library defaults, ``mode='2d'``),
+        ``control_point_find`` = :meth:`find_kwargs`, so that a plan finds the same control
+        points as the panel.
+
+        Raises
+        ------
+        ValueError
+            For invalid find settings (as :meth:`find_kwargs`).
+        """
+        from ..planning import control_point_find_options
+
+        rec = {"control_point_outside": float(self.outside.value), "control_point_weight": float(self.weight.value)}
+        kw = self.find_kwargs()
+        if control_point_find_options(kw) != control_point_find_options(None):
+            rec["control_point_find"] = kw
+        return rec
 
     @property
     def running(self) -> bool:

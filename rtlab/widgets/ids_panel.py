@@ -231,7 +231,7 @@ class IDSPanel(ipywidgets.VBox):
         busy = self.busy
         s = self.session
         self.apply_button.disabled = busy
-        self.recover_button.disabled = busy or s._req is None  # noqa: SLF001 - "is there a request to recover"
+        self.recover_button.disabled = busy or not s.has_request
         self.undo_button.disabled = busy or not s.can_undo
         self.redo_button.disabled = busy or not s.can_redo
 
@@ -396,10 +396,10 @@ class IDSPanel(ipywidgets.VBox):
             if dose is None:
                 dose, unit = self.dose_input.value, self.unit_input.value
             dose_gy = self.to_gy(dose, "Gy" if unit is None else unit)
-            s = self.session
-            s._body_pos(index)  # noqa: SLF001 - the session's own index check (outside grid / body)
-            dose_gy = s._check_dose(dose_gy)  # noqa: SLF001 - the session's own dose check (finite, >= 0)
-            n = int(self.steps_input.value) if recover is None else s._check_steps(recover)  # noqa: SLF001
+            # the session's own checks: voxel inside grid and body, finite dose >= 0, steps >= 0
+            v = self.session.validate_request(index=index, dose_gy=dose_gy, n_steps=recover)
+            dose_gy = v["dose_gy"]
+            n = int(self.steps_input.value) if recover is None else v["n_steps"]
         except (ValueError, TypeError) as exc:
             raise self._fail(exc)
         idx = tuple(int(i) for i in index)
@@ -432,15 +432,11 @@ class IDSPanel(ipywidgets.VBox):
         ValueError, TypeError
             A path leaving the body / grid or not in one axial slice, a negative level.
         """
-        from ..methods.ids import rasterize_polyline
-
         try:
-            s = self.session
-            level_gy = s._check_dose(self.to_gy(level, unit), "level_gy")  # noqa: SLF001
-            vox = rasterize_polyline(path, s.grid.shape)
-            for v in vox:
-                s._body_pos(v, "path voxel")  # noqa: SLF001
-            n = int(self.steps_input.value) if recover is None else s._check_steps(recover)  # noqa: SLF001
+            v = self.session.validate_request(dose_gy=self.to_gy(level, unit), path=path, n_steps=recover,
+                                              dose_name="level_gy")
+            level_gy, vox = v["dose_gy"], v["voxels"]
+            n = int(self.steps_input.value) if recover is None else v["n_steps"]
         except (ValueError, TypeError) as exc:
             raise self._fail(exc)
         pts = [tuple(float(c) for c in p) for p in np.asarray(path, float)]
@@ -456,8 +452,9 @@ class IDSPanel(ipywidgets.VBox):
     def recover(self, n_steps: int | None = None) -> threading.Thread:
         """More recovery steps for the latest request (:meth:`IDSSession.recover`), in the background."""
         try:
-            n = int(self.steps_input.value) if n_steps is None else self.session._check_steps(n_steps)  # noqa: SLF001
-            if self.session._req is None and not self.busy:  # noqa: SLF001
+            n = int(self.steps_input.value) if n_steps is None else self.session.validate_request(n_steps=n_steps)[
+                "n_steps"]
+            if not self.session.has_request and not self.busy:
                 raise ValueError("no request to recover from; make a request first (Apply to selected voxel)")
         except (ValueError, TypeError) as exc:
             raise self._fail(exc)

@@ -348,8 +348,12 @@ class PlanLab(ipywidgets.VBox):
         fo = self.falloff_panel.falloff
         cp = bool(self.control_points_panel.enabled)
         fo_rec = dict(getattr(self.falloff_panel, "recipe", {}) or {})
-        cp_rec = dict(getattr(self.control_points_panel, "recipe", {}) or {})
-        rec = {k: v for k, v in (s.get("recipe_overrides") or {}).items() if k not in fo_rec and k not in cp_rec}
+        # the control-point panel owns its recipe entries (D2/D1, weight, find settings): the
+        # base problem's values of them are dropped, the panel's (incl. control_point_find) used
+        cp_keys = set(getattr(self.control_points_panel, "RECIPE_KEYS", ()))
+        cp_rec = dict(getattr(self.control_points_panel, "recipe", {}) or {}) if cp else {}
+        rec = {k: v for k, v in (s.get("recipe_overrides") or {}).items()
+               if k not in fo_rec and k not in cp_rec and k not in cp_keys}
         if fo is not None:
             rec.update(fo_rec)
         if cp:
