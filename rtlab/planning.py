@@ -983,10 +983,16 @@ def prepare_plan(case, angles: Sequence[float] | None = None, objective: str = "
                  falloff: float | None = None, control_points: bool = False, bixel_mm: float = 5.0,
                  dose_grid_mm: float | None = None, *, rx: float | None = None, roi_mm: float = 20.0,
                  recipe: Mapping | None = None, machine=None, cutoff_mm: float | None = None,
-                 backend: str = "numba", progress: bool = False) -> PlanProblem:
+                 backend: str = "numba", progress: bool = False, influence=None) -> PlanProblem:
     """First half of :func:`plan_case`: influence matrix, operator, objective and start point.
 
-    Parameters are those of :func:`plan_case` without the solver settings.
+    Parameters are those of :func:`plan_case` without the solver settings, and:
+
+    influence : rtlab.dose.InfluenceMatrix, optional
+        An influence matrix already built for this case (e.g. per-beam matrices built by
+        separate batch tasks and joined). Its beams give the angles and the bixel size, its grid
+        the dose grid; ``angles``, ``bixel_mm``, ``dose_grid_mm``, ``machine`` and ``cutoff_mm``
+        are then ignored.
 
     Returns
     -------
@@ -1001,16 +1007,27 @@ def prepare_plan(case, angles: Sequence[float] | None = None, objective: str = "
         raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    angles = _angles_for(case, angles)
-    (bixel_mm,) = check_positive("bixel_mm", bixel_mm)
-    if dose_grid_mm is not None:
-        check_positive("dose_grid_mm", dose_grid_mm)
     if falloff is not None:
         check_positive("falloff (Gy/mm)", falloff)
     t0 = time.perf_counter()
-    im = build_influence(case, angles, machine=machine, dose_grid=dose_grid_mm,
-                         cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm,
-                         progress=progress, bixel_mm=bixel_mm)
+    if influence is not None:
+        im = influence
+        if not hasattr(im, "ct_grid") or not hasattr(im, "beams"):
+            raise TypeError(f"influence must be an rtlab.dose.InfluenceMatrix, got {type(im).__name__}")
+        if not im.ct_grid.is_same(case.grid):
+            raise ValueError("influence was built on another CT grid than case; build it from this case")
+        angles = [float(b.gantry) for b in im.beams]
+        bixel_mm = float(im.beams[0].bixel_mm)
+        dose_grid_mm = None if im.grid.is_same(case.grid) else float(im.grid.spacing[0])
+        t0 -= float(im.timings.get("total_s", 0.0))  # count the (earlier) build in build_s
+    else:
+        angles = _angles_for(case, angles)
+        (bixel_mm,) = check_positive("bixel_mm", bixel_mm)
+        if dose_grid_mm is not None:
+            check_positive("dose_grid_mm", dose_grid_mm)
+        im = build_influence(case, angles, machine=machine, dose_grid=dose_grid_mm,
+                             cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm,
+                             progress=progress, bixel_mm=bixel_mm)
     roi = None if im.grid.is_same(case.grid) else region_of_interest(case, roi_mm)
     op = PlanOperator(im, roi=roi, backend=backend)
     obj, info = build_objective(case, op, objective, falloff=falloff, control_points=control_points, rx=rx,

@@ -237,9 +237,8 @@ def plan_from_influence(case, im, objective: str = "conformity", falloff: float 
                         change_window: int = 5, method: str = "lbfgsb", backend: str = "numba"):
     """:func:`rtlab.planning.plan_case` on an influence matrix that is already built.
 
-    Same steps and defaults as ``plan_case`` after its ``build_influence`` call (operator,
-    objective recipe, preliminary plan = uniform weights with the first target's median dose
-    at its prescription, solver, dose, MU, scores); the result equals ``plan_case`` with the
+    ``optimise_plan(prepare_plan(case, ..., influence=im))``: the same operator, objective
+    recipe, start point and solver as ``plan_case``; the result equals ``plan_case`` with the
     same settings (tested). Used by the batch so that the beams' matrices can be built by
     separate tasks.
 
@@ -247,49 +246,12 @@ def plan_from_influence(case, im, objective: str = "conformity", falloff: float 
     -------
     rtlab.planning.PlanResult
     """
-    import time
+    from ..planning import optimise_plan, prepare_plan
 
-    from ..case import Case
-    from ..dose.mu import beam_mu
-    from ..optimize import Solver
-    from ..planning import (OBJECTIVES, PlanOperator, PlanResult, _targets_with_rx, build_objective,
-                            region_of_interest, score_summary)
-
-    if not isinstance(case, Case):
-        raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if not im.ct_grid.is_same(case.grid):
-        raise ValueError("im was built on another CT grid than case; build it from this case")
-    t0 = time.perf_counter()
-    roi = None if im.grid.is_same(case.grid) else region_of_interest(case, roi_mm)
-    op = PlanOperator(im, roi=roi, backend=backend)
-    obj, info = build_objective(case, op, objective, falloff=falloff, control_points=control_points, rx=rx,
-                                recipe=recipe)
-    targets = _targets_with_rx(case, rx)
-    t_rows = op.ct_rows(targets[0][0].mask, missing="raise")
-    med = float(np.median(op.matvec(np.ones(op.shape[1]))[t_rows]))
-    if not med > 0:
-        raise ValueError("the beams give no dose to the target; check the angles and the isocentre")
-    x0 = np.full(op.shape[1], targets[0][1] / med)
-    build_s = time.perf_counter() - t0 + float(im.timings.get("total_s", 0.0))
-    solver_options = dict(method=method, max_iter=max_iter, change_threshold=change_threshold,
-                          change_window=change_window, report_every=10)
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = Solver(op, obj, **solver_options).run(x0)
-    optimize_s, optimize_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    dose = op.dose_ct(res.x)
-    maps = [b.bixels.to_map(res.x[s]) for b, s in zip(im.beams, im.beamlet_slices)]
-    mu = beam_mu(maps, im.machine)
-    timings = {"build_s": build_s, "optimize_s": optimize_s, "optimize_cpu_s": optimize_cpu_s,
-               "iterations": res.iterations, "n_evals": res.meta.get("n_evals"), "status": res.status}
-    settings = {"objective": objective, "falloff_gy_per_mm": falloff, "control_points": bool(control_points),
-                "bixel_mm": float(im.beams[0].bixel_mm), "dose_grid_mm": None if im.grid.is_same(case.grid) else
-                float(im.grid.spacing[0]), "roi_mm": roi_mm, "recipe": info["recipe"],
-                "solver_options": solver_options}
-    return PlanResult(case=case, angles=[float(b.gantry) for b in im.beams], dose=dose, x=res.x, x0=x0, mu=mu,
-                      history=res.history, result=res, objective=obj, operator=op, influence=im, timings=timings,
-                      scores=score_summary(case, dose, rx), settings=settings, info=info)
+    problem = prepare_plan(case, objective=objective, falloff=falloff, control_points=control_points, rx=rx,
+                           roi_mm=roi_mm, recipe=recipe, backend=backend, influence=im)
+    return optimise_plan(problem, max_iter=max_iter, change_threshold=change_threshold,
+                         change_window=change_window, method=method)
 
 
 def rtlab_optimize(case, influences, objective: str = "conformity", max_iter: int = 50, rx: float | None = None,
