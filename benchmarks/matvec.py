@@ -9,7 +9,9 @@ neighbouring voxels; a few percent of rows are empty), then times, as medians ov
 * numpy copy of a float32 array about as large as the bytes one mat-vec moves (bandwidth =
   bytes read + bytes written per second), and a 2-thread numba copy for comparison;
 * scipy ``A @ x`` and ``A.T @ g``;
-* rtlab's numba ``DoseOperator.matvec`` and ``rmatvec`` (pre-transposed CSR);
+* rtlab's numba ``DoseOperator.matvec`` and ``rmatvec`` (pre-transposed CSR); the mat-vec also
+  on one thread, with its process CPU time beside the copy's CPU time (``*_cpu_*``: the
+  per-core cost, which other load on a shared machine barely changes);
 * on a CUDA machine: device-to-device copy, cuSPARSE (CuPy) ``A @ x`` / ``A^T g`` and the
   numba.cuda warp-per-row kernel.
 
@@ -205,13 +207,23 @@ def main(argv=None):
     t_copy = median_time(lambda: np.copyto(dst, src), args.repeats)
     copy_bw = 2 * src.nbytes / t_copy / 1e9
     t_pcopy = median_time(lambda: _parallel_copy(src, dst), args.repeats)
-    del src, dst
 
     t_sp = median_time(lambda: A @ x, args.repeats)
     t_sp_r = median_time(lambda: A.T @ g, args.repeats)
     y = np.empty(A.shape[0], np.float32)
     r = np.empty(A.shape[1], np.float64)
     t_nb = median_time(lambda: op.matvec(x, out=y), args.repeats)
+    # one thread, wall and process CPU time: the per-core cost, robust to other load on the machine
+    prev = numba.get_num_threads()
+    numba.set_num_threads(1)
+    c0 = time.process_time()
+    t_nb1 = median_time(lambda: op.matvec(x, out=y), args.repeats)
+    c_nb1 = (time.process_time() - c0) / (args.repeats + 2)
+    numba.set_num_threads(prev)
+    c0 = time.process_time()
+    median_time(lambda: np.copyto(dst, src), args.repeats)
+    c_copy = (time.process_time() - c0) / (args.repeats + 2)
+    del src, dst
     t_nb_r = median_time(lambda: op.rmatvec(g, out=r), args.repeats)
     op_checked = DoseOperator(A, backend="numba", check=True)
     op_checked._AT = op._AT
@@ -240,6 +252,10 @@ def main(argv=None):
         "numba_matvec_gbs": round(gbs(mv_bytes, t_nb), 2),
         "numba_matvec_frac_of_copy": round(gbs(mv_bytes, t_nb) / copy_bw, 3),
         "numba_matvec_frac_of_parallel_copy": round(gbs(mv_bytes, t_nb) / gbs(2 * mv_bytes // 4 * 4, t_pcopy), 3),
+        "numba_matvec_1thread_ms": round(t_nb1 * 1e3, 2),
+        "numba_matvec_1thread_frac_of_copy": round(gbs(mv_bytes, t_nb1) / copy_bw, 3),
+        "numba_matvec_1thread_cpu_ms": round(c_nb1 * 1e3, 2), "numpy_copy_cpu_ms": round(c_copy * 1e3, 2),
+        "numba_matvec_1thread_cpu_frac_of_copy_cpu": round((mv_bytes / c_nb1) / (2 * (mv_bytes // 4 * 4) / c_copy), 3),
         "numba_matvec_checked_ms": round(t_nb_checked * 1e3, 2),
         "numba_rmatvec_ms": round(t_nb_r * 1e3, 2),
         "numba_rmatvec_gbs": round(gbs(rmv_bytes, t_nb_r), 2),

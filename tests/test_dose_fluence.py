@@ -1,0 +1,154 @@
+"""Fluence engine kernels (rtlab.dose.fluence) against pure-numpy references; patch updates."""
+
+import numpy as np
+import pytest
+from scipy.special import ndtr
+
+from rtlab.dose import FluenceDose
+from rtlab.dose import fluence as F
+from rtlab.dose._testcases import water_box
+
+
+def _kern(s, mk, f=1.0):
+    m = np.arange(-mk, mk + 1) * f
+    return ndtr((m + f / 2) / s) - ndtr((m - f / 2) / s)
+
+
+def _gaussians():
+    sig = np.array([2.0, 5.0, 9.0])
+    stride = np.maximum(1, np.floor(sig / 4).astype(np.int64))
+    mk = np.ceil(3 * sig).astype(np.int64)
+    moff = (np.ceil(mk / stride) * stride).astype(np.int64)
+    kerns = [_kern(s, m) for s, m in zip(sig, mk)]
+    return stride, mk, moff, kerns
+
+
+def _direct_conv(psi, row0, col0, kern, mk, stride, moff, box):
+    """Node values by the defining double sum (independent of both implementations)."""
+    nr_lo, nr_hi, nc_lo, nc_hi = box
+    out = np.zeros((nr_hi - nr_lo, nc_hi - nc_lo))
+    for jr in range(out.shape[0]):
+        pr = (nr_lo + jr) * stride - moff
+        for jc in range(out.shape[1]):
+            pc = (nc_lo + jc) * stride - moff
+            for r in range(psi.shape[0]):
+                for c in range(psi.shape[1]):
+                    dr, dc = pr - (row0 + r), pc - (col0 + c)
+                    if abs(dr) <= mk and abs(dc) <= mk:
+                        out[jr, jc] += psi[r, c] * kern[dr + mk] * kern[dc + mk]
+    return out
+
+
+@pytest.mark.parametrize("row0,col0,shape", [(0, 0, (6, 5)), (7, 3, (4, 9)), (20, 25, (5, 5))])
+def test_conv_boxes_matches_numpy_and_direct_sum(row0, col0, shape):
+    rng = np.random.default_rng(row0 + col0)
+    stride, mk, moff, kerns = _gaussians()
+    psi = rng.uniform(-1, 1, shape)
+    nr = np.array([(30 - 1 + 2 * m) // s + 1 for m, s in zip(moff, stride)])
+    r1, c1 = row0 + shape[0], col0 + shape[1]
+    boxes = []
+    for g in range(3):
+        s, m, mo = stride[g], mk[g], moff[g]
+        boxes.append((max(0, -((m - row0 - mo) // s)), min(nr[g], (r1 - 1 + m + mo) // s + 1),
+                      max(0, -((m - col0 - mo) // s)), min(nr[g], (c1 - 1 + m + mo) // s + 1)))
+    bx = np.array(boxes, np.int64)
+    sizes = (bx[:, 1] - bx[:, 0] + 2) * (bx[:, 3] - bx[:, 2] + 2)
+    buf_off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    buf = np.full(buf_off[-1], np.nan)
+    kern_off = np.concatenate([[0], np.cumsum([len(k) for k in kerns])]).astype(np.int64)
+    F._conv_boxes(psi, row0, col0, np.concatenate(kerns), kern_off, mk, stride, moff,
+                  bx[:, 0].copy(), bx[:, 1].copy(), bx[:, 2].copy(), bx[:, 3].copy(), buf, buf_off)
+    for g in range(3):
+        got = buf[buf_off[g] : buf_off[g + 1]].reshape(bx[g, 1] - bx[g, 0] + 2, -1)
+        ref = F.conv_boxes_reference(psi, row0, col0, kerns[g], mk[g], stride[g], moff[g], boxes[g])
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+        assert np.all(got[0] == 0) and np.all(got[-1] == 0) and np.all(got[:, 0] == 0) and np.all(got[:, -1] == 0)
+        direct = _direct_conv(psi, row0, col0, kerns[g], mk[g], stride[g], moff[g], boxes[g])
+        np.testing.assert_allclose(got[1:-1, 1:-1], direct, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_apply_boxes_matches_numpy_reference(threads):
+    rng = np.random.default_rng(5)
+    n = 1000
+    # voxels inside, near and far outside the boxes, plus "outside the beam" (-1e6, coef 0)
+    up = rng.uniform(-40, 80, n).astype(np.float32)
+    vp = rng.uniform(-40, 80, n).astype(np.float32)
+    up[::17] = -1e6
+    coef = rng.uniform(0, 2, (3, n)).astype(np.float32)
+    coef[:, ::17] = 0
+    shapes = [(12, 9), (7, 8), (4, 5)]
+    boxes = [np.pad(rng.uniform(-1, 1, s), 1).astype(np.float32) for s in shapes]
+    inv_s = np.array([1.0, 1 / 3, 1 / 7])
+    ox = np.array([-3.0, 2.5, 4.0])
+    oy = np.array([1.0, -0.5, 6.0])
+    buf = np.concatenate([b.ravel() for b in boxes])
+    buf_off = np.concatenate([[0], np.cumsum([b.size for b in boxes])]).astype(np.int64)
+    hp = np.array([b.shape[0] for b in boxes], np.int64)
+    wp = np.array([b.shape[1] for b in boxes], np.int64)
+    # pixel interval where box g is non-zero: x in (0, wp - 1)
+    u_lo, u_hi = -ox / inv_s, (wp - 1 - ox) / inv_s
+    v_lo, v_hi = -oy / inv_s, (hp - 1 - oy) / inv_s
+    bbox = F._block_bbox(up, vp, (coef != 0).any(axis=0))
+    dose = np.full(n, 0.5)
+    with F._Threads(threads):
+        F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, dose)
+    ref = 0.5 + F.apply_boxes_reference(up, vp, coef, boxes, inv_s, ox, oy)
+    assert np.abs(ref - 0.5).max() > 0.1  # the test data do reach the boxes
+    np.testing.assert_allclose(dose, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_block_bbox_covers_active_voxels():
+    rng = np.random.default_rng(1)
+    n = 3 * F._BLOCK + 5
+    up, vp = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
+    act = rng.random(n) < 0.5
+    bb = F._block_bbox(up, vp, act)
+    assert bb.shape == (4, 4)
+    for b in range(4):
+        sl = slice(b * F._BLOCK, (b + 1) * F._BLOCK)
+        a = act[sl]
+        assert bb[b, 0] == up[sl][a].min() and bb[b, 1] == up[sl][a].max()
+        assert bb[b, 2] == vp[sl][a].min() and bb[b, 3] == vp[sl][a].max()
+
+
+@pytest.fixture(scope="module")
+def box():
+    return water_box(shape=(15, 31, 17), spacing=(3.0, 3.0, 3.0), surface_y=-40.0, target_halfwidth=(9, 9))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_patch_updates_at_edges_equal_full_recompute(box, threads):
+    fd = FluenceDose(box, [0, 130, 250], dose_grid=4.0, fluence_mm=1.0, threads=threads)
+    fd.set_bixel_weights(np.ones(sum(b.bixels.n for b in fd.beams)))
+    rng = np.random.default_rng(3)
+    for b, st in enumerate(fd._states):
+        R, C = st.shape
+        fd.patch_update(b, 0, 0, rng.uniform(-0.2, 0.6, (5, 4)))  # corner
+        fd.patch_update(b, R - 3, C - 6, rng.uniform(0, 0.4, (3, 6)))  # opposite corner
+        fd.patch_update(b, R // 2, 2, rng.uniform(0, 1.0, (1, C - 4)))  # a full-width row
+    inc = fd.dose_vector.copy()
+    fluence = [f.copy() for f in fd.fluence]
+    full = fd.compute().copy()
+    assert np.abs(full).max() > 0
+    assert np.abs(inc - full).max() <= 1e-5 * np.abs(full).max()
+    # a fresh engine set to the final maps gives the same dose
+    fd2 = FluenceDose(box, fd.beams, dose_grid=4.0, fluence_mm=1.0)
+    for b, f in enumerate(fluence):
+        fd2.set_fluence(b, f)
+    np.testing.assert_allclose(fd2.compute(), full, rtol=0, atol=1e-12 * np.abs(full).max())
+    # node grids kept by the updates equal the recomputed ones
+    g = fd._states[0].g[1]
+    assert g.C.shape == (g.nr, g.nc) and np.abs(g.C).max() > 0
+
+
+def test_patch_update_bad_input(box):
+    fd = FluenceDose(box, [0], dose_grid=6.0)
+    with pytest.raises(ValueError, match="delta must be a 2D patch"):
+        fd.patch_update(0, 0, 0, np.ones(3))
+    with pytest.raises(ValueError, match="exceed the fluence map"):
+        fd.patch_update(0, -1, 0, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="delta"):
+        fd.patch_update(0, 0, 0, np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        FluenceDose(box, [0], dose_grid=6.0, threads=0)
