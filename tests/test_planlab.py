@@ -46,7 +46,7 @@ def test_dose_panel_bad_input(case):
     with pytest.raises(ValueError, match="dose_grid_mm"):
         DoseEnginePanel(case, dose_grid_mm=-1.0)
     p = DoseEnginePanel(case)
-    with pytest.raises(ValueError, match="unknown event"):
+    with pytest.raises(ValueError, match="event must be one of"):
         p.on("done", print)
     p.angles_text.value = "0, 90, north"
     with pytest.raises(ValueError, match="'north' is not a number"):
@@ -193,7 +193,7 @@ def test_changing_phantom_resets_state(lab):
     assert lab.tabs.children[0] is lab.dose_panel
     assert "No plan yet" in lab.score_html.value and "sphere" in lab.status.value
     # an event from the old panels is ignored
-    old_dose_panel._fire("computed", old_dose_panel.problem)
+    old_dose_panel._emit("computed", old_dose_panel.problem)
     assert lab.optimizer.problem is None if hasattr(lab.optimizer, "problem") else True
     with pytest.raises(ValueError, match="unknown phantom"):
         lab.load_phantom("tg119_nope")

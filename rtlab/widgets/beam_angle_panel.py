@@ -20,17 +20,18 @@ from __future__ import annotations
 import html
 import io
 import threading
-from typing import Callable
 
 import ipywidgets
 import numpy as np
+
+from ._panel import PanelEvents
 
 __all__ = ["BeamAnglePanel"]
 
 _WEIGHT_NAMES = ("alpha (eta)", "beta (theta)", "gamma (objective)", "lambda (TNMU)")
 
 
-class BeamAnglePanel(ipywidgets.VBox):
+class BeamAnglePanel(PanelEvents, ipywidgets.VBox):
     """Ant-colony beam-angle selection with re-weighable pheromone.
 
     Parameters
@@ -56,6 +57,8 @@ class BeamAnglePanel(ipywidgets.VBox):
     out : ipywidgets.Output
     """
 
+    EVENTS = ("iteration", "finished", "reweighed")
+
     def __init__(self, case, im=None, result=None, n_beams: int = 5, candidates=20, max_iter: int = 15):
         from ..methods import beam_angles as ba
 
@@ -66,7 +69,7 @@ class BeamAnglePanel(ipywidgets.VBox):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._handlers: dict[str, list[Callable]] = {"iteration": [], "finished": [], "reweighed": []}
+        self._init_events()
 
         w0 = tuple(result.weights) if result is not None and hasattr(result, "weights") else ba.PAPER_WEIGHTS
         self.weights = [ipywidgets.FloatSlider(value=float(v), min=0.0, max=1.0, step=0.05, description=name,
@@ -95,18 +98,6 @@ class BeamAnglePanel(ipywidgets.VBox):
         ])
         if result is not None:
             self.reweigh()
-
-    # -- events -------------------------------------------------------------------------------
-    def on(self, event: str, fn: Callable) -> None:
-        """Call ``fn(payload)`` on ``'iteration'`` (history record), ``'finished'`` (ACOResult) or
-        ``'reweighed'`` (the ranking DataFrame)."""
-        if event not in self._handlers:
-            raise ValueError(f"event must be one of {sorted(self._handlers)}, got {event!r}")
-        self._handlers[event].append(fn)
-
-    def _emit(self, event, payload):
-        for fn in self._handlers[event]:
-            fn(payload)
 
     # -- library calls ------------------------------------------------------------------------
     def weight_values(self) -> tuple[float, float, float, float]:

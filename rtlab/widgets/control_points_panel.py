@@ -26,7 +26,8 @@ import ipywidgets
 import numpy as np
 
 from ..geometry import Structure
-from .falloff_panel import PanelEvents, _middle_target_slice, case_targets, replace_overlay
+from ._panel import PanelEvents
+from .falloff_panel import _middle_target_slice, case_targets, replace_overlay
 from .slice_viewer import SliceViewer
 
 __all__ = ["ControlPointsPanel"]

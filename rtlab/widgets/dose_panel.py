@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
 
 import ipywidgets
 import numpy as np
+
+from ._panel import PanelEvents
 
 __all__ = ["DoseEnginePanel", "parse_angles", "DOSE_GRID_CHOICES"]
 
@@ -79,7 +80,7 @@ def _prepare(case, **kw):
     return planning.prepare_plan(case, **kw)
 
 
-class DoseEnginePanel(ipywidgets.VBox):
+class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
     """Beam and dose-engine settings with a Compute button (background thread).
 
     Parameters
@@ -159,7 +160,7 @@ class DoseEnginePanel(ipywidgets.VBox):
         self.dose: np.ndarray | None = None
         self.error: Exception | None = None
         self.timings: dict = {}
-        self._callbacks: dict[str, list[Callable]] = {e: [] for e in self.EVENTS}
+        self._init_events()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -191,23 +192,6 @@ class DoseEnginePanel(ipywidgets.VBox):
             "smaller cut-off are faster; the plan is always scored on the CT grid.</small>")
         super().__init__([help_, self.angles_text, self.bixel, self.dose_grid, self.cutoff,
                           ipywidgets.HBox([self.compute_button, self.progress]), self.status, self.out])
-
-    # ------------------------------------------------------------------ events
-    def on(self, event: str, fn: Callable) -> None:
-        """Register ``fn(payload)`` for ``event`` (``"computed"``: payload the PlanProblem)."""
-        if event not in self._callbacks:
-            raise ValueError(f"unknown event {event!r}; DoseEnginePanel fires {list(self.EVENTS)}")
-        if not callable(fn):
-            raise TypeError("fn must be callable, taking one argument (the event payload)")
-        self._callbacks[event].append(fn)
-
-    def _fire(self, event: str, payload) -> None:
-        for fn in list(self._callbacks[event]):
-            try:
-                fn(payload)
-            except Exception as e:  # noqa: BLE001 - one listener must not break the others
-                self.out.append_stderr(f"'{event}' listener {getattr(fn, '__name__', fn)!r} failed: "
-                                       f"{type(e).__name__}: {e}\n")
 
     # ------------------------------------------------------------------ state
     @property
@@ -344,7 +328,7 @@ class DoseEnginePanel(ipywidgets.VBox):
             self.progress.description = f"{build_s + dose_s:.1f} s"
             self.status.value = (f"<b>Done</b>: {im.shape[1]} beamlets, {n} beams, built in {build_s:.1f} s. "
                                  "The viewer shows the open-field dose; go on to the <b>Optimiser</b>.")
-            self._fire("computed", problem)
+            self._emit("computed", problem)
         except Exception as e:  # noqa: BLE001 - reported in the status line, re-raised by wait()
             done.set()
             self.error = e

@@ -14,13 +14,13 @@ The panel holds no algorithm: the regions come from
 from __future__ import annotations
 
 import html
-from typing import Callable
 
 import ipywidgets
 import numpy as np
 
 from ..geometry import Structure
 from .slice_viewer import SliceViewer
+from ._panel import PanelEvents  # noqa: F401  (re-exported for older imports)
 
 __all__ = ["FalloffPanel", "case_targets", "PanelEvents"]
 
@@ -28,41 +28,6 @@ __all__ = ["FalloffPanel", "case_targets", "PanelEvents"]
 LEVEL_COLORS = ((0.10, 0.45, 1.00), (1.00, 0.55, 0.00), (0.70, 0.20, 0.95), (0.00, 0.75, 0.65))
 #: Colour of the automatic low-dose ring.
 RING_COLOR = (1.00, 0.20, 0.80)
-
-
-class PanelEvents:
-    """``panel.on(event, fn)`` callbacks shared by rtlab's panels (a mix-in).
-
-    Subclasses list their event names in ``EVENTS``.
-    """
-
-    EVENTS: tuple[str, ...] = ()
-
-    def _init_events(self) -> None:
-        self._callbacks: dict[str, list[Callable]] = {e: [] for e in self.EVENTS}
-
-    def on(self, event: str, fn: Callable, remove: bool = False) -> None:
-        """Register ``fn(payload)`` for ``event`` (``remove=True`` unregisters it).
-
-        Parameters
-        ----------
-        event : str
-            One of the panel's ``EVENTS``.
-        fn : callable
-            Called with the event's payload.
-        """
-        if event not in self._callbacks:
-            raise ValueError(f"event must be one of {list(self.EVENTS)}, got {event!r}")
-        if not callable(fn):
-            raise TypeError(f"fn must be callable (called with the {event!r} payload), got {type(fn).__name__}")
-        if remove:
-            self._callbacks[event].remove(fn)
-        else:
-            self._callbacks[event].append(fn)
-
-    def _emit(self, event: str, payload) -> None:
-        for fn in list(self._callbacks[event]):
-            fn(payload)
 
 
 def case_targets(case) -> list[tuple[Structure, float]]:

@@ -19,10 +19,11 @@ import html
 import io
 import threading
 import time
-from typing import Callable
 
 import ipywidgets
 import numpy as np
+
+from ._panel import PanelEvents
 
 __all__ = ["OptimizerPanel"]
 
@@ -84,7 +85,7 @@ def history_table(records, terms, last: int = 8) -> str:
     return f"<table style='{style}'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-class OptimizerPanel(ipywidgets.VBox):
+class OptimizerPanel(PanelEvents, ipywidgets.VBox):
     """Settings, Run/Stop and a live view of the plan optimisation.
 
     Parameters
@@ -142,6 +143,8 @@ class OptimizerPanel(ipywidgets.VBox):
         What the latest run raised, if anything.
     """
 
+    EVENTS = EVENTS
+
     def __init__(self, case, problem=None, viewer=None, dvh=None, *, prepare_options: dict | None = None,
                  update_interval: float = 0.2, report_every: int = 1):
         from ..case import Case
@@ -164,7 +167,7 @@ class OptimizerPanel(ipywidgets.VBox):
         self.result = None
         self.history: list[dict] = []
         self.error = None
-        self._handlers: dict[str, list[Callable]] = {e: [] for e in EVENTS}
+        self._init_events()
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
         self._last_ui = 0.0
@@ -214,24 +217,6 @@ class OptimizerPanel(ipywidgets.VBox):
         super().__init__([ipywidgets.HBox([settings, live]), self.out])
         if problem is not None:
             self.set_problem(problem)
-
-    # -- events -------------------------------------------------------------------------------
-    def on(self, event: str, fn: Callable) -> Callable:
-        """Call ``fn(payload)`` on ``event``: ``'iteration'`` (record dict, with ``x``) or
-        ``'finished'`` (PlanResult). Returns ``fn``."""
-        if event not in EVENTS:
-            raise ValueError(f"event must be one of {EVENTS}, got {event!r}")
-        if not callable(fn):
-            raise TypeError("fn must be callable, taking one argument (the event payload)")
-        self._handlers[event].append(fn)
-        return fn
-
-    def _emit(self, event, payload):
-        for fn in list(self._handlers[event]):
-            try:
-                fn(payload)
-            except Exception as e:  # a broken observer must not kill the run
-                self.out.append_stderr(f"{event} handler {getattr(fn, '__name__', fn)!r} raised {e!r}\n")
 
     # -- settings -----------------------------------------------------------------------------
     @property

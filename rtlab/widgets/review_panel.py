@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime
 import html
 import threading
-from typing import Callable, Mapping
+from typing import Mapping
 
 import ipywidgets
+from ._panel import PanelEvents
 
 __all__ = ["ReviewPanel"]
 
@@ -37,7 +38,7 @@ def log_table(log) -> str:
             f"{''.join(rows)}</table>")
 
 
-class ReviewPanel(ipywidgets.VBox):
+class ReviewPanel(PanelEvents, ipywidgets.VBox):
     """Accept / Edit / Re-optimise buttons, term-weight editor and the decision log.
 
     Parameters
@@ -70,6 +71,8 @@ class ReviewPanel(ipywidgets.VBox):
     error : BaseException or None
     """
 
+    EVENTS = EVENTS
+
     def __init__(self, result=None, *, solver_options: Mapping | None = None):
         self.solver_options = dict(solver_options or {})
         self.plan = None
@@ -78,7 +81,7 @@ class ReviewPanel(ipywidgets.VBox):
         self.accepted = None
         self.error = None
         self._thread: threading.Thread | None = None
-        self._handlers: dict[str, list[Callable]] = {e: [] for e in EVENTS}
+        self._init_events()
         self.weights: dict[str, ipywidgets.BoundedFloatText] = {}
         self.weights_box = ipywidgets.VBox()
         self.start = ipywidgets.ToggleButtons(options=["optimised", "preliminary"], value="optimised",
@@ -104,24 +107,6 @@ class ReviewPanel(ipywidgets.VBox):
         self._enable(False)
         if result is not None:
             self.set_result(result)
-
-    # -- events -------------------------------------------------------------------------------
-    def on(self, event: str, fn: Callable) -> Callable:
-        """Call ``fn(payload)`` on ``event``: ``'accepted'``, ``'reoptimised'`` or ``'edited'``
-        (payload: the PlanResult of the session's current plan). Returns ``fn``."""
-        if event not in EVENTS:
-            raise ValueError(f"event must be one of {EVENTS}, got {event!r}")
-        if not callable(fn):
-            raise TypeError("fn must be callable, taking one argument (the event payload)")
-        self._handlers[event].append(fn)
-        return fn
-
-    def _emit(self, event, payload):
-        for fn in list(self._handlers[event]):
-            try:
-                fn(payload)
-            except Exception as e:
-                self.out.append_stderr(f"{event} handler {getattr(fn, '__name__', fn)!r} raised {e!r}\n")
 
     # -- state --------------------------------------------------------------------------------
     @property

@@ -20,15 +20,16 @@ from __future__ import annotations
 import html
 import io
 import threading
-from typing import Callable
 
 import ipywidgets
 import numpy as np
 
+from ._panel import PanelEvents
+
 __all__ = ["SequencingPanel"]
 
 
-class SequencingPanel(ipywidgets.VBox):
+class SequencingPanel(PanelEvents, ipywidgets.VBox):
     """Fluence smoothing and leaf sequencing of an optimised plan.
 
     Parameters
@@ -59,6 +60,8 @@ class SequencingPanel(ipywidgets.VBox):
         One line per action.
     """
 
+    EVENTS = ("smoothed", "sequenced")
+
     def __init__(self, case, im, x, mlc: str = "generic_5mm_60", fractions: int = 25):
         from ..dose import mu_per_unit_fluence
         from ..methods import smoothing as sm
@@ -83,7 +86,7 @@ class SequencingPanel(ipywidgets.VBox):
         self.result = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._handlers: dict[str, list[Callable]] = {"smoothed": [], "sequenced": []}
+        self._init_events()
 
         self.strength = ipywidgets.FloatSlider(value=0.0, min=0.0, max=0.45, step=0.05, description="smoothing s",
                                                continuous_update=False, readout_format=".2f")
@@ -110,17 +113,6 @@ class SequencingPanel(ipywidgets.VBox):
             self.status, self.table, self.image, self.out,
         ])
         self.smooth(0.0)
-
-    # -- events -------------------------------------------------------------------------------
-    def on(self, event: str, fn: Callable) -> None:
-        """Call ``fn(payload)`` on ``'smoothed'`` (the metrics dict) or ``'sequenced'`` (the result)."""
-        if event not in self._handlers:
-            raise ValueError(f"event must be one of {sorted(self._handlers)}, got {event!r}")
-        self._handlers[event].append(fn)
-
-    def _emit(self, event, payload):
-        for fn in self._handlers[event]:
-            fn(payload)
 
     # -- library calls ------------------------------------------------------------------------
     def maps_mu(self, x=None) -> list[np.ndarray]:
