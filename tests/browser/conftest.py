@@ -256,3 +256,56 @@ def page_factory(browser, artifacts, request):
                 + [f"CONSOLE {e}" for e in page.console_errors]))
     for _, page in pages:
         assert not page.errors, f"errors in the page: {page.errors}"
+
+
+# -- running a notebook in the page (shared by the browser tests) -----------------------------
+def fail_on_traceback(page) -> None:
+    """Fail the test if any output area of the page shows a Python traceback."""
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    for i in range(errors.count()):
+        text = errors.nth(i).inner_text()
+        if "Traceback" in text:
+            pytest.fail("a notebook cell failed:\n" + text[:300] + "\n...\n" + text[-6000:])
+
+
+def wait_kernel(page, server: JupyterServer, notebook: str, expr: str, timeout_s: float, what: str) -> None:
+    """Poll ``expr`` in the notebook's kernel (second client) until it is True; fail on tracebacks."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if server.kernel_eval(notebook, expr, timeout=30) == "True":
+                return
+        except Exception:  # noqa: BLE001 - the session may not be registered yet / kernel busy
+            pass
+        fail_on_traceback(page)
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen in {timeout_s} s")
+        time.sleep(0.5)
+
+
+def open_and_run_all(page, server: JupyterServer, notebook: str, ready_expr: str, timeout_s: float = 300) -> None:
+    """Open ``notebook``, wait for its kernel, run all cells through the app's command registry and
+    wait until ``ready_expr`` is True in the kernel."""
+    page.goto(server.page_url(notebook))
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=60_000)
+    page.wait_for_function(
+        """() => { const w = window.jupyterapp.shell.currentWidget;
+                   return w && w.sessionContext && w.sessionContext.session
+                          && w.sessionContext.session.kernel
+                          && w.sessionContext.session.kernel.connectionStatus === 'connected'
+                          && w.content && w.content.widgets && w.content.widgets.length > 0; }""",
+        timeout=60_000,
+    )
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    wait_kernel(page, server, notebook, ready_expr, timeout_s, f"running {notebook}")
+
+
+@pytest.fixture
+def notebook_runner():
+    """``runner.open_and_run_all(page, server, notebook, ready_expr, timeout_s)``,
+    ``runner.wait_kernel(page, server, notebook, expr, timeout_s, what)``,
+    ``runner.fail_on_traceback(page)``."""
+    import types
+
+    return types.SimpleNamespace(open_and_run_all=open_and_run_all, wait_kernel=wait_kernel,
+                                 fail_on_traceback=fail_on_traceback)

@@ -50,35 +50,6 @@ def _poll(fn, timeout_s, what):
         time.sleep(0.3)
 
 
-def _run_all(page, server, timeout_s=300):
-    page.goto(server.page_url(NOTEBOOK))
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=60_000)
-    page.wait_for_function(
-        """() => { const w = window.jupyterapp.shell.currentWidget;
-                   return w && w.sessionContext && w.sessionContext.session
-                          && w.sessionContext.session.kernel
-                          && w.sessionContext.session.kernel.connectionStatus === 'connected'
-                          && w.content && w.content.widgets && w.content.widgets.length > 0; }""",
-        timeout=60_000,
-    )
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if server.kernel_eval(NOTEBOOK, "'summary' in globals() and not panel.busy", timeout=30) == "True":
-                return
-        except Exception:  # noqa: BLE001 - the session may not be registered yet
-            pass
-        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        for i in range(errors.count()):
-            text = errors.nth(i).inner_text()
-            if "Traceback" in text or "Error" in text:
-                pytest.fail("a notebook cell failed:\n" + text[-6000:])
-        if time.monotonic() > deadline:
-            pytest.fail(f"notebook 05 did not finish in {timeout_s} s")
-        time.sleep(0.5)
-
-
 def _draw_count(page) -> int:
     return int(page.evaluate("() => Number(document.querySelector('.rtlab-sv').dataset.drawCount || 0)"))
 
@@ -100,10 +71,10 @@ PICK = ("(lambda z, o: (z, int(round(o[0].mean())), int(o[1][o[0] == int(round(o
         "(panel.viewer.slice_index, np.nonzero(s.oar_mask[panel.viewer.slice_index]))")
 
 
-def test_ids_panel_click_and_request(ids_lab, page_factory, artifacts):
+def test_ids_panel_click_and_request(ids_lab, page_factory, artifacts, notebook_runner):
     page = page_factory()
     t0 = time.monotonic()
-    _run_all(page, ids_lab)
+    notebook_runner.open_and_run_all(page, ids_lab, NOTEBOOK, "'summary' in globals() and not panel.busy", 300)
     print(f"\nnotebook 05 opened and run in {time.monotonic() - t0:.1f} s")
     canvas = page.locator(".rtlab-sv-canvas")
     assert canvas.count() == 1, "expected exactly one SliceViewer (the IDS panel's)"

@@ -74,37 +74,6 @@ def notebook_dir(tmp_path_factory):
     return d
 
 
-def open_and_run(page, server, timeout_s=120):
-    """Open the notebook, wait for its kernel, run all cells, wait until READY in the kernel."""
-    page.goto(server.page_url(NOTEBOOK))
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=60_000)
-    # the notebook panel is there and its kernel is connected
-    page.wait_for_function(
-        """() => { const w = window.jupyterapp.shell.currentWidget;
-                   return w && w.sessionContext && w.sessionContext.session
-                          && w.sessionContext.session.kernel
-                          && w.sessionContext.session.kernel.connectionStatus === 'connected'
-                          && w.content && w.content.widgets && w.content.widgets.length > 0; }""",
-        timeout=60_000,
-    )
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if server.kernel_eval(NOTEBOOK, "globals().get('READY', False)", timeout=30) == "True":
-                break
-        except Exception:  # noqa: BLE001 - the session may not be registered yet
-            pass
-        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        for i in range(errors.count()):
-            text = errors.nth(i).inner_text()
-            if "Traceback" in text:
-                pytest.fail("a notebook cell failed:\n" + text[:300] + "\n...\n" + text[-6000:])
-        if time.monotonic() > deadline:
-            pytest.fail(f"the notebook did not finish in {timeout_s} s")
-        time.sleep(0.5)
-
-
 def wait_drawn(page, min_count=1, slice_index=None, timeout=30_000):
     cond = f"Number(el.dataset.drawCount || 0) >= {min_count}"
     if slice_index is not None:
@@ -124,10 +93,10 @@ def lab(jupyter_server_factory, notebook_dir):
     return jupyter_server_factory("lab", notebook_dir)
 
 
-def test_lab_slice_viewer_and_view3d(lab, page_factory, artifacts):
+def test_lab_slice_viewer_and_view3d(lab, page_factory, artifacts, notebook_runner):
     page = page_factory()
     t0 = time.monotonic()
-    open_and_run(page, lab)
+    notebook_runner.open_and_run_all(page, lab, NOTEBOOK, "globals().get('READY', False)", 120)
     print(f"\nnotebook opened and run in {time.monotonic() - t0:.1f} s")
     sv = page.locator(".rtlab-sv")
     sv.wait_for(timeout=30_000)
@@ -259,10 +228,10 @@ def notebook7(jupyter_server_factory, notebook_dir):
 NB7_KNOWN_ERRORS = (("Cannot read properties of undefined (reading 'schema')", "/static/notebook/notebook_core"),)
 
 
-def test_notebook7_renders_slice_viewer(notebook7, page_factory, artifacts):
+def test_notebook7_renders_slice_viewer(notebook7, page_factory, artifacts, notebook_runner):
     page = page_factory(ignore=NB7_KNOWN_ERRORS)
     t0 = time.monotonic()
-    open_and_run(page, notebook7)
+    notebook_runner.open_and_run_all(page, notebook7, NOTEBOOK, "globals().get('READY', False)", 120)
     page.locator(".rtlab-sv-canvas").wait_for(timeout=30_000)
     wait_drawn(page)
     canvas = page.locator(".rtlab-sv-canvas")

@@ -46,46 +46,16 @@ def _kernel(server, expr, default=None):
         return default
 
 
-def _fail_on_traceback(page):
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-    for i in range(errors.count()):
-        text = errors.nth(i).inner_text()
-        if "Traceback" in text:
-            pytest.fail("a notebook cell failed:\n" + text[:300] + "\n...\n" + text[-6000:])
-
-
-def wait_kernel(page, server, expr, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if _kernel(server, expr) == "True":
-            return
-        _fail_on_traceback(page)
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen in {timeout_s} s")
-        time.sleep(0.5)
-
-
 def canvas_png(locator):
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
 
 
-def test_planlab_in_jupyterlab(lab_server, page_factory, artifacts):
+def test_planlab_in_jupyterlab(lab_server, page_factory, artifacts, notebook_runner):
     page = page_factory()
     t0 = time.monotonic()
-    page.goto(lab_server.page_url(NOTEBOOK))
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=60_000)
-    page.wait_for_function(
-        """() => { const w = window.jupyterapp.shell.currentWidget;
-                   return w && w.sessionContext && w.sessionContext.session
-                          && w.sessionContext.session.kernel
-                          && w.sessionContext.session.kernel.connectionStatus === 'connected'
-                          && w.content && w.content.widgets && w.content.widgets.length > 0; }""",
-        timeout=60_000,
-    )
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    wait_kernel(page, lab_server, "globals().get('plan') is not None", 600, "running the tour notebook")
+    notebook_runner.open_and_run_all(page, lab_server, NOTEBOOK, "globals().get('plan') is not None", 600)
     print(f"\ntour notebook run in {time.monotonic() - t0:.1f} s")
 
     # --- the lab rendered: five tabs, a drawn, non-blank slice view, the score table
@@ -116,14 +86,16 @@ def test_planlab_in_jupyterlab(lab_server, page_factory, artifacts):
     sphere = [o for o in select.locator("option").all_inner_texts() if o.strip().startswith("sphere")]
     assert sphere, "the phantom picker has no sphere entry"
     select.select_option(label=sphere[0])
-    wait_kernel(page, lab_server, "lab.case.name == 'sphere' and lab.result is None", 60, "switching the phantom")
+    notebook_runner.wait_kernel(page, lab_server, NOTEBOOK, "lab.case.name == 'sphere' and lab.result is None", 60,
+                                "switching the phantom")
     page.wait_for_function("() => !document.querySelector('.rtlab-planlab .rtlab-score-table')", timeout=30_000)
     assert "sphere" in lab.locator(".rtlab-planlab-status").inner_text()
 
     # --- ... and clicks Quick plan: dose engine + optimiser run in the kernel's background threads
     t1 = time.monotonic()
     lab.locator("button", has_text="Quick plan").click()
-    wait_kernel(page, lab_server, "lab.result is not None and lab.case.name == 'sphere'", 300, "the quick plan")
+    notebook_runner.wait_kernel(page, lab_server, NOTEBOOK, "lab.result is not None and lab.case.name == 'sphere'",
+                                300, "the quick plan")
     lab.locator(".rtlab-score-table").wait_for(timeout=30_000)
     print(f"Quick plan (sphere, 5 mm) from the click to the score table: {time.monotonic() - t1:.1f} s")
     ci2 = float(lab_server.kernel_eval(NOTEBOOK, "round(float(lab.result.scores['ci_paddick']), 3)"))
