@@ -92,10 +92,46 @@ def test_apply_boxes_matches_numpy_reference(threads):
     bbox = F._block_bbox(up, vp, (coef != 0).any(axis=0))
     dose = np.full(n, 0.5)
     with F._Threads(threads):
-        F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, dose)
+        F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, dose,
+                        np.empty(n, np.float32))
     ref = 0.5 + F.apply_boxes_reference(up, vp, coef, boxes, inv_s, ox, oy)
     assert np.abs(ref - 0.5).max() > 0.1  # the test data do reach the boxes
     np.testing.assert_allclose(dose, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("G,sort", [(1, False), (2, True), (3, True), (4, True), (4, False)])
+def test_apply_boxes_wide_and_narrow_paths_match_reference(G, sort):
+    """Any number of Gaussians; voxels sorted along u make the small boxes hit few blocks (run path)."""
+    rng = np.random.default_rng(10 + G)
+    n = 40 * F._BLOCK + 7
+    up = rng.uniform(-60, 120, n).astype(np.float32)
+    if sort:
+        up.sort()
+    vp = rng.uniform(-30, 60, n).astype(np.float32)
+    up[5::23] = -1e6
+    coef = rng.uniform(0, 2, (G, n)).astype(np.float32)
+    coef[:, 5::23] = 0
+    # box g: small (narrow) for even g > 0, large (covering everything) otherwise
+    shapes = [(30, 40) if g % 2 == 0 and g > 0 else (9, 11) for g in range(G)]
+    shapes[0] = (60, 70)
+    boxes = [np.pad(rng.uniform(-1, 1, sh), 1).astype(np.float32) for sh in shapes]
+    inv_s = np.array([1.0, 1 / 3, 1.0, 1 / 7][:G])
+    ox = np.array([40.0, 2.5, -10.0, 8.0][:G])
+    oy = np.array([20.0, 1.0, 5.0, 4.0][:G])
+    buf = np.concatenate([b.ravel() for b in boxes])
+    buf_off = np.concatenate([[0], np.cumsum([b.size for b in boxes])]).astype(np.int64)
+    hp = np.array([b.shape[0] for b in boxes], np.int64)
+    wp = np.array([b.shape[1] for b in boxes], np.int64)
+    u_lo, u_hi = -ox / inv_s, (wp - 1 - ox) / inv_s
+    v_lo, v_hi = -oy / inv_s, (hp - 1 - oy) / inv_s
+    bbox = F._block_bbox(up, vp, (coef != 0).any(axis=0))
+    dose = np.full(n, 0.25)
+    F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, dose,
+                   np.full(n, np.nan, np.float32))
+    ref = 0.25 + F.apply_boxes_reference(up, vp, coef, boxes, inv_s, ox, oy)
+    assert np.abs(ref - 0.25).max() > 0.1
+    # float32 node coordinates (x up to ~160 nodes: ulp 1.5e-5) on random +-1 nodes, coef <= 2
+    np.testing.assert_allclose(dose, ref, rtol=1e-5, atol=3e-5)
 
 
 def test_block_bbox_covers_active_voxels():
