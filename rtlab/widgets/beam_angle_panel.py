@@ -24,14 +24,14 @@ import threading
 import ipywidgets
 import numpy as np
 
-from ._panel import PanelEvents
+from ._panel import PanelEvents, PanelJob
 
 __all__ = ["BeamAnglePanel"]
 
 _WEIGHT_NAMES = ("alpha (eta)", "beta (theta)", "gamma (objective)", "lambda (TNMU)")
 
 
-class BeamAnglePanel(PanelEvents, ipywidgets.VBox):
+class BeamAnglePanel(PanelEvents, PanelJob, ipywidgets.VBox):
     """Ant-colony beam-angle selection with re-weighable pheromone.
 
     Parameters
@@ -66,9 +66,7 @@ class BeamAnglePanel(PanelEvents, ipywidgets.VBox):
         self.candidates = candidates
         self.max_iter = int(max_iter)
         self.ranking = None
-        self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._error: BaseException | None = None
         self._init_events()
 
         w0 = tuple(result.weights) if result is not None and hasattr(result, "weights") else ba.PAPER_WEIGHTS
@@ -129,7 +127,6 @@ class BeamAnglePanel(PanelEvents, ipywidgets.VBox):
         if self.running:
             raise RuntimeError("the colony is running; stop() or wait() first")
         self._stop.clear()
-        self._error = None
         settings = dict(n_beams=int(self.n_beams.value), n_ants=int(self.n_ants.value), n_iter=int(self.n_iter.value),
                         seed=int(self.seed.value), weights=self.weight_values(), max_iter=self.max_iter)
         if sum(settings["weights"]) <= 0:
@@ -145,45 +142,26 @@ class BeamAnglePanel(PanelEvents, ipywidgets.VBox):
             return self._stop.is_set()
 
         def work():
-            try:
-                if self.im is None:
-                    cand = self.candidates
-                    angles = np.arange(int(cand)) * 360.0 / int(cand) if np.isscalar(cand) else np.asarray(cand, float)
-                    self.im = ba.candidate_influence(self.case, angles, progress=False)
-                    self.status.value = "running ..."
-                self.result = ba.select_beam_angles(self.case, im=self.im, progress=False, callback=on_iteration,
-                                                    **settings)
-                self.status.value = html.escape(f"best angles {list(self.result.angles)}, cost {self.result.cost:.4f}"
-                                                + (" (stopped)" if self._stop.is_set() else ""))
-                self.reweigh()
-                self._emit("finished", self.result)
-            except Exception as exc:  # shown, re-raised by wait()
-                self._error = exc
-                self.status.value = f"<span style='color:#b00'>error: {html.escape(str(exc))}</span>"
-            finally:
-                self.run_button.disabled, self.stop_button.disabled = False, True
+            if self.im is None:
+                cand = self.candidates
+                angles = np.arange(int(cand)) * 360.0 / int(cand) if np.isscalar(cand) else np.asarray(cand, float)
+                self.im = ba.candidate_influence(self.case, angles, progress=False)
+                self.status.value = "running ..."
+            self.result = ba.select_beam_angles(self.case, im=self.im, progress=False, callback=on_iteration,
+                                                **settings)
+            self.status.value = html.escape(f"best angles {list(self.result.angles)}, cost {self.result.cost:.4f}"
+                                            + (" (stopped)" if self._stop.is_set() else ""))
+            self.reweigh()
+            self._emit("finished", self.result)
 
-        self._thread = threading.Thread(target=work, daemon=True, name="rtlab-aco")
-        self._thread.start()
-        return self.wait() if block else None
+        def done():
+            self.run_button.disabled, self.stop_button.disabled = False, True
+
+        return self._start_job(work, "colony", done, block)
 
     def stop(self) -> None:
         """Stop the colony after its current iteration; the best set so far is kept."""
         self._stop.set()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None):
-        """Join the colony thread and return the ACOResult (re-raise its error)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError(f"the colony is still running after {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self.result
 
     # -- drawing ------------------------------------------------------------------------------
     def _render(self):

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import html
 import io
-import threading
 
 import ipywidgets
 import numpy as np
 
-from ._panel import PanelEvents
+from ._panel import PanelEvents, PanelJob
 
 __all__ = ["SequencingPanel"]
 
 
-class SequencingPanel(PanelEvents, ipywidgets.VBox):
+class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
     """Fluence smoothing and leaf sequencing of an optimised plan.
 
     Parameters
@@ -84,8 +83,6 @@ class SequencingPanel(PanelEvents, ipywidgets.VBox):
         self.x_smoothed = x.copy()
         self.metrics: dict = {}
         self.result = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         self._init_events()
 
         self.strength = ipywidgets.FloatSlider(value=0.0, min=0.0, max=0.45, step=0.05, description="smoothing s",
@@ -160,8 +157,7 @@ class SequencingPanel(PanelEvents, ipywidgets.VBox):
             Wait for the result and return it (default: return at once; see :meth:`wait`).
         """
         if self.running:
-            raise RuntimeError("a sequencing run is in progress; wait() for it first")
-        self._error = None
+            raise RuntimeError("sequencing is running; wait() for it first")
         settings = dict(machine=self.mlc_select.value, method=self.method.value, fractions=self.fractions,
                         n_levels=int(self.n_levels.value))
         self.sequence_button.disabled = True
@@ -170,43 +166,22 @@ class SequencingPanel(PanelEvents, ipywidgets.VBox):
         def work():
             from ..methods.deliverable import sequence_plan
 
-            try:
-                res = sequence_plan(self.im, self.x_smoothed, **settings)
-                self.result = res
-                self.status.value = html.escape(repr(res))
-                s = res.summary(self.case)
-                self.out.append_stdout(
-                    f"{settings['method']} on {settings['machine']}: {s['mu_total']:.1f} MU, {s['segments']} segments, "
-                    f"CI {s['optimised_ci_paddick']:.3f} -> {s['deliverable_ci_paddick']:.3f}, "
-                    f"D95 {s['d95_optimised']:.2f} -> {s['d95_deliverable']:.2f} Gy\n")
-                self._render_table()
-                self._draw()
-                self._emit("sequenced", res)
-            except Exception as exc:  # shown to the user, re-raised by wait()
-                self._error = exc
-                self.status.value = f"<span style='color:#b00'>error: {html.escape(str(exc))}</span>"
-            finally:
-                self.sequence_button.disabled = False
+            res = sequence_plan(self.im, self.x_smoothed, **settings)
+            self.result = res
+            self.status.value = html.escape(repr(res))
+            s = res.summary(self.case)
+            self.out.append_stdout(
+                f"{settings['method']} on {settings['machine']}: {s['mu_total']:.1f} MU, {s['segments']} segments, "
+                f"CI {s['optimised_ci_paddick']:.3f} -> {s['deliverable_ci_paddick']:.3f}, "
+                f"D95 {s['d95_optimised']:.2f} -> {s['d95_deliverable']:.2f} Gy\n")
+            self._render_table()
+            self._draw()
+            self._emit("sequenced", res)
 
-        self._thread = threading.Thread(target=work, daemon=True, name="rtlab-sequencing")
-        self._thread.start()
-        if block:
-            return self.wait()
-        return None
+        def done():
+            self.sequence_button.disabled = False
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None):
-        """Join the sequencing thread; return the result (re-raise its error)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError(f"sequencing still running after {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self.result
+        return self._start_job(work, "sequencing", done, block)
 
     # -- drawing ------------------------------------------------------------------------------
     def _render_table(self):
