@@ -24,6 +24,8 @@ import numba as nb
 import numpy as np
 from scipy.special import ndtr
 
+from .raytrace import fan_value
+
 __all__ = ["PHI_TABLE", "bixel_runs", "count_entries", "fill_entries", "influence_dense_numpy", "beam_geometry",
            "lookup_depth_factors"]
 
@@ -325,7 +327,6 @@ def lookup_depth_factors(fan, u0, du, v0, dv, t0, dt, u, v, t, betas, mu, sad, o
     ``D_k(d) = b_k / (b_k - mu) (exp(-mu d) - exp(-b_k d))``, written with ``expm1``). Points
     with NaN ``u`` get depth NaN and zero factors.
     """
-    nv, nu, nt = fan.shape
     nk = betas.shape[0]
     for i in nb.prange(u.shape[0]):
         if u[i] != u[i]:
@@ -333,23 +334,7 @@ def lookup_depth_factors(fan, u0, du, v0, dv, t0, dt, u, v, t, betas, mu, sad, o
             for k in range(nk):
                 out_w[i, k] = 0.0
             continue
-        fu = min(max((u[i] - u0) / du, 0.0), nu - 1.000001)
-        fv = min(max((v[i] - v0) / dv, 0.0), nv - 1.000001)
-        ft = min(max((t[i] - t0) / dt, 0.0), nt - 1.000001)
-        iu = int(fu)
-        iv = int(fv)
-        it = int(ft)
-        au = fu - iu
-        av = fv - iv
-        at = ft - it
-        acc = 0.0
-        for a in range(2):
-            wv = av if a == 1 else 1.0 - av
-            for b in range(2):
-                wu = au if b == 1 else 1.0 - au
-                for c in range(2):
-                    wt = at if c == 1 else 1.0 - at
-                    acc += wv * wu * wt * fan[iv + a, iu + b, it + c]
+        acc = fan_value(fan, (u[i] - u0) / du, (v[i] - v0) / dv, (t[i] - t0) / dt)
         out_depth[i] = acc
         d = max(acc, 0.0)
         isq = (sad / t[i]) ** 2

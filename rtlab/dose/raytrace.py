@@ -272,35 +272,39 @@ def _trace_fan(dens, lo, sp, src, iso, eu, ev, u0, du, nu, v0, dv, nv, t0, dt, n
             fan[iv, iu, k] = o[k]
 
 
+@nb.njit(cache=True, inline="always")
+def fan_value(fan, fu, fv, ft):
+    """Trilinear value of ``fan[iv, iu, it]`` at fractional indices ``(fu, fv, ft)``, clamped to
+    the fan's edge (numba; shared by :func:`fan_lookup` and the depth-factor kernel)."""
+    nv, nu, nt = fan.shape
+    fu = min(max(fu, 0.0), nu - 1.000001)
+    fv = min(max(fv, 0.0), nv - 1.000001)
+    ft = min(max(ft, 0.0), nt - 1.000001)
+    iu = int(fu)
+    iv = int(fv)
+    it = int(ft)
+    au = fu - iu
+    av = fv - iv
+    at = ft - it
+    acc = 0.0
+    for a in range(2):
+        wv = av if a == 1 else 1.0 - av
+        for b in range(2):
+            wu = au if b == 1 else 1.0 - au
+            for c in range(2):
+                wt = at if c == 1 else 1.0 - at
+                acc += wv * wu * wt * fan[iv + a, iu + b, it + c]
+    return acc
+
+
 @nb.njit(cache=True, parallel=True)
 def fan_lookup(fan, u0, du, v0, dv, t0, dt, u, v, t, out):
     """Trilinear interpolation of a fan depth volume ``fan[iv, iu, it]`` at ``(u, v, t)`` (numba).
 
     Coordinates outside the fan are clamped to its edge.
     """
-    nv, nu, nt = fan.shape
     for i in nb.prange(u.shape[0]):
-        fu = (u[i] - u0) / du
-        fv = (v[i] - v0) / dv
-        ft = (t[i] - t0) / dt
-        fu = min(max(fu, 0.0), nu - 1.000001)
-        fv = min(max(fv, 0.0), nv - 1.000001)
-        ft = min(max(ft, 0.0), nt - 1.000001)
-        iu = int(fu)
-        iv = int(fv)
-        it = int(ft)
-        au = fu - iu
-        av = fv - iv
-        at = ft - it
-        acc = 0.0
-        for a in range(2):
-            wv = av if a == 1 else 1.0 - av
-            for b in range(2):
-                wu = au if b == 1 else 1.0 - au
-                for c in range(2):
-                    wt = at if c == 1 else 1.0 - at
-                    acc += wv * wu * wt * fan[iv + a, iu + b, it + c]
-        out[i] = acc
+        out[i] = fan_value(fan, (u[i] - u0) / du, (v[i] - v0) / dv, (t[i] - t0) / dt)
 
 
 class FanDepth:
