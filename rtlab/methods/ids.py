@@ -124,32 +124,38 @@ def _bilin(C, off, nr, nc, x, y):
     return acc
 
 
-@nb.njit(cache=True)
-def _eval_serial(idx, PU, PV, W, C, off, r_lo, c_lo, nr, nc, stride, moff, comp, coef, out, add):
-    """Dose (or dose change) of voxels ``idx`` from node grids ``C`` of every (beam, Gaussian).
+@nb.njit(cache=True, inline="always")
+def _voxel_value(k, PU, PV, W, C, off, r_lo, c_lo, nr, nc, stride, moff, comp, coef):
+    """Dose (or dose change) of voxel ``k`` from node grids ``C`` of every (beam, Gaussian).
 
     Grid ``(b, g)`` covers node rows ``r_lo..r_lo+nr`` and cols ``c_lo..c_lo+nc`` (``nr = 0``:
     skip). ``PU, PV`` are the voxels' fluence-pixel coordinates per beam (NaN: out of reach),
     ``W`` the depth factors ``(SAD/t)^2 D_i(d)`` per beam and component. Seed 004 eq 4.
     """
     nb_, ng = off.shape
-    for j in range(idx.size):
-        k = idx[j]
-        acc = 0.0
-        for b in range(nb_):
-            pu = PU[k, b]
-            if pu != pu:
+    acc = 0.0
+    for b in range(nb_):
+        pu = PU[k, b]
+        if pu != pu:
+            continue
+        pv = PV[k, b]
+        for g in range(ng):
+            if nr[b, g] == 0:
                 continue
-            pv = PV[k, b]
-            for g in range(ng):
-                if nr[b, g] == 0:
-                    continue
-                s = stride[b, g]
-                x = (pu + moff[b, g]) / s - c_lo[b, g]
-                y = (pv + moff[b, g]) / s - r_lo[b, g]
-                if x <= -1.0 or y <= -1.0 or x >= nc[b, g] or y >= nr[b, g]:
-                    continue
-                acc += coef[b, g] * W[k, b, comp[b, g]] * _bilin(C, off[b, g], nr[b, g], nc[b, g], x, y)
+            s = stride[b, g]
+            x = (pu + moff[b, g]) / s - c_lo[b, g]
+            y = (pv + moff[b, g]) / s - r_lo[b, g]
+            if x <= -1.0 or y <= -1.0 or x >= nc[b, g] or y >= nr[b, g]:
+                continue
+            acc += coef[b, g] * W[k, b, comp[b, g]] * _bilin(C, off[b, g], nr[b, g], nc[b, g], x, y)
+    return acc
+
+
+@nb.njit(cache=True)
+def _eval_serial(idx, PU, PV, W, C, off, r_lo, c_lo, nr, nc, stride, moff, comp, coef, out, add):
+    """:func:`_voxel_value` of voxels ``idx`` into ``out`` (added when ``add``)."""
+    for j in range(idx.size):
+        acc = _voxel_value(idx[j], PU, PV, W, C, off, r_lo, c_lo, nr, nc, stride, moff, comp, coef)
         if add:
             out[j] += acc
         else:
@@ -159,22 +165,8 @@ def _eval_serial(idx, PU, PV, W, C, off, r_lo, c_lo, nr, nc, stride, moff, comp,
 @nb.njit(cache=True, parallel=True)
 def _eval_parallel(idx, PU, PV, W, C, off, r_lo, c_lo, nr, nc, stride, moff, comp, coef, out, add):
     """Parallel version of :func:`_eval_serial` (tracked-voxel updates and the full dose cube)."""
-    nb_, ng = off.shape
     for j in nb.prange(idx.size):
-        k = idx[j]
-        acc = 0.0
-        for b in range(nb_):
-            pu = PU[k, b]
-            if pu != pu:
-                continue
-            pv = PV[k, b]
-            for g in range(ng):
-                s = stride[b, g]
-                x = (pu + moff[b, g]) / s - c_lo[b, g]
-                y = (pv + moff[b, g]) / s - r_lo[b, g]
-                if x <= -1.0 or y <= -1.0 or x >= nc[b, g] or y >= nr[b, g]:
-                    continue
-                acc += coef[b, g] * W[k, b, comp[b, g]] * _bilin(C, off[b, g], nr[b, g], nc[b, g], x, y)
+        acc = _voxel_value(idx[j], PU, PV, W, C, off, r_lo, c_lo, nr, nc, stride, moff, comp, coef)
         if add:
             out[j] += acc
         else:
