@@ -36,7 +36,8 @@ import threading
 import ipywidgets
 import numpy as np
 
-from ..geometry import Grid, Structure
+from ..geometry import Grid
+from ..methods.isocentres import _target_mask
 from .slice_viewer import SliceViewer
 
 __all__ = ["GKPanel", "BLOCKED"]
@@ -117,16 +118,7 @@ class GKPanel(ipywidgets.VBox):
             raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
         self._pk, self._iso = pk, iso
         self.grid = grid
-        if isinstance(target, Structure):
-            grid.require_same(target.grid, f"target {target.name!r}")
-            tmask = target.mask
-        else:
-            tmask = grid.check_array("target", target)
-            if tmask.dtype != bool:
-                raise TypeError(f"target must be a boolean mask (or a Structure), got dtype {tmask.dtype}")
-        if not tmask.any():
-            raise ValueError("target is empty; pass a mask with at least one voxel")
-        self.target = np.asarray(tmask, bool)
+        self.target = np.asarray(_target_mask(target, grid), bool)
         (self.rx,) = (float(rx),)
         if not (np.isfinite(self.rx) and self.rx > 0):
             raise ValueError(f"rx must be a positive dose in Gy, got {rx!r}")
