@@ -120,3 +120,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically and return the path."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def json_safe(v):
+    """A JSON-safe scalar: numbers become float, NaN/inf become ``None``, anything else as is."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return f if np.isfinite(f) else None

@@ -29,6 +29,8 @@ import math
 import sys
 from pathlib import Path
 
+from ._util import json_safe
+
 __all__ = ["main", "load_case", "score_json"]
 
 
@@ -72,15 +74,6 @@ def load_case(args: argparse.Namespace):
     return load_dicom(args.dicom)
 
 
-def _clean(v):
-    """JSON-safe float (NaN/inf become null)."""
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return v
-    return f if math.isfinite(f) else None
 
 
 def cmd_phantoms(args) -> int:
@@ -153,7 +146,7 @@ def cmd_dose(args) -> int:
                          cutoff_mm=args.cutoff)
     out = {"case": case.name, "angles": angles, "bixel_mm": args.bixel, "grid_mm": args.grid, **out}
     if args.json:
-        print(json.dumps(out, default=_clean))
+        print(json.dumps(out, default=json_safe))
         return 0
     print(f"{case.name}: {len(angles)} beams at {', '.join(f'{a:g}' for a in angles)} deg, "
           f"{args.bixel:g} mm bixels, dose grid {args.grid or 'CT'} mm")
@@ -201,7 +194,7 @@ def cmd_plan(args) -> int:
         res.save(args.out)
         out["out"] = str(args.out)
     if args.json:
-        print(json.dumps(out, default=_clean))
+        print(json.dumps(out, default=json_safe))
         return 0
     print(f"{case.name}: {len(angles)} beams at {', '.join(f'{a:g}' for a in angles)} deg, objective "
           f"{args.objective}, {args.bixel:g} mm bixels, dose grid {args.grid or 'CT'} mm"
@@ -237,7 +230,7 @@ def cmd_gk(args) -> int:
             raise CLIError(f"unknown phantom {args.phantom!r}; built-ins: {phantoms.list_phantoms()}")
     out = gk_summary(args.phantom, spacing=args.spacing_mm, target=args.target, method=args.method)
     if args.json:
-        print(json.dumps(out, default=_clean))
+        print(json.dumps(out, default=json_safe))
         return 0
     print(f"{out.get('case', args.phantom)}: {out['n_shots']} shots ({args.method}), beam-on {out['beam_on_min']:.1f} min")
     for k in ("coverage", "selectivity", "ci_paddick", "gi", "isodose_pct", "optimize_s"):
@@ -284,7 +277,7 @@ def cmd_batch(args) -> int:
         print(json.dumps(dict(out=summary["out"], files=summary["files"], persisted=summary["persisted"],
                               failed=summary["failed"], qa_failed=summary["qa_failed"],
                               all_passed=summary["all_passed"], dashboard=summary["dashboard"],
-                              elapsed_s=round(summary["elapsed_s"], 3)), default=_clean))
+                              elapsed_s=round(summary["elapsed_s"], 3)), default=json_safe))
     return 0 if not summary["failed"] and not summary["qa_failed"] else 1
 
 

@@ -66,7 +66,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ._util import check_positive
+from ._util import check_positive, json_safe
 from .geometry import Grid, signed_distance
 
 __all__ = [
@@ -612,14 +612,6 @@ def build_objective(case, op: PlanOperator, objective: str = "conformity", fallo
 # ---------------------------------------------------------------------------------------------
 # scoring
 # ---------------------------------------------------------------------------------------------
-def _clean(v):
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return v
-    return f if np.isfinite(f) else None
 
 
 def score_summary(case, dose, rx: float | None = None) -> dict:
@@ -644,7 +636,7 @@ def score_summary(case, dose, rx: float | None = None) -> dict:
         "case": case.name,
         "target": targets[0].name,
         "rx_gy": float(rx),
-        **{k: _clean(report[k]) for k in ("ci_paddick", "ci_rtog", "gi", "hi", "coverage", "selectivity")},
+        **{k: json_safe(report[k]) for k in ("ci_paddick", "ci_rtog", "gi", "hi", "coverage", "selectivity")},
         "structures": {},
         "goals": [],
     }
@@ -652,10 +644,10 @@ def score_summary(case, dose, rx: float | None = None) -> dict:
         if not s.mask.any():
             continue
         st = metrics.structure_stats(dose, s)
-        out["structures"][s.name] = {k: _clean(st[k]) for k in ("D95", "D98", "D2", "D10", "Dmean", "Dmax")}
+        out["structures"][s.name] = {k: json_safe(st[k]) for k in ("D95", "D98", "D2", "D10", "Dmean", "Dmax")}
     for g in case.goals:
         v = metrics.evaluate(dose, case.structures[g.structure], g.metric)
-        out["goals"].append({"goal": str(g), "value": _clean(v), "passed": g.passed(v)})
+        out["goals"].append({"goal": str(g), "value": json_safe(v), "passed": g.passed(v)})
     return out
 
 
