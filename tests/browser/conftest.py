@@ -300,12 +300,22 @@ def open_and_run_all(page, server: JupyterServer, notebook: str, ready_expr: str
     wait_kernel(page, server, notebook, ready_expr, timeout_s, f"running {notebook}")
 
 
+def canvas_png(locator):
+    """Screenshot of one element as an ``(h, w, 3)`` int array (RGB)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
+
+
 @pytest.fixture
 def notebook_runner():
     """``runner.open_and_run_all(page, server, notebook, ready_expr, timeout_s)``,
     ``runner.wait_kernel(page, server, notebook, expr, timeout_s, what)``,
-    ``runner.fail_on_traceback(page)``."""
+    ``runner.fail_on_traceback(page)``, ``runner.canvas_png(locator)``."""
     import types
 
     return types.SimpleNamespace(open_and_run_all=open_and_run_all, wait_kernel=wait_kernel,
-                                 fail_on_traceback=fail_on_traceback)
+                                 fail_on_traceback=fail_on_traceback, canvas_png=canvas_png)

@@ -11,7 +11,6 @@ pixels. Any page error fails the test; screenshots go to ``test-artifacts/``.
 from __future__ import annotations
 
 import ast
-import io
 import shutil
 import time
 from pathlib import Path
@@ -59,12 +58,6 @@ def _wait_draw_after(page, n, timeout=30_000):
         f"() => Number(document.querySelector('.rtlab-sv').dataset.drawCount || 0) > {n}", timeout=timeout)
 
 
-def _canvas_png(locator):
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
-
-
 # an organ-at-risk voxel on the shown slice, on the row through the organ's centre, at its
 # left (lowest x) edge: far from the notebook's request (posterior rim) and near 100 % dose
 PICK = ("(lambda z, o: (z, int(round(o[0].mean())), int(o[1][o[0] == int(round(o[0].mean()))].min()) + 1))"
@@ -95,7 +88,7 @@ def test_ids_panel_click_and_request(ids_lab, page_factory, artifacts, notebook_
     _poll(lambda: _kernel(ids_lab, "panel.selected_index") == (z, row, col), 30, "the click to select the voxel")
     _wait_draw_after(page, n)
     page.wait_for_timeout(300)
-    before = _canvas_png(canvas)
+    before = notebook_runner.canvas_png(canvas)
     page.screenshot(path=str(artifacts / "ids-panel-selected.png"), full_page=True)
 
     # --- type a lower dose into the panel's field, press the panel's button
@@ -118,7 +111,7 @@ def test_ids_panel_click_and_request(ids_lab, page_factory, artifacts, notebook_
     # --- the view changed: canvas redrawn with the new dose, status line updated
     _wait_draw_after(page, n)
     page.wait_for_timeout(300)
-    after = _canvas_png(canvas)
+    after = notebook_runner.canvas_png(canvas)
     changed = float(np.mean(np.any(before != after, axis=-1)))
     print(f"{100 * changed:.2f} % of the canvas pixels changed")
     assert changed > 0.001, "the canvas did not change after the request"

@@ -10,7 +10,6 @@ the WebGL canvas of the 3D view shows the structure. Any page error fails the te
 from __future__ import annotations
 
 import ast
-import io
 import json
 import statistics
 import time
@@ -82,12 +81,6 @@ def wait_drawn(page, min_count=1, slice_index=None, timeout=30_000):
                            timeout=timeout)
 
 
-def canvas_png(locator):
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
-
-
 @pytest.fixture(scope="module")
 def lab(jupyter_server_factory, notebook_dir):
     return jupyter_server_factory("lab", notebook_dir)
@@ -128,7 +121,7 @@ def test_lab_slice_viewer_and_view3d(lab, page_factory, artifacts, notebook_runn
     assert sel["dose_gy"] == pytest.approx(want_dose, rel=1e-6)
 
     # --- the slice slider redraws the canvas; time the draw of a 512 x 512 slice
-    before = canvas_png(canvas)
+    before = notebook_runner.canvas_png(canvas)
     draw_ms, round_ms = [], []
     for k in (k0 + 3, k0 + 4, k0 + 5, k0 - 2, k0 - 3):
         res = page.evaluate(
@@ -153,7 +146,7 @@ def test_lab_slice_viewer_and_view3d(lab, page_factory, artifacts, notebook_runn
         draw_ms.append(res["draw_ms"])
         round_ms.append(res["round_trip_ms"])
     assert int(ast.literal_eval(lab.kernel_eval(NOTEBOOK, "sv.slice_index"))) == k0 - 3
-    after = canvas_png(canvas)
+    after = notebook_runner.canvas_png(canvas)
     changed = np.mean(np.any(before != after, axis=-1))
     print(f"slice redraw (512 x 512, in-page draw): median {statistics.median(draw_ms):.1f} ms, "
           f"max {max(draw_ms):.1f} ms; slider -> kernel -> redraw round trip: median "
@@ -202,7 +195,7 @@ def test_lab_slice_viewer_and_view3d(lab, page_factory, artifacts, notebook_runn
     gl_canvas.scroll_into_view_if_needed()
     red = coloured = 0
     for _ in range(40):
-        img = canvas_png(gl_canvas)
+        img = notebook_runner.canvas_png(gl_canvas)
         sat = img.max(axis=-1) - img.min(axis=-1)
         coloured = int(np.sum(sat > 80))  # surfaces and beam lines (the box and text are grey)
         red = int(np.sum((img[..., 0] - img[..., 1] > 60) & (img[..., 0] - img[..., 2] > 60)))
@@ -236,7 +229,7 @@ def test_notebook7_renders_slice_viewer(notebook7, page_factory, artifacts, note
     wait_drawn(page)
     canvas = page.locator(".rtlab-sv-canvas")
     canvas.scroll_into_view_if_needed()
-    img = canvas_png(canvas)
+    img = notebook_runner.canvas_png(canvas)
     page.screenshot(path=str(artifacts / "notebook7.png"), full_page=True)
     print(f"\nNotebook 7: opened, ran and drew in {time.monotonic() - t0:.1f} s")
     assert img.shape[0] > 100 and img.std() > 5, "the SliceViewer canvas is blank"

@@ -12,7 +12,6 @@ Screenshots go to ``test-artifacts/``.
 from __future__ import annotations
 
 import ast
-import io
 import shutil
 import time
 from pathlib import Path
@@ -46,12 +45,6 @@ def _kernel(server, expr, default=None):
         return default
 
 
-def canvas_png(locator):
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
-
-
 def test_planlab_in_jupyterlab(lab_server, page_factory, artifacts, notebook_runner):
     page = page_factory()
     t0 = time.monotonic()
@@ -70,7 +63,7 @@ def test_planlab_in_jupyterlab(lab_server, page_factory, artifacts, notebook_run
         "() => { const el = document.querySelector('.rtlab-planlab .rtlab-sv');"
         "        return el && Number(el.dataset.drawCount || 0) >= 1; }", timeout=30_000)
     canvas = lab.locator(".rtlab-sv-canvas")
-    img = canvas_png(canvas)
+    img = notebook_runner.canvas_png(canvas)
     assert img.shape[0] > 100 and img.std() > 5, "the SliceViewer canvas of PlanLab is blank"
     table = lab.locator(".rtlab-score-table")
     table.wait_for(timeout=30_000)
@@ -106,7 +99,7 @@ def test_planlab_in_jupyterlab(lab_server, page_factory, artifacts, notebook_run
     page.wait_for_function(
         "() => { const el = document.querySelector('.rtlab-planlab .rtlab-sv');"
         "        return el && Number(el.dataset.drawCount || 0) >= 1; }", timeout=30_000)
-    img = canvas_png(lab.locator(".rtlab-sv-canvas"))
+    img = notebook_runner.canvas_png(lab.locator(".rtlab-sv-canvas"))
     assert img.std() > 5
     # the dose colourwash is on the canvas: saturated (coloured) pixels, which grey CT has not
     sat = img.max(axis=-1) - img.min(axis=-1)
