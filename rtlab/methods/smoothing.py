@@ -390,31 +390,24 @@ def tongue_groove_theta(fluence) -> float:
 # --------------------------------------------------------------------------------------------
 # Bridge to the optimiser: beamlet weights of an influence matrix <-> full per-beam maps
 # --------------------------------------------------------------------------------------------
-class _Grids(list):
+class _Grids(tuple):
     """The per-beam bixel grids of an influence matrix (small; stands in for it in terms)."""
 
-    @property
-    def beams(self):
-        return [type("B", (), {"bixels": g})() for g in self]
 
-
-def _beams_of(im):
+def _grids_of(im) -> _Grids:
+    """The per-beam :class:`rtlab.plan.BixelGrid` of an influence matrix (or of a :class:`_Grids`)."""
     if isinstance(im, _Grids):
-        return im.beams
+        return im
     beams = getattr(im, "beams", None)
     if beams is None or not len(beams) or not hasattr(beams[0], "bixels"):
         raise TypeError("im must be an rtlab.dose influence matrix (with .beams carrying .bixels), "
                         f"got {type(im).__name__}")
-    return beams
+    return _Grids(b.bixels for b in beams)
 
 
 def map_shapes(im) -> list[tuple[int, int]]:
     """Per-beam fluence-map shapes ``(n_rows, n_cols)`` of an influence matrix's bixel grids."""
-    return [tuple(b.bixels.shape) for b in _beams_of(im)]
-
-
-def _n_weights(im) -> int:
-    return int(sum(b.bixels.n for b in _beams_of(im)))
+    return [tuple(g.shape) for g in _grids_of(im)]
 
 
 def weights_to_maps(im, x) -> np.ndarray:
@@ -423,22 +416,23 @@ def weights_to_maps(im, x) -> np.ndarray:
     Bixels outside each beam's mask get 0. The result is the flat layout that the penalties
     (``shapes = map_shapes(im)``) take.
     """
-    beams = _beams_of(im)
+    grids = _grids_of(im)
+    n = sum(g.n for g in grids)
     x = np.asarray(x, float).ravel()
-    if x.size != _n_weights(im):
-        raise ValueError(f"x has {x.size} entries, the influence matrix has {_n_weights(im)} beamlets")
+    if x.size != n:
+        raise ValueError(f"x has {x.size} entries, the influence matrix has {n} beamlets")
     out, i = [], 0
-    for b in beams:
-        out.append(b.bixels.to_map(x[i: i + b.bixels.n]).ravel())
-        i += b.bixels.n
+    for g in grids:
+        out.append(g.to_map(x[i: i + g.n]).ravel())
+        i += g.n
     return np.concatenate(out)
 
 
 def maps_to_weights(im, flat) -> np.ndarray:
     """Gather concatenated full maps (the layout of :func:`weights_to_maps`) into beamlet weights."""
-    beams = _beams_of(im)
-    maps = split_maps(flat, map_shapes(im))
-    return np.concatenate([b.bixels.from_map(m) for b, m in zip(beams, maps)])
+    grids = _grids_of(im)
+    maps = split_maps(flat, [g.shape for g in grids])
+    return np.concatenate([g.from_map(m) for g, m in zip(grids, maps)])
 
 
 def apply_per_beam(im, fn, x) -> np.ndarray:
@@ -484,7 +478,7 @@ class FluencePenaltyTerm(Term):
         super().__init__(None, weight, name or type(penalty).__name__)
         self.penalty = penalty
         # keep only the bixel grids: copying an objective must not copy the influence matrix
-        self.im = _Grids(b.bixels for b in _beams_of(im))
+        self.im = _grids_of(im)
 
     def _eval_sub(self, x):
         flat = weights_to_maps(self.im, x)
