@@ -91,17 +91,20 @@ def test_apply_boxes_matches_numpy_reference(threads):
     v_lo, v_hi = -oy / inv_s, (hp - 1 - oy) / inv_s
     bbox = F._block_bbox(up, vp, (coef != 0).any(axis=0))
     dose = np.full(n, 0.5)
+    tmp = np.zeros(n, np.float32)
     with F._Threads(threads):
-        F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, dose,
-                        np.empty(n, np.float32))
+        F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, tmp)
+        F._flush(tmp, dose)
+    assert not tmp.any()  # left zero for the next update
     ref = 0.5 + F.apply_boxes_reference(up, vp, coef, boxes, inv_s, ox, oy)
     assert np.abs(ref - 0.5).max() > 0.1  # the test data do reach the boxes
     np.testing.assert_allclose(dose, ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("G,sort", [(1, False), (2, True), (3, True), (4, True), (4, False)])
-def test_apply_boxes_wide_and_narrow_paths_match_reference(G, sort):
-    """Any number of Gaussians; voxels sorted along u make the small boxes hit few blocks (run path)."""
+def test_apply_boxes_segments_match_reference(G, sort):
+    """Any number of Gaussians (more than three go in groups); voxels sorted along u make the small boxes
+    cover a short range of blocks."""
     rng = np.random.default_rng(10 + G)
     n = 40 * F._BLOCK + 7
     up = rng.uniform(-60, 120, n).astype(np.float32)
@@ -126,9 +129,16 @@ def test_apply_boxes_wide_and_narrow_paths_match_reference(G, sort):
     v_lo, v_hi = -oy / inv_s, (hp - 1 - oy) / inv_s
     bbox = F._block_bbox(up, vp, (coef != 0).any(axis=0))
     dose = np.full(n, 0.25)
-    F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, dose,
-                   np.full(n, np.nan, np.float32))
+    tmp = np.zeros(n, np.float32)
+    evals = F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, tmp)
+    F._flush(tmp, dose)
     ref = 0.25 + F.apply_boxes_reference(up, vp, coef, boxes, inv_s, ox, oy)
+    # each Gaussian runs from its first to its last block that meets its box, nothing else
+    act = [np.flatnonzero(~((bbox[:, 1] <= u_lo[g]) | (bbox[:, 0] >= u_hi[g]) | (bbox[:, 3] <= v_lo[g])
+                            | (bbox[:, 2] >= v_hi[g]))) for g in range(G)]
+    assert evals == sum(min(n, (a[-1] + 1) * F._BLOCK) - a[0] * F._BLOCK for a in act if a.size)
+    if sort and G > 1:
+        assert evals < G * n  # sorted voxels: the small boxes skip blocks
     assert np.abs(ref - 0.25).max() > 0.1
     # float32 node coordinates (x up to ~160 nodes: ulp 1.5e-5) on random +-1 nodes, coef <= 2
     np.testing.assert_allclose(dose, ref, rtol=1e-5, atol=3e-5)
@@ -188,3 +198,48 @@ def test_patch_update_bad_input(box):
         fd.patch_update(0, 0, 0, np.full((2, 2), np.nan))
     with pytest.raises(ValueError, match="threads must be a positive int"):
         FluenceDose(box, [0], dose_grid=6.0, threads=0)
+
+
+def test_patch_update_many_equals_one_by_one_and_full_recompute(box):
+    """One multi-beam update (two patches on one beam too) = the patches one at a time = a full recompute."""
+    rng = np.random.default_rng(7)
+    fa = FluenceDose(box, [0, 130, 250], dose_grid=4.0, fluence_mm=1.0)
+    fb = FluenceDose(box, fa.beams, dose_grid=4.0, fluence_mm=1.0, threads=1)
+    w = rng.uniform(0.2, 1.0, sum(b.bixels.n for b in fa.beams))
+    fa.set_bixel_weights(w)
+    fb.set_bixel_weights(w)
+    patches = []
+    for b, st in enumerate(fa._states):
+        R, C = st.shape
+        patches.append((b, 2, 3, rng.uniform(-0.3, 0.6, (6, 5))))
+        patches.append((b, R // 2, C // 3, rng.uniform(0, 0.5, (4, 9))))  # a second patch on the same beam
+    before = fa.dose_vector.copy()
+    out = fa.patch_update_many(patches)
+    assert out is fa.dose_vector and np.abs(out - before).max() > 1e-3 * before.max()
+    for p in patches:
+        fb.patch_update(*p)
+    scale = np.abs(fa.dose_vector).max()
+    np.testing.assert_allclose(fa.dose_vector, fb.dose_vector, rtol=0, atol=1e-6 * scale)
+    for f1, f2 in zip(fa.fluence, fb.fluence):
+        np.testing.assert_array_equal(f1, f2)
+    inc = fa.dose_vector.copy()
+    assert np.abs(inc - fa.compute()).max() <= 1e-5 * scale
+    assert not fa._tmp.any()  # the float32 accumulator is left zero between updates
+
+
+def test_patch_update_many_checks_every_patch_first(box):
+    fd = FluenceDose(box, [0, 90], dose_grid=6.0)
+    fd.set_bixel_weights(np.ones(sum(b.bixels.n for b in fd.beams)))
+    d0, f0 = fd.dose_vector.copy(), [f.copy() for f in fd.fluence]
+    good = (0, 0, 0, np.ones((2, 2)))
+    for bad, msg in [((2, 0, 0, np.ones((2, 2))), "beam_index must be an int in 0..1"),
+                     ((1, 0, 0, np.full((2, 2), np.inf)), "delta"),
+                     ((1, 0, 0), r"\(beam_index, row, col, delta\)"),
+                     ((True, 0, 0, np.ones((2, 2))), "beam_index")]:
+        with pytest.raises(ValueError, match=msg):
+            fd.patch_update_many([good, bad])
+        # nothing applied: the good patch before the bad one did not change fluence or dose
+        np.testing.assert_array_equal(fd.dose_vector, d0)
+        for f, g in zip(fd.fluence, f0):
+            np.testing.assert_array_equal(f, g)
+    assert fd.patch_update_many([]) is fd.dose_vector

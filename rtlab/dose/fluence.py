@@ -61,7 +61,7 @@ __all__ = ["FluenceDose"]
 _BLOCK = 64
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, fastmath=True)
 def _conv_boxes(psi, row0, col0, kern, kern_off, mk, stride, moff, nr_lo, nr_hi, nc_lo, nc_hi, buf, buf_off):
     """Node values of every Gaussian's convolution of a patch, into zero-padded boxes (seed 004 eq. 5).
 
@@ -72,7 +72,8 @@ def _conv_boxes(psi, row0, col0, kern, kern_off, mk, stride, moff, nr_lo, nr_hi,
     ``2 mk[g] + 1``). The node rows ``nr_lo[g] .. nr_hi[g]`` x columns ``nc_lo[g] .. nc_hi[g]``
     are written to ``buf[buf_off[g]:]`` as a C-ordered ``(h + 2, w + 2)`` array whose outer ring
     is zero (so that the bilinear interpolation of :func:`_apply_boxes` needs no bounds tests).
-    Separable: one pass along u into a (patch rows x node columns) buffer, one along v.
+    Separable: one pass along u into a (patch rows x node columns) buffer (through the dense
+    (patch columns x node columns) kernel matrix, so that the inner loops are contiguous), one along v.
     """
     nrow_p, ncol_p = psi.shape
     for g in range(mk.size):
@@ -87,22 +88,23 @@ def _conv_boxes(psi, row0, col0, kern, kern_off, mk, stride, moff, nr_lo, nr_hi,
             buf[o + i] = 0.0
         if h <= 0 or w <= 0:
             continue
-        tmp = np.empty((nrow_p, w))
+        # kernel matrices (zero outside the support), so that both passes are contiguous axpy loops
+        kc = np.zeros((ncol_p, w))  # kc[pc, jc] = Kg(node column jc - patch column pc)
         for jc in range(w):
             pix = (nc_lo[g] + jc) * s - moff[g] - col0  # node column in patch pixels
-            lo = max(0, pix - m)
-            hi = min(ncol_p, pix + m + 1)
-            for pr in range(nrow_p):
-                acc = 0.0
-                for pc in range(lo, hi):
-                    acc += psi[pr, pc] * kern[k0 + pix - pc + m]
-                tmp[pr, jc] = acc
+            for pc in range(max(0, pix - m), min(ncol_p, pix + m + 1)):
+                kc[pc, jc] = kern[k0 + pix - pc + m]
+        tmp = np.zeros((nrow_p, w))
+        for pr in range(nrow_p):
+            for pc in range(ncol_p):
+                a = psi[pr, pc]
+                if a != 0.0:
+                    for jc in range(w):
+                        tmp[pr, jc] += a * kc[pc, jc]
         for jr in range(h):
             pix = (nr_lo[g] + jr) * s - moff[g] - row0
-            lo = max(0, pix - m)
-            hi = min(nrow_p, pix + m + 1)
             base = o + (jr + 1) * wp + 1
-            for pr in range(lo, hi):
+            for pr in range(max(0, pix - m), min(nrow_p, pix + m + 1)):
                 kv = kern[k0 + pix - pr + m]
                 for jc in range(w):
                     buf[base + jc] += kv * tmp[pr, jc]
@@ -173,52 +175,102 @@ def _bilinear(bx, u, v, sg, oxg, oyg, wf, xmax, ymax, xcell, ycell):
 
 
 @nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def _pass_two(up, vp, ca, cb, ba, bb, pa, pb, tmp):
-    """``tmp[k] = ca[k] bilinear(ba, k) + cb[k] bilinear(bb, k)`` for every voxel (float32).
+def _acc1(up, vp, c0, b0, p0, tmp):
+    """``tmp[k] += c0[k] bilinear(b0, k)`` for every voxel (float32; see :func:`_apply_boxes`).
 
-    ``pa, pb`` are the :func:`_bilinear` parameters of the two Gaussians. A ``prange`` loop even
-    on one thread: numba marks its iterations independent, which lets LLVM vectorise the
-    gathers (in a plain loop the possible aliasing of ``tmp`` and the boxes blocks it).
+    ``p0`` holds the :func:`_bilinear` parameters. A ``prange`` loop even on one thread: numba
+    marks its iterations independent, which lets LLVM vectorise the gathers (in a plain loop the
+    possible aliasing of ``tmp`` and the boxes blocks it). Callers pass views that start at the
+    first voxel of a segment (LLVM does not vectorise a ``prange`` over an offset range).
     """
+    for k in nb.prange(up.size):
+        tmp[k] += c0[k] * _bilinear(b0, up[k], vp[k], p0[0], p0[1], p0[2], p0[3], p0[4], p0[5], p0[6], p0[7])
+
+
+@nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def _acc2(up, vp, c0, c1, b0, b1, p0, p1, tmp):
+    """Two Gaussians in one pass: one read of the voxel's (u, v), eight gathers (see :func:`_acc1`)."""
     for k in nb.prange(up.size):
         u = up[k]
         v = vp[k]
-        acc = ca[k] * _bilinear(ba, u, v, pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7])
-        acc += cb[k] * _bilinear(bb, u, v, pb[0], pb[1], pb[2], pb[3], pb[4], pb[5], pb[6], pb[7])
-        tmp[k] = acc
+        a = c0[k] * _bilinear(b0, u, v, p0[0], p0[1], p0[2], p0[3], p0[4], p0[5], p0[6], p0[7])
+        a += c1[k] * _bilinear(b1, u, v, p1[0], p1[1], p1[2], p1[3], p1[4], p1[5], p1[6], p1[7])
+        tmp[k] += a
 
 
 @nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def _pass_one(up, vp, ca, ba, pa, tmp):
-    """``tmp[k] = ca[k] bilinear(ba, k)`` for every voxel (see :func:`_pass_two`)."""
+def _acc3(up, vp, c0, c1, c2, b0, b1, b2, p0, p1, p2, tmp):
+    """Three Gaussians in one pass (see :func:`_acc1`)."""
     for k in nb.prange(up.size):
-        tmp[k] = ca[k] * _bilinear(ba, up[k], vp[k], pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7])
+        u = up[k]
+        v = vp[k]
+        a = c0[k] * _bilinear(b0, u, v, p0[0], p0[1], p0[2], p0[3], p0[4], p0[5], p0[6], p0[7])
+        a += c1[k] * _bilinear(b1, u, v, p1[0], p1[1], p1[2], p1[3], p1[4], p1[5], p1[6], p1[7])
+        a += c2[k] * _bilinear(b2, u, v, p2[0], p2[1], p2[2], p2[3], p2[4], p2[5], p2[6], p2[7])
+        tmp[k] += a
 
 
 @nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def _add_one(up, vp, ca, ba, pa, tmp):
-    """``tmp[k] += ca[k] bilinear(ba, k)`` for every voxel (see :func:`_pass_two`)."""
-    for k in nb.prange(up.size):
-        tmp[k] += ca[k] * _bilinear(ba, up[k], vp[k], pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7])
-
-
-@nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def _add_to_dose(tmp, dose):
-    """``dose += tmp`` (float32 into float64)."""
+def _flush(tmp, dose):
+    """``dose += tmp`` (float32 into float64), leaving ``tmp`` zero for the next update."""
     for k in nb.prange(tmp.size):
         dose[k] += tmp[k]
+        tmp[k] = 0.0
+
+
+@nb.njit(inline="always")
+def _par_tuple(par, g):
+    p = par[g]
+    return (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
 
 
 @nb.njit(cache=True, nogil=True)
-def _box_params(bbox, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi):
-    """Float32 :func:`_bilinear` parameters per Gaussian and its number of active blocks.
+def _acc_group(up, vp, coef, buf, buf_off, par, gs, a, b, tmp):
+    """Accumulate the Gaussians ``gs`` (one to three) on voxels ``a:b`` into ``tmp``."""
+    g0 = gs[0]
+    b0 = buf[buf_off[g0] : buf_off[g0 + 1]]
+    if gs.size == 1:
+        _acc1(up[a:b], vp[a:b], coef[g0, a:b], b0, _par_tuple(par, g0), tmp[a:b])
+        return
+    g1 = gs[1]
+    b1 = buf[buf_off[g1] : buf_off[g1 + 1]]
+    if gs.size == 2:
+        _acc2(up[a:b], vp[a:b], coef[g0, a:b], coef[g1, a:b], b0, b1, _par_tuple(par, g0), _par_tuple(par, g1),
+              tmp[a:b])
+        return
+    g2 = gs[2]
+    b2 = buf[buf_off[g2] : buf_off[g2 + 1]]
+    _acc3(up[a:b], vp[a:b], coef[g0, a:b], coef[g1, a:b], coef[g2, a:b], b0, b1, b2, _par_tuple(par, g0),
+          _par_tuple(par, g1), _par_tuple(par, g2), tmp[a:b])
 
-    Returns ``par`` (G, 8): ``inv_s, ox, oy, wp, wp - 1, hp - 1, wp - 2, hp - 2`` and ``nact``
-    (G,): blocks whose bounding box meets the open pixel interval where box ``g`` is non-zero.
+
+@nb.njit(cache=True, nogil=True)
+def _apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, tmp):
+    """``tmp[k] += sum_g coef[g, k] * bilinear(box_g, x_g(k), y_g(k))`` (seed 004 eq. 4), float32.
+
+    ``up, vp`` (float32) are the voxels' fluence-pixel coordinates; for Gaussian ``g`` the
+    position in its padded float32 box ``buf[buf_off[g]:]`` (``hp[g] x wp[g]``, zero outer
+    ring, see :func:`_conv_boxes`) is ``x = up * inv_s[g] + ox[g]``, ``y = vp * inv_s[g] +
+    oy[g]`` (float32 arithmetic). Positions are clamped to the box, whose zero ring makes the
+    interpolation vanish outside, so the inner loops have no branches.
+
+    Voxels come in blocks of :data:`_BLOCK` with a pixel bounding box ``bbox[blk] = (umin, umax,
+    vmin, vmax)``; Gaussian ``g`` is applied on the voxel range from its first to its last
+    block that meets the open pixel interval ``(u_lo[g], u_hi[g]) x (v_lo[g], v_hi[g])`` where
+    its box is non-zero. The ranges cut the voxels into at most ``2 G - 1`` segments, each
+    with a fixed set of Gaussians applied together (up to three per pass: one read of the
+    voxel's coordinates and coefficients, one accumulation). In the dose grid's z-major voxel
+    order a coplanar beam's box is a slab of slices, so a small patch's primary Gaussian runs
+    over a fraction of the voxels while the wide scatter Gaussians cover nearly all.
+    Adding an exact zero where a box is zero leaves the result equal to applying every
+    Gaussian everywhere. Returns the number of Gaussian-voxel evaluations (for tests).
     """
     G = inv_s.size
+    n = up.size
+    nblk = bbox.shape[0]
     par = np.empty((G, 8), np.float32)
-    nact = np.zeros(G, np.int64)
+    lo = np.full(G, n, np.int64)
+    hi = np.zeros(G, np.int64)
     for g in range(G):
         par[g, 0] = inv_s[g]
         par[g, 1] = ox[g]
@@ -228,108 +280,37 @@ def _box_params(bbox, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi):
         par[g, 5] = hp[g] - 1
         par[g, 6] = wp[g] - 2
         par[g, 7] = hp[g] - 2
-        for blk in range(bbox.shape[0]):
+        first = -1
+        last = -1
+        for blk in range(nblk):
             if not (bbox[blk, 1] <= u_lo[g] or bbox[blk, 0] >= u_hi[g] or bbox[blk, 3] <= v_lo[g]
                     or bbox[blk, 2] >= v_hi[g]):
-                nact[g] += 1
-    return par, nact
-
-
-@nb.njit(cache=True, nogil=True)
-def _apply_wide(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, dose, tmp):
-    """The (at most two) Gaussians active on >= half of the blocks, in one pass over every voxel.
-
-    Adds their dose to ``dose``; returns :func:`_box_params`' ``par`` and the other Gaussians
-    with active blocks (for :func:`_apply_narrow`).
-    """
-    par, nact = _box_params(bbox, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi)
-    order = np.argsort(-nact, kind="mergesort")
-    nblk = bbox.shape[0]
-    nwide = 0
-    for j in range(min(2, order.size)):
-        if nact[order[j]] > 0 and 2 * nact[order[j]] >= nblk:
-            nwide += 1
-    nn = 0
-    for j in range(nwide, order.size):
-        if nact[order[j]] > 0:
-            nn += 1
-    narrow = np.empty(nn, np.int64)
-    nn = 0
-    for j in range(nwide, order.size):
-        if nact[order[j]] > 0:
-            narrow[nn] = order[j]
-            nn += 1
-    if nwide == 0:
-        return par, narrow
-    ga = order[0]
-    pa = par[ga]
-    ta = (pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7])
-    if nwide == 1:
-        _pass_one(up, vp, coef[ga], buf[buf_off[ga] : buf_off[ga + 1]], ta, tmp)
-    else:
-        gb = order[1]
-        pb = par[gb]
-        _pass_two(up, vp, coef[ga], coef[gb], buf[buf_off[ga] : buf_off[ga + 1]], buf[buf_off[gb] : buf_off[gb + 1]],
-                  ta, (pb[0], pb[1], pb[2], pb[3], pb[4], pb[5], pb[6], pb[7]), tmp)
-    _add_to_dose(tmp, dose)
-    return par, narrow
-
-
-@nb.njit(cache=True, nogil=True)
-def _apply_narrow(up, vp, coef, bbox, buf, buf_off, par, narrow, u_lo, u_hi, v_lo, v_hi, dose, tmp):
-    """Gaussians ``narrow`` on the runs of consecutive blocks where their box is non-zero."""
-    n = up.size
-    nblk = bbox.shape[0]
-    for g in narrow:
-        pg = par[g]
-        pt = (pg[0], pg[1], pg[2], pg[3], pg[4], pg[5], pg[6], pg[7])
-        bx = buf[buf_off[g] : buf_off[g + 1]]
-        cg = coef[g]
-        blk = 0
-        while blk < nblk:
-            if (bbox[blk, 1] <= u_lo[g] or bbox[blk, 0] >= u_hi[g] or bbox[blk, 3] <= v_lo[g]
-                    or bbox[blk, 2] >= v_hi[g]):
-                blk += 1
-                continue
-            b1 = blk + 1  # extend to a run of consecutive active blocks
-            while b1 < nblk and not (bbox[b1, 1] <= u_lo[g] or bbox[b1, 0] >= u_hi[g] or bbox[b1, 3] <= v_lo[g]
-                                     or bbox[b1, 2] >= v_hi[g]):
-                b1 += 1
-            k0 = blk * _BLOCK
-            k1 = min(n, b1 * _BLOCK)
-            blk = b1
-            # views starting at 0: a prange over an offset range is not vectorised by LLVM
-            _pass_one(up[k0:k1], vp[k0:k1], cg[k0:k1], bx, pt, tmp[k0:k1])
-            _add_to_dose(tmp[k0:k1], dose[k0:k1])
-
-
-def _apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, dose, tmp):
-    """``dose[k] += sum_g coef[g, k] * bilinear(box_g, x_g(k), y_g(k))`` (seed 004 eq. 4).
-
-    ``up, vp`` (float32) are the voxels' fluence-pixel coordinates; for Gaussian ``g`` the
-    position in its padded float32 box ``buf[buf_off[g]:]`` (``hp[g] x wp[g]``, zero outer
-    ring, see :func:`_conv_boxes`) is ``x = up * inv_s[g] + ox[g]``, ``y = vp * inv_s[g] +
-    oy[g]`` (float32 arithmetic). Positions are clamped to the box, whose zero ring makes the
-    interpolation vanish outside, so the inner loops have no branches. ``tmp`` is float32
-    scratch of the voxels' length.
-
-    Voxels come in blocks of :data:`_BLOCK` with a pixel bounding box ``bbox[blk] = (umin, umax,
-    vmin, vmax)``; block ``blk`` is active for ``g`` unless it misses the open pixel interval
-    ``(u_lo[g], u_hi[g]) x (v_lo[g], v_hi[g])`` where box ``g`` is non-zero. The (at most two)
-    Gaussians active on at least half of the blocks -- for a small patch the wide scatter
-    kernels -- are applied together in one pass over every voxel (:func:`_pass_two`: one read of
-    the voxel's coordinates, eight gathers, one float32 sum added to ``dose`` once); the others
-    (the narrow primary) only on the runs of consecutive active blocks, on one thread (a
-    parallel launch per run would cost more than the run). Adding an exact zero where a box is
-    zero leaves the result equal to applying every Gaussian everywhere.
-    """
-    par, narrow = _apply_wide(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, dose, tmp)
-    if narrow.size:
-        if nb.get_num_threads() == 1:
-            _apply_narrow(up, vp, coef, bbox, buf, buf_off, par, narrow, u_lo, u_hi, v_lo, v_hi, dose, tmp)
-        else:
-            with _Threads(1):
-                _apply_narrow(up, vp, coef, bbox, buf, buf_off, par, narrow, u_lo, u_hi, v_lo, v_hi, dose, tmp)
+                if first < 0:
+                    first = blk
+                last = blk
+        if first >= 0:
+            lo[g] = first * _BLOCK
+            hi[g] = min(n, (last + 1) * _BLOCK)
+    cuts = np.unique(np.concatenate((lo, hi)))
+    gs = np.empty(G, np.int64)
+    evals = 0
+    for s in range(cuts.size - 1):
+        a = cuts[s]
+        b = cuts[s + 1]
+        if b <= a or a >= n:
+            continue
+        m = 0
+        for g in range(G):
+            if lo[g] <= a and b <= hi[g]:
+                gs[m] = g
+                m += 1
+        j = 0
+        while j < m:
+            k = min(3, m - j)
+            _acc_group(up, vp, coef, buf, buf_off, par, gs[j : j + k], a, b, tmp)
+            j += k
+        evals += m * (b - a)
+    return evals
 
 
 def apply_boxes_reference(up, vp, coef, boxes, inv_s, ox, oy):
@@ -428,6 +409,30 @@ def _node_update(psi, row0, col0, full, kern, kern_off, mk, stride, moff, nr, nc
     return buf.astype(np.float32), buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi
 
 
+@nb.njit(cache=True, nogil=True)
+def _update_beams(pflat, poff, pshape, prow, pcol, pbeam, full, UP, VP, COEF, BBOX, KERN, kbase, kern_off, MK,
+                  STRIDE, MOFF, NR, NC, CC, cbase, c_off, tmp, dose):
+    """Apply fluence patches to any beams in one call: node update, voxel accumulation, one flush.
+
+    Patch ``p`` (``pflat[poff[p]:poff[p + 1]]`` of shape ``pshape[p]``) goes to beam ``pbeam[p]``
+    at pixel ``(prow[p], pcol[p])``; with ``full`` every patch is a whole map that replaces the
+    beam's node grids. The per-beam arrays are stacked (voxel arrays ``UP, VP`` (B, N), ``COEF``
+    (B, G, N), ``BBOX`` (B, blocks, 4)) or concatenated with per-beam bases (kernels ``KERN`` from
+    ``kbase[b]``, node storage ``CC`` from ``cbase[b]``). Every beam's contribution is summed in
+    float32 ``tmp`` and added to ``dose`` once (:func:`_flush`), so a 9-beam update reads and
+    writes the float64 dose once instead of nine times.
+    """
+    for p in range(pbeam.size):
+        b = pbeam[p]
+        psi = pflat[poff[p] : poff[p + 1]].reshape((pshape[p, 0], pshape[p, 1]))
+        buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi = _node_update(
+            psi, prow[p], pcol[p], full, KERN[kbase[b] : kbase[b + 1]], kern_off[b], MK[b], STRIDE[b], MOFF[b],
+            NR[b], NC[b], CC[cbase[b] : cbase[b + 1]], c_off[b])
+        _apply_boxes(UP[b], VP[b], COEF[b], BBOX[b], buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi,
+                     tmp)
+    _flush(tmp, dose)
+
+
 class _Threads:
     """``with _Threads(n):`` runs numba parallel kernels of this thread on ``n`` threads (restored on exit).
 
@@ -488,9 +493,11 @@ class FluenceDose:
         64 consecutive voxels with a projected bounding box).
     ray_mm : float, optional
         Ray spacing of the radiological-depth fan (see :func:`rtlab.dose.raytrace.fan_depth`).
-    threads : int
-        Threads of the dose-update kernel (default 1: on a shared 2-core machine waking a second
-        thread costs more than it saves; use 2+ on a quiet multi-core machine).
+    threads : int, optional
+        Threads of the dose-update kernels (default: numba's thread count, i.e. every core). An
+        update makes a few parallel launches per beam (at most ``2 G - 1`` voxel segments); on a
+        quiet 2-core machine two threads give 1.8x, but under heavy load waking the second thread
+        can cost milliseconds (pass ``threads=1`` there).
 
     Attributes
     ----------
@@ -502,9 +509,12 @@ class FluenceDose:
 
     def __init__(self, case, beams, machine: Machine | None = None, dose_grid=None, voxels="body",
                  fluence_mm: float = 1.0, support_sigmas: float = 4.0, tile_mm: float = 5.0, ray_mm=None,
-                 threads: int = 1):
+                 threads: int | None = None):
+        if threads is None:
+            threads = nb.get_num_threads()
         if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads must be a positive int (threads of the dose-update kernel), got {threads!r}")
+            raise ValueError(f"threads must be a positive int or None (threads of the dose-update kernels), "
+                             f"got {threads!r}")
         self.threads = int(threads)
         self.machine = generic_6mv() if machine is None else machine
         (fluence_mm,) = check_positive("fluence_mm", fluence_mm)
@@ -517,7 +527,7 @@ class FluenceDose:
         pts = self.grid.index_to_world(np.stack(np.unravel_index(self.voxel_index, self.grid.shape), axis=1))
         self.fluence_mm = fluence_mm
         self.dose_vector = np.zeros(len(self.voxel_index))
-        self._tmp = np.empty(len(self.voxel_index), np.float32)  # scratch of _apply_boxes
+        self._tmp = np.zeros(len(self.voxel_index), np.float32)  # float32 sum of an update (zero between)
         self._states = []
         self.fluence = []
         for beam in self.beams:
@@ -577,6 +587,30 @@ class FluenceDose:
                 g.C = st.C[st.c_off[j] : st.c_off[j + 1]].reshape(g.nr, g.nc)
             self._states.append(st)
             self.fluence.append(np.zeros(st.shape))
+        self._stack()
+
+    def _stack(self):
+        """Stack the per-beam arrays for :func:`_update_beams` (the per-beam attributes become views)."""
+        sts = self._states
+        G = {st.mk.size for st in sts}
+        if len(G) != 1:
+            raise ValueError(f"the machine gives the beams different numbers of lateral Gaussians ({sorted(G)}); "
+                             "FluenceDose needs one kernel layout for all beams")
+        self._UP = np.stack([st.up for st in sts])
+        self._VP = np.stack([st.vp for st in sts])
+        self._COEF = np.ascontiguousarray(np.stack([st.coef for st in sts]))
+        self._BBOX = np.stack([st.bbox for st in sts])
+        self._KERN = np.concatenate([st.kern for st in sts])
+        self._kbase = np.concatenate([[0], np.cumsum([st.kern.size for st in sts])]).astype(np.int64)
+        self._CC = np.concatenate([st.C for st in sts])
+        self._cbase = np.concatenate([[0], np.cumsum([st.C.size for st in sts])]).astype(np.int64)
+        for name in ("kern_off", "mk", "stride", "moff", "nr", "nc", "c_off"):
+            setattr(self, "_" + name.upper(), np.stack([getattr(st, name) for st in sts]))
+        for b, st in enumerate(sts):  # views, so that the per-beam state and the stacks stay one
+            st.up, st.vp, st.coef, st.bbox = self._UP[b], self._VP[b], self._COEF[b], self._BBOX[b]
+            st.C = self._CC[self._cbase[b] : self._cbase[b + 1]]
+            for j, g in enumerate(st.g):
+                g.C = st.C[st.c_off[j] : st.c_off[j + 1]].reshape(g.nr, g.nc)
 
     # ----------------------------------------------------------------------------------
     @property
@@ -613,15 +647,35 @@ class FluenceDose:
     def compute(self) -> np.ndarray:
         """Full recompute of every beam's convolution and the dose; returns the dose vector."""
         self.dose_vector[:] = 0.0
-        for b, st in enumerate(self._states):
-            self._run(st, np.ascontiguousarray(self.fluence[b], dtype=np.float64), 0, 0, True)
+        self._run([(b, 0, 0, np.ascontiguousarray(f, dtype=np.float64)) for b, f in enumerate(self.fluence)], True)
         return self.dose_vector
 
-    def _run(self, st, psi, row, col, full):
-        boxes = _node_update(psi, row, col, full, st.kern, st.kern_off, st.mk, st.stride, st.moff, st.nr, st.nc,
-                             st.C, st.c_off)
+    def _run(self, patches, full):
+        pshape = np.array([d.shape for _, _, _, d in patches], np.int64).reshape(-1, 2)
+        poff = np.concatenate([[0], np.cumsum(pshape[:, 0] * pshape[:, 1])]).astype(np.int64)
+        pflat = np.concatenate([d.ravel() for _, _, _, d in patches]) if patches else np.zeros(0)
+        prow = np.array([r for _, r, _, _ in patches], np.int64)
+        pcol = np.array([c for _, _, c, _ in patches], np.int64)
+        pbeam = np.array([b for b, _, _, _ in patches], np.int64)
         with _Threads(self.threads):
-            _apply_boxes(st.up, st.vp, st.coef, st.bbox, *boxes, self.dose_vector, self._tmp)
+            _update_beams(pflat, poff, pshape, prow, pcol, pbeam, full, self._UP, self._VP, self._COEF, self._BBOX,
+                          self._KERN, self._kbase, self._KERN_OFF, self._MK, self._STRIDE, self._MOFF, self._NR,
+                          self._NC, self._CC, self._cbase, self._C_OFF, self._tmp, self.dose_vector)
+
+    def _check_patch(self, beam_index, row, col, delta):
+        if isinstance(beam_index, bool) or not isinstance(beam_index, (int, np.integer)) or not (
+                0 <= beam_index < self.n_beams):
+            raise ValueError(f"beam_index must be an int in 0..{self.n_beams - 1}, got {beam_index!r}")
+        st = self._states[beam_index]
+        d = np.ascontiguousarray(delta, dtype=np.float64)
+        if d.ndim != 2:
+            raise ValueError(f"delta must be a 2D patch (rows v, columns u), got shape {d.shape}")
+        r1, c1 = row + d.shape[0], col + d.shape[1]
+        if row < 0 or col < 0 or r1 > st.shape[0] or c1 > st.shape[1]:
+            raise ValueError(f"patch rows {row}:{r1}, cols {col}:{c1} exceed the fluence map {st.shape} of beam "
+                             f"{beam_index}")
+        check_finite("delta", d)
+        return int(beam_index), int(row), int(col), d
 
     def patch_update(self, beam_index: int, row: int, col: int, delta) -> np.ndarray:
         """Add ``delta`` to the fluence of one beam at pixel ``(row, col)`` and update the dose locally.
@@ -642,16 +696,34 @@ class FluenceDose:
         ndarray
             The updated dose vector (the same array as :attr:`dose_vector`).
         """
-        st = self._states[beam_index]
-        d = np.ascontiguousarray(delta, dtype=np.float64)
-        if d.ndim != 2:
-            raise ValueError(f"delta must be a 2D patch (rows v, columns u), got shape {d.shape}")
-        r1, c1 = row + d.shape[0], col + d.shape[1]
-        if row < 0 or col < 0 or r1 > st.shape[0] or c1 > st.shape[1]:
-            raise ValueError(f"patch rows {row}:{r1}, cols {col}:{c1} exceed the fluence map {st.shape}")
-        check_finite("delta", d)
-        self.fluence[beam_index][row:r1, col:c1] += d
-        self._run(st, d, int(row), int(col), False)
+        return self.patch_update_many([(beam_index, row, col, delta)])
+
+    def patch_update_many(self, patches) -> np.ndarray:
+        """Apply several fluence patches (any beams) in one update; returns the dose vector.
+
+        The same as calling :meth:`patch_update` for each patch in turn, but the beams'
+        contributions are summed in float32 and added to the float64 dose once, in one numba
+        call (an interactive edit or a dose request that changes every beam's fluence at once).
+
+        Parameters
+        ----------
+        patches : iterable of (beam_index, row, col, delta)
+            As the arguments of :meth:`patch_update`. Every patch is checked before any is applied.
+
+        Returns
+        -------
+        ndarray
+            The updated dose vector (the same array as :attr:`dose_vector`).
+        """
+        checked = []
+        for item in patches:
+            if not isinstance(item, (tuple, list)) or len(item) != 4:
+                raise ValueError(f"each patch must be (beam_index, row, col, delta), got {item!r}")
+            checked.append(self._check_patch(*item))
+        for b, r, c, d in checked:
+            self.fluence[b][r : r + d.shape[0], c : c + d.shape[1]] += d
+        if checked:
+            self._run(checked, False)
         return self.dose_vector
 
     def dose(self, on: str = "ct") -> np.ndarray:
@@ -672,15 +744,20 @@ class FluenceDose:
         return res
 
     def time_patch_updates(self, patch_bixels: int = 5, repeats: int = 5) -> float:
-        """Median wall time (ms) of one patch of ``patch_bixels`` x ``patch_bixels`` bixels on every beam."""
+        """Median wall time (ms) of one update that changes a patch of ``patch_bixels`` x ``patch_bixels`` bixels on every beam.
+
+        The patches (centred in each map, alternately +0.01 and -0.01) go in one
+        :meth:`patch_update_many` call; the first of ``repeats + 1`` runs is discarded.
+        """
         times = []
         for rep in range(repeats + 1):
-            t0 = time.perf_counter()
+            patches = []
             for b, st in enumerate(self._states):
                 p = min(patch_bixels * st.sub, st.shape[0]), min(patch_bixels * st.sub, st.shape[1])
                 r = (st.shape[0] - p[0]) // 2
                 c = (st.shape[1] - p[1]) // 2
-                self.patch_update(b, r, c, np.full(p, 0.01 * (1 if rep % 2 == 0 else -1)))
+                patches.append((b, r, c, np.full(p, 0.01 * (1 if rep % 2 == 0 else -1))))
+            t0 = time.perf_counter()
+            self.patch_update_many(patches)
             times.append(time.perf_counter() - t0)
         return float(np.median(times[1:]) * 1e3)
-
