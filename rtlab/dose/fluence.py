@@ -21,18 +21,19 @@ and adds its dose to exactly the voxels whose projection falls on those nodes. B
 this equals a full recompute up to floating-point rounding (tested at 1e-5 relative).
 
 Implementation (what makes a patch update cheap): everything that depends only on the
-geometry is computed once per beam in ``__init__`` -- the voxels' fluence-pixel coordinates
-``(u, v)`` (float32; the ray tracing and depth look-up are never repeated) and ``coef_g =
-c_g D_{i(g)}(d_rad) (SAD/t)^2`` (float32). An update is two numba calls per beam:
-:func:`_node_update` convolves only the patch onto only the node box within the kernel
-support (into zero-padded float32 boxes) and :func:`_apply_boxes` adds ``coef_g *
-bilinear(delta C_g)`` to the voxels of the blocks (64 consecutive voxels) whose projected
-bounding box meets the box, in branch-free vectorised loops (the wide scatter Gaussians
-together in one pass over every voxel, the narrow primary on runs of active blocks). :meth:`compute` is the same two
-calls with the whole map, so the two paths share every number. The far-scatter Gaussian
-(30 mm, support 120 mm) still reaches nearly every voxel of a beam, so an update costs about
-one vectorised bilinear interpolation per voxel and beam (measured numbers:
-``benchmarks/RESULTS.md``).
+geometry is computed once per beam in ``__init__`` and stacked over the beams -- the voxels'
+fluence-pixel coordinates ``(u, v)`` (float32; the ray tracing and depth look-up are never
+repeated) and ``coef_g = c_g D_{i(g)}(d_rad) (SAD/t)^2`` (float32). One update, any number of
+patches on any beams (:meth:`FluenceDose.patch_update_many`), is one numba call,
+:func:`_update_beams`: per patch :func:`_node_update` convolves only the patch onto only the
+node box within the kernel support (into zero-padded float32 boxes) and :func:`_apply_boxes`
+adds ``coef_g * bilinear(delta C_g)`` of each Gaussian over the voxel range from its first to
+its last block (64 consecutive voxels with a projected bounding box) that meets its box, in
+at most ``2 G - 1`` vectorised passes; the beams' changes are summed in float32 and added to the
+float64 dose once (:func:`_flush`). :meth:`compute` is the same call with the whole maps, so
+the two paths share every number. The far-scatter Gaussian (30 mm, support 120 mm) still
+reaches nearly every voxel of a beam, so an update costs about one vectorised bilinear
+interpolation per voxel and beam (measured numbers: ``docs/dose_engine.md``).
 
 Relation to the influence matrix: for a fluence that is constant on each bixel, the node
 values ``C_g`` are exact integrals, so the two engines differ only by the bilinear
