@@ -23,8 +23,8 @@ def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bo
         call compiled the kernels), ``compile_s`` (first build minus second), ``matvec_ms``
         (``A @ x`` with :class:`rtlab.dose.sparse.DoseOperator`: numba on the CPU, CuPy/numba.cuda
         with ``gpu=True``; median of 5), ``matvec_scipy_ms`` (scipy CSR, for comparison),
-        ``patch_update_ms`` (one ``patch_bixels`` square
-        patch on every beam, fluence engine), ``cutoff_mm``, ``gpu`` (False, or the GPU mat-vec
+        ``patch_update_ms`` (one update that changes a ``patch_bixels`` square patch on every
+        beam, :meth:`rtlab.dose.FluenceDose.time_patch_updates`, numba's thread count), ``cutoff_mm``, ``gpu`` (False, or the GPU mat-vec
         backend), ``build_backend`` (``'cpu'``, or ``'cuda'`` with ``gpu=True``: the influence
         matrix is then counted and filled by the numba.cuda kernels of :mod:`rtlab.dose.gpu`;
         raises ``ValueError`` without a CUDA device).
