@@ -706,7 +706,28 @@ class PlanResult:
 
     @property
     def mu_total(self) -> float:
+        """Sum of :attr:`mu` over the beams (the whole course delivered at once)."""
         return float(np.sum(self.mu))
+
+    def mu_per_fraction(self, n_fractions: int) -> np.ndarray:
+        """MU per beam and fraction when the planned dose is delivered in ``n_fractions`` equal fractions.
+
+        :attr:`dose` is the whole course (e.g. 60 Gy), and so is :attr:`mu`. MU are linear in
+        dose, so each fraction needs ``mu / n_fractions`` (e.g. 30 fractions of 2 Gy).
+
+        Parameters
+        ----------
+        n_fractions : int
+            Number of equal fractions (>= 1).
+
+        Returns
+        -------
+        ndarray
+            MU per beam for one fraction.
+        """
+        if isinstance(n_fractions, bool) or not isinstance(n_fractions, (int, np.integer)) or n_fractions < 1:
+            raise ValueError(f"n_fractions must be a positive int (equal fractions of the course), got {n_fractions!r}")
+        return np.asarray(self.mu, float) / int(n_fractions)
 
     @property
     def iterations(self) -> int:

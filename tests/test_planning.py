@@ -111,6 +111,13 @@ def test_plan_improves_conformity_over_the_preliminary_plan(case, plan):
     assert t["iterations"] >= 1 and t["build_s"] > 0 and t["optimize_s"] > 0
     assert len(plan.history) == t["iterations"] + 1
     assert plan.mu.shape == (5,) and np.all(plan.mu > 0)
+    # MU per fraction = the MU of the weights of one fraction (a 30-fraction course)
+    from rtlab.planning import _beam_mu
+
+    np.testing.assert_allclose(plan.mu_per_fraction(30), _beam_mu(plan.influence, plan.x / 30), rtol=1e-12)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="n_fractions must be a positive int"):
+            plan.mu_per_fraction(bad)
     # the dose is the engine's dose of the optimised weights, not rescaled
     np.testing.assert_allclose(plan.dose, plan.influence.dose(plan.x, on="ct"), rtol=1e-4, atol=1e-3)
     table = plan.score_table()
