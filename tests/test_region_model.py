@@ -90,6 +90,27 @@ def test_conformity_planner_one_small_case():
     assert out.info["ci"] == pytest.approx((t & region).sum() ** 2 / (t.sum() * region.sum()))
 
 
+def test_conformity_planner_regenerates_a_shipped_case():
+    """Case 7 of the shipped 200-case set, planned again now: same region, same plan.
+
+    Guards the data set against drift of the dose engine or the optimiser. On the machine that
+    made the set the regeneration is exact (same iterations, same objective to the last bit,
+    same cGy dose, with 1 or 2 numba threads); other CPUs may round differently, hence the
+    tolerances.
+    """
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "datasets" / "region_conformity_200" / "case_0007.npz"
+    stored = rm.load_case_file(path)
+    info = stored["meta"]["planner_info"]
+    assert stored["meta"]["seed"] == 7 and info["planner"] == rm.ConformityPlanner.name
+    out = rm.ConformityPlanner()(rm.random_case(7))
+    np.testing.assert_array_equal(out.dose >= out.d_ref, stored["region"])
+    assert np.abs(out.dose - stored["dose"]).max() <= 0.05  # stored as uint16 cGy (0.005 Gy rounding)
+    assert abs(out.info["iterations"] - info["iterations"]) <= 2
+    assert out.info["objective"] == pytest.approx(info["objective"], rel=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------
 # metrics against closed forms
 # ---------------------------------------------------------------------------------------------
