@@ -45,33 +45,18 @@ from rtlab.dose import FluenceDose, build_influence  # noqa: E402
 from rtlab.dose.sparse import DoseOperator  # noqa: E402
 from rtlab.phantoms import get_phantom  # noqa: E402
 
+from _common import median_time, parallel_copy  # noqa: E402  (benchmarks/_common.py)
+
 CASES = {"beams5": (list(range(0, 360, 72)), 5.0), "beams9": (list(range(0, 360, 40)), 3.0)}
 TARGETS = {"beams5_build_s": 1.0, "beams9_build_s": 5.0, "matvec_frac_of_numpy_copy": 0.5, "patch_update_ms": 5.0}
-
-
-@numba.njit(parallel=True, cache=True)
-def _parallel_copy(src, dst):  # pragma: no cover - numba
-    for i in numba.prange(src.size):
-        dst[i] = src[i]
-
-
-def _median(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
 
 
 def copy_bandwidth(nbytes, repeats=9):
     """(numpy copy GB/s, numba 2-thread copy GB/s) for float32 arrays of ``nbytes``; read + write."""
     src = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    t_np = _median(lambda: np.copyto(dst, src), repeats)
-    t_nb = _median(lambda: _parallel_copy(src, dst), repeats)
+    t_np = median_time(lambda: np.copyto(dst, src), repeats)
+    t_nb = median_time(lambda: parallel_copy(src, dst), repeats)
     return 2 * src.nbytes / t_np / 1e9, 2 * src.nbytes / t_nb / 1e9
 
 
@@ -141,7 +126,7 @@ def bench_case(case, name, repeats, gpu):
     op = DoseOperator(A, backend="numba")
     x = np.ones(A.shape[1], np.float32)
     y = np.empty(A.shape[0], np.float32)
-    t_mv = _median(lambda: op.matvec(x, out=y), 15, warmup=2)
+    t_mv = median_time(lambda: op.matvec(x, out=y), 15, warmup=2)
     mv_bytes = A.data.nbytes + A.indices.nbytes + A.indptr.nbytes + 4 * A.shape[1] + 4 * A.shape[0]
     np_bw, nb_bw = copy_bandwidth(min(mv_bytes, 400_000_000) // 2)
     mv_bw = mv_bytes / t_mv / 1e9

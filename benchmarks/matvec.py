@@ -43,6 +43,8 @@ import numba  # noqa: E402
 from rtlab.dose import gpu  # noqa: E402
 from rtlab.dose.sparse import DoseOperator  # noqa: E402
 
+from _common import median_time, parallel_copy  # noqa: E402  (benchmarks/_common.py)
+
 
 def make_influence_like(rows, cols, nnz_per_row, n_beams=5, empty_fraction=0.05, seed=0):
     """Random float32 CSR matrix with beam-footprint structure (see module docstring)."""
@@ -65,23 +67,6 @@ def make_influence_like(rows, cols, nnz_per_row, n_beams=5, empty_fraction=0.05,
         indptr = indptr.astype(np.int32)
     data = rng.random(total, dtype=np.float32)
     return sp.csr_matrix((data, indices, indptr), shape=(rows, cols))
-
-
-def median_time(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-
-
-@numba.njit(parallel=True, cache=True)
-def _parallel_copy(src, dst):  # pragma: no cover - numba
-    for i in numba.prange(src.size):
-        dst[i] = src[i]
 
 
 def product_bytes(M, n_in, in_itemsize, n_out, out_itemsize):
@@ -206,7 +191,7 @@ def main(argv=None):
     dst = np.empty_like(src)
     t_copy = median_time(lambda: np.copyto(dst, src), args.repeats)
     copy_bw = 2 * src.nbytes / t_copy / 1e9
-    t_pcopy = median_time(lambda: _parallel_copy(src, dst), args.repeats)
+    t_pcopy = median_time(lambda: parallel_copy(src, dst), args.repeats)
 
     t_sp = median_time(lambda: A @ x, args.repeats)
     t_sp_r = median_time(lambda: A.T @ g, args.repeats)
