@@ -21,6 +21,7 @@ __all__ = [
     "check_finite",
     "check_shape",
     "check_positive",
+    "is_int",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -73,6 +74,11 @@ def check_positive(name: str, values, allow_zero: bool = False) -> tuple[float, 
             cmp = "non-negative" if allow_zero else "positive"
             raise ValueError(f"{name} must be {cmp} and finite, got {values!r}")
     return vals
+
+
+def is_int(value) -> bool:
+    """True for a Python or numpy integer, False for anything else (``bool`` included)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @contextlib.contextmanager

@@ -66,7 +66,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ._util import check_positive, json_safe
+from ._util import check_positive, is_int, json_safe
 from .geometry import Grid, signed_distance
 
 __all__ = [
@@ -725,7 +725,7 @@ class PlanResult:
         ndarray
             MU per beam for one fraction.
         """
-        if isinstance(n_fractions, bool) or not isinstance(n_fractions, (int, np.integer)) or n_fractions < 1:
+        if not is_int(n_fractions) or n_fractions < 1:
             raise ValueError(f"n_fractions must be a positive int (equal fractions of the course), got {n_fractions!r}")
         return np.asarray(self.mu, float) / int(n_fractions)
 

@@ -51,7 +51,7 @@ from llvmlite import ir as llir
 from numba.extending import intrinsic
 from scipy.special import ndtr
 
-from .._util import check_finite, check_positive
+from .._util import check_finite, check_positive, is_int
 from .influence import _dose_grid, beam_voxels, prepare_beams, select_voxels
 from .machine import Machine, generic_6mv
 
@@ -513,7 +513,7 @@ class FluenceDose:
                  threads: int | None = None):
         if threads is None:
             threads = nb.get_num_threads()
-        if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+        if not is_int(threads) or threads < 1:
             raise ValueError(f"threads must be a positive int or None (threads of the dose-update kernels), "
                              f"got {threads!r}")
         self.threads = int(threads)
@@ -664,8 +664,7 @@ class FluenceDose:
                           self._NC, self._CC, self._cbase, self._C_OFF, self._tmp, self.dose_vector)
 
     def _check_patch(self, beam_index, row, col, delta):
-        if isinstance(beam_index, bool) or not isinstance(beam_index, (int, np.integer)) or not (
-                0 <= beam_index < self.n_beams):
+        if not is_int(beam_index) or not 0 <= beam_index < self.n_beams:
             raise ValueError(f"beam_index must be an int in 0..{self.n_beams - 1}, got {beam_index!r}")
         st = self._states[beam_index]
         d = np.ascontiguousarray(delta, dtype=np.float64)

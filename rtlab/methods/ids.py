@@ -60,7 +60,7 @@ import numba as nb
 import numpy as np
 from scipy.special import ndtr
 
-from .._util import check_positive
+from .._util import check_positive, is_int
 from ..dose.influence import beam_voxels, prepare_beams
 from ..dose.machine import Machine, generic_6mv
 from ..plan import Beam, BixelGrid, Plan
@@ -552,7 +552,7 @@ class IDSSession:
     # -------------------------------------------------------------------------------------------
     @staticmethod
     def _check_steps(n):
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        if not is_int(n) or n < 0:
             raise ValueError(f"n_steps must be a non-negative integer, got {n!r}")
         return int(n)
 

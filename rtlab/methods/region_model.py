@@ -46,7 +46,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .._util import atomic_path, atomic_write_text, check_finite, check_positive
+from .._util import atomic_path, atomic_write_text, check_finite, check_positive, is_int
 from ..case import BeamSpec, Case
 from ..geometry import Grid, Structure, StructureSet
 
@@ -149,7 +149,7 @@ def random_case(seed: int, shape=(32, 32, 32), spacing=4.0, prescription: float 
     Case
         Structures ``Body`` (body), ``PTV`` (target, prescription), ``OAR`` (oar).
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
     (rx,) = check_positive("prescription (Gy)", prescription)
     grid = _grid(shape, spacing)
@@ -567,9 +567,9 @@ def generate_dataset(out, n: int, *, seed: int = 0, shape=(32, 32, 32), spacing=
     Path
         The directory.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 3:
+    if not is_int(n) or n < 3:
         raise ValueError(f"n must be an integer >= 3 (train, val and test need a case each), got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
     counts = _split_counts(int(n), split)
     plan = get_planner(planner)
@@ -840,7 +840,7 @@ def build_unet(in_channels: int = 4, base: int = 8, depth: int = 3):
     model is "a 3D-UNet" (para. 131, 148); sizes here are rtlab's choice.
     """
     for name, v, lo in (("in_channels", in_channels, 1), ("base", base, 1), ("depth", depth, 1)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        if not is_int(v) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
     return _unet_class()(int(in_channels), int(base), int(depth))
 
@@ -874,7 +874,7 @@ class TrainConfig:
     def __post_init__(self):
         for k in ("epochs", "batch_size", "base", "depth"):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"TrainConfig.{k} must be a positive integer, got {v!r}")
         check_positive("TrainConfig.lr", self.lr)
         check_positive("TrainConfig.weight_decay", self.weight_decay, allow_zero=True)

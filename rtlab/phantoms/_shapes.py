@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._util import check_positive
+from .._util import check_positive, is_int
 from ..case import BeamSpec, Case, Goal
 from ..geometry import Grid, Structure, StructureSet
 
@@ -338,7 +338,7 @@ def equispaced_beams(n_beams: int, isocenter=None, start: float = 0.0) -> list[B
     start : float
         First gantry angle in degrees.
     """
-    if isinstance(n_beams, bool) or not isinstance(n_beams, (int, np.integer)) or n_beams < 1:
+    if not is_int(n_beams) or n_beams < 1:
         raise ValueError(f"n_beams must be a positive integer, got {n_beams!r}")
     iso = None if isocenter is None else tuple(float(v) for v in isocenter)
     return [BeamSpec(gantry=round((start + k * 360.0 / n_beams) % 360.0, 6), couch=0.0, isocenter=iso)
