@@ -67,6 +67,18 @@ def test_conv_boxes_matches_numpy_and_direct_sum(row0, col0, shape):
         np.testing.assert_allclose(got[1:-1, 1:-1], direct, rtol=1e-12, atol=1e-14)
 
 
+def _box_args(boxes, inv_s, ox, oy):
+    """Padded node boxes as the arguments of ``F._apply_boxes``: ``buf, buf_off, hp, wp`` and the
+    open pixel interval where each box is non-zero (x in (0, wp - 1), y in (0, hp - 1))."""
+    buf = np.concatenate([b.ravel() for b in boxes])
+    buf_off = np.concatenate([[0], np.cumsum([b.size for b in boxes])]).astype(np.int64)
+    hp = np.array([b.shape[0] for b in boxes], np.int64)
+    wp = np.array([b.shape[1] for b in boxes], np.int64)
+    u_lo, u_hi = -ox / inv_s, (wp - 1 - ox) / inv_s
+    v_lo, v_hi = -oy / inv_s, (hp - 1 - oy) / inv_s
+    return buf, buf_off, hp, wp, u_lo, u_hi, v_lo, v_hi
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_apply_boxes_matches_numpy_reference(threads):
     rng = np.random.default_rng(5)
@@ -82,13 +94,7 @@ def test_apply_boxes_matches_numpy_reference(threads):
     inv_s = np.array([1.0, 1 / 3, 1 / 7])
     ox = np.array([-3.0, 2.5, 4.0])
     oy = np.array([1.0, -0.5, 6.0])
-    buf = np.concatenate([b.ravel() for b in boxes])
-    buf_off = np.concatenate([[0], np.cumsum([b.size for b in boxes])]).astype(np.int64)
-    hp = np.array([b.shape[0] for b in boxes], np.int64)
-    wp = np.array([b.shape[1] for b in boxes], np.int64)
-    # pixel interval where box g is non-zero: x in (0, wp - 1)
-    u_lo, u_hi = -ox / inv_s, (wp - 1 - ox) / inv_s
-    v_lo, v_hi = -oy / inv_s, (hp - 1 - oy) / inv_s
+    buf, buf_off, hp, wp, u_lo, u_hi, v_lo, v_hi = _box_args(boxes, inv_s, ox, oy)
     bbox = F._block_bbox(up, vp, (coef != 0).any(axis=0))
     dose = np.full(n, 0.5)
     tmp = np.zeros(n, np.float32)
@@ -121,12 +127,7 @@ def test_apply_boxes_segments_match_reference(G, sort):
     inv_s = np.array([1.0, 1 / 3, 1.0, 1 / 7][:G])
     ox = np.array([40.0, 2.5, -10.0, 8.0][:G])
     oy = np.array([20.0, 1.0, 5.0, 4.0][:G])
-    buf = np.concatenate([b.ravel() for b in boxes])
-    buf_off = np.concatenate([[0], np.cumsum([b.size for b in boxes])]).astype(np.int64)
-    hp = np.array([b.shape[0] for b in boxes], np.int64)
-    wp = np.array([b.shape[1] for b in boxes], np.int64)
-    u_lo, u_hi = -ox / inv_s, (wp - 1 - ox) / inv_s
-    v_lo, v_hi = -oy / inv_s, (hp - 1 - oy) / inv_s
+    buf, buf_off, hp, wp, u_lo, u_hi, v_lo, v_hi = _box_args(boxes, inv_s, ox, oy)
     bbox = F._block_bbox(up, vp, (coef != 0).any(axis=0))
     dose = np.full(n, 0.25)
     tmp = np.zeros(n, np.float32)

@@ -298,7 +298,7 @@ def _apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, 
     for s in range(cuts.size - 1):
         a = cuts[s]
         b = cuts[s + 1]
-        if b <= a or a >= n:
+        if a >= n:  # cuts are sorted and unique, so b > a; lo = n marks a Gaussian with no block
             continue
         m = 0
         for g in range(G):
