@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Measure how much the notebooks' checked figures move between machines and settings.
+
+Every figure a notebook checks (``rtlab.testing.check`` and friends) is logged when the
+notebook runs with ``RTLAB_FIGURES_LOG`` set. This script runs the notebooks under several
+configurations (numba code-generation target, thread count, optionally another Python
+environment with other library versions), collects the logs and reports, per figure, the spread
+across configurations next to the tolerance the notebook states. ``docs/notebooks.md`` explains
+how the tolerances were chosen from it.
+
+    python scripts/notebook_figures.py run --out /tmp/figs                  # all notebooks, all configs
+    python scripts/notebook_figures.py run --out /tmp/figs --notebooks 02 03 --configs host-2t generic-1t
+    python scripts/notebook_figures.py run --out /tmp/figs --configs altdeps-2t --python /path/to/venv/bin/python
+    python scripts/notebook_figures.py report /tmp/figs                     # table of spreads (markdown)
+    python scripts/notebook_figures.py report /tmp/figs --json
+
+Configurations are named ``<target>-<n>t``: ``host`` (numba's default, this CPU's full
+instruction set), ``generic`` (``NUMBA_CPU_NAME=generic``), ``x86-64-v2`` / ``x86-64`` (older
+vector units, a stand-in for a machine whose vector width differs from this one), or any label
+when ``--python`` points at another environment (host target there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+DEFAULT_CONFIGS = ["host-2t", "host-1t", "generic-1t", "generic-2t", "x86-64-v2-2t"]
+
+
+def _env_for(config: str) -> dict:
+    target, _, threads = config.rpartition("-")
+    if not threads.endswith("t") or not threads[:-1].isdigit():
+        raise SystemExit(f"config {config!r}: expected <target>-<n>t, e.g. generic-1t")
+    env = dict(os.environ)
+    env["NUMBA_NUM_THREADS"] = threads[:-1]
+    env.pop("NUMBA_CPU_NAME", None)
+    if target not in ("host", "altdeps") and not target.startswith("alt"):
+        env["NUMBA_CPU_NAME"] = target
+    return env
+
+
+def _notebooks(selection) -> list[Path]:
+    nbs = sorted(NOTEBOOKS.glob("*.ipynb"))
+    if selection:
+        nbs = [p for p in nbs if any(p.name.startswith(s) for s in selection)]
+    if not nbs:
+        raise SystemExit(f"no notebook matches {selection}")
+    return nbs
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    python = args.python or sys.executable
+    failures = 0
+    for config in args.configs:
+        env = _env_for(config)
+        cdir = out / config
+        cdir.mkdir(exist_ok=True)
+        for nb in _notebooks(args.notebooks):
+            log = cdir / f"{nb.stem}.jsonl"
+            log.unlink(missing_ok=True)
+            env.update(RTLAB_FIGURES_LOG=str(log), RTLAB_FIGURES_MODE="record",
+                       RTLAB_FIGURES_CONTEXT=f"{nb.stem}|{config}")
+            t0 = time.perf_counter()
+            cmd = [python, "-m", "jupyter", "execute", "--allow-errors", f"--timeout={args.timeout}",
+                   f"--output={cdir / nb.name}", str(nb)]
+            proc = subprocess.run(cmd, cwd=NOTEBOOKS, env=env, capture_output=True, text=True)
+            errors = _cell_errors(cdir / nb.name)
+            status = "ok" if proc.returncode == 0 and not errors else f"FAILED ({proc.returncode}, {len(errors)} cell errors)"
+            failures += status != "ok"
+            print(f"{config:>14}  {nb.stem:<32} {time.perf_counter() - t0:6.0f} s  {status}", flush=True)
+            for e in errors:
+                print(f"{'':>16}cell {e[0]}: {e[1]}", flush=True)
+    return 1 if failures else 0
+
+
+def _cell_errors(path: Path) -> list[tuple[int, str]]:
+    try:
+        nb = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return [(-1, "no executed notebook written")]
+    errs = []
+    for i, c in enumerate(nb.get("cells", [])):
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "error":
+                errs.append((i, f"{o.get('ename')}: {str(o.get('evalue'))[:200]}"))
+    return errs
+
+
+def _load(out: Path):
+    figs = defaultdict(dict)   # (notebook, figure) -> {config: record}
+    for log in sorted(out.glob("*/*.jsonl")):
+        config = log.parent.name
+        seen = Counter()
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            nb = r.get("context", "").split("|")[0] or log.stem
+            seen[r["name"]] += 1   # a name checked twice in one notebook keeps each occurrence
+            name = r["name"] if seen[r["name"]] == 1 else f"{r['name']} #{seen[r['name']]}"
+            figs[(nb, name)][config] = r
+    return figs
+
+
+def report(args) -> int:
+    figs = _load(Path(args.out))
+    rows = []
+    for (nb, name), per in sorted(figs.items()):
+        recs = list(per.values())
+        first = recs[0]
+        vals = [r["value"] for r in recs if isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)]
+        spread = (max(vals) - min(vals)) if vals else None
+        exp = first.get("expected")
+        tol = first.get("tolerance")
+        dev = max((abs(v - exp) for v in vals), default=None) if isinstance(exp, (int, float)) and vals else None
+        rows.append({"notebook": nb, "figure": name, "configs": len(recs),
+                     "min": min(vals) if vals else None, "max": max(vals) if vals else None,
+                     "spread": spread, "expected": exp, "tolerance": tol, "max_dev": dev,
+                     "low": first.get("low"), "high": first.get("high"),
+                     "failed_in": sorted(c for c, r in per.items() if not r["passed"])})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print("| notebook | figure | configs | spread | max deviation | tolerance | tol / spread | fails in |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        sp, tol = r["spread"], r["tolerance"]
+        ratio = "-" if not sp or tol in (None, 0) else f"{tol / sp:.0f}"
+        def f(v):
+            return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+        bound = "" if r["low"] is None and r["high"] is None else f" (bound {f(r['low'])}..{f(r['high'])})"
+        print(f"| {r['notebook']} | {r['figure']}{bound} | {r['configs']} | {f(sp)} | {f(r['max_dev'])} | "
+              f"{f(tol)} | {ratio} | {', '.join(r['failed_in']) or ''} |")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run notebooks under configurations, logging every checked figure")
+    r.add_argument("--out", required=True, help="folder for the logs and executed notebooks")
+    r.add_argument("--notebooks", nargs="*", help="notebook name prefixes (default all)")
+    r.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS, help=f"default {' '.join(DEFAULT_CONFIGS)}")
+    r.add_argument("--python", help="the Python of another environment (other library versions)")
+    r.add_argument("--timeout", type=int, default=1800, help="per-cell timeout (s)")
+    s = sub.add_parser("report", help="spread of every figure across the configurations run")
+    s.add_argument("out")
+    s.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    return run(args) if args.cmd == "run" else report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
