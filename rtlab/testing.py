@@ -49,11 +49,12 @@ class FigureCheckError(AssertionError):
 
 
 def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        try:
-            value = float(value)  # numpy scalars, 0-d arrays
-        except (TypeError, ValueError):
-            raise TypeError(f"check {name!r}: value must be a real number, got {type(value).__name__}") from None
+    # numbers, numpy scalars and 0-d arrays; not strings, booleans or sequences
+    ok = not isinstance(value, (bool, str, bytes))
+    if ok and not isinstance(value, numbers.Real):
+        ok = getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", "") in "iuf"
+    if not ok:
+        raise TypeError(f"check {name!r}: value must be a real number, got {type(value).__name__}")
     return float(value)
 
 
@@ -176,11 +177,10 @@ def check_equal(name: str, value, expected, *, quiet: bool = False) -> bool:
     if isinstance(expected, float) and not float(expected).is_integer():
         raise TypeError(f"check_equal {name!r}: {expected!r} is a computed float; use check() with a tolerance")
     passed = value == expected
-    try:
-        value_log = value if isinstance(value, (bool, int, float, str)) else str(value)
-        json.dumps(value_log)
-    except (TypeError, ValueError):
-        value_log = str(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value_log = int(value)
+    else:
+        value_log = value if isinstance(value, (bool, float, str)) else str(value)
     return _finish(name, bool(passed), f"{name} = {expected!r}", f"{name} = {value!r} (expected {expected!r})",
                    {"value": value_log, "expected": expected if isinstance(expected, (bool, int, float, str)) else str(expected),
                     "tolerance": 0, "low": None, "high": None}, quiet)
