@@ -478,6 +478,11 @@ def _influence_kernel(pts, shots, M, par, out):
                     out[j, (i * 8 + s) * 3 + c] = _radial(Q, par[c, 0], par[c, 1], par[c, 2], par[c, 3])
 
 
+#: Point chunks of the vector-Jacobian kernel (enough for 16+ threads; independent of the thread
+#: count so the summation order, and hence the result, is the same on any number of threads).
+_VJP_CHUNKS = 64
+
+
 def _chunks(n: int, n_chunks: int) -> np.ndarray:
     n_chunks = max(1, min(n_chunks, n))
     return np.linspace(0, n, n_chunks + 1).astype(np.int64)
@@ -562,7 +567,9 @@ def dose_vjp(where, grad_dose, shots, times, model: GammaKnifeModel | None = Non
     M, par = m.matrices(), m.params()
     if _backend(backend) == "numpy":
         return _vjp_numpy(pts, g, s, t, M, par)
-    bounds = _chunks(pts.shape[0], 4 * nb.get_num_threads())
+    # a fixed chunk count, not one tied to the thread count: the per-chunk partial sums are added
+    # in chunk order, so 1 and 2 threads give the same bits
+    bounds = _chunks(pts.shape[0], _VJP_CHUNKS)
     nch = bounds.shape[0] - 1
     gp = np.zeros((nch, s.shape[0], 3))
     gt = np.zeros((nch, s.shape[0], N_SECTORS, 3))
