@@ -13,6 +13,8 @@ how the tolerances were chosen from it.
     python scripts/notebook_figures.py run --out /tmp/figs --configs altdeps-2t --python /path/to/venv/bin/python
     python scripts/notebook_figures.py report /tmp/figs                     # table of spreads (markdown)
     python scripts/notebook_figures.py report /tmp/figs --json
+    python scripts/notebook_figures.py update /tmp/figs --config host-2t   # after an intended change:
+                                            # rewrite the expected values of check(...) calls from a run
 
 Configurations are named ``<target>-<n>t``: ``host`` (numba's default, this CPU's full
 instruction set), ``generic`` (``NUMBA_CPU_NAME=generic``), ``x86-64-v2`` / ``x86-64`` (older
@@ -143,6 +145,85 @@ def report(args) -> int:
     return 0
 
 
+def _expected_literal(value: float, tol: float) -> str:
+    """The measured value with as many decimals as keep the rounding below a tenth of the tolerance."""
+    for dec in range(0, 10):
+        text = f"{value:.{dec}f}"
+        if abs(float(text) - value) <= tol / 10:
+            return text
+    return repr(float(value))
+
+
+def _check_calls(source: str):
+    """``check("literal", expr, <number>, ...)`` calls in a cell, in reading order.
+
+    Returns (name, line, col, end_col) of each expected-value literal (a number, or a negated one).
+    """
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    calls = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and len(node.args) >= 3
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "check"
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            continue
+        num = node.args[2]
+        inner = num.operand if isinstance(num, ast.UnaryOp) and isinstance(num.op, ast.USub) else num
+        if isinstance(inner, ast.Constant) and isinstance(inner.value, (int, float)) and num.lineno == num.end_lineno:
+            calls.append((node.args[0].value, num.lineno, num.col_offset, num.end_col_offset))
+    return sorted(calls, key=lambda c: (c[1], c[2]))
+
+
+def update(args) -> int:
+    """Rewrite expected values of literal ``check`` calls from one configuration's logs."""
+    cdir = Path(args.out) / args.config
+    if not cdir.is_dir():
+        raise SystemExit(f"no run for configuration {args.config!r} in {args.out}")
+    changed = 0
+    for log in sorted(cdir.glob("*.jsonl")):
+        nb_path = NOTEBOOKS / f"{log.stem}.ipynb"
+        if not nb_path.exists():
+            continue
+        queue = defaultdict(list)
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("tolerance") and r.get("expected") is not None:
+                queue[r["name"]].append(r)
+        nb = json.loads(nb_path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            src = "".join(cell["source"])
+            lines = src.split("\n")
+            # replace in reading order so repeated names meet their logged values in order
+            edits = []
+            for name, ln, c0, c1 in _check_calls(src):
+                if not queue.get(name):
+                    continue
+                r = queue[name].pop(0)
+                new = _expected_literal(r["value"], r["tolerance"])
+                old = lines[ln - 1][c0:c1]
+                if float(old) != float(new):
+                    edits.append((ln, c0, c1, new))
+                    print(f"{log.stem}: {name}: {old} -> {new}")
+            for ln, c0, c1, new in sorted(edits, reverse=True):
+                lines[ln - 1] = lines[ln - 1][:c0] + new + lines[ln - 1][c1:]
+                changed += 1
+            if edits:
+                text = "\n".join(lines)
+                cell["source"] = text.splitlines(keepends=True)
+        if changed:
+            tmp = nb_path.with_suffix(".ipynb.tmp")
+            tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            tmp.replace(nb_path)
+    print(f"{changed} expected value(s) rewritten; re-execute the notebooks and review the diff")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -155,8 +236,11 @@ def main(argv=None) -> int:
     s = sub.add_parser("report", help="spread of every figure across the configurations run")
     s.add_argument("out")
     s.add_argument("--json", action="store_true")
+    u = sub.add_parser("update", help="rewrite check() expected values from a run (after an intended change)")
+    u.add_argument("out")
+    u.add_argument("--config", default="host-2t")
     args = p.parse_args(argv)
-    return run(args) if args.cmd == "run" else report(args)
+    return {"run": run, "report": report, "update": update}[args.cmd](args)
 
 
 if __name__ == "__main__":

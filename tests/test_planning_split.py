@@ -24,6 +24,8 @@ def problem(case):
 
 
 def test_prepare_then_optimise_equals_plan_case(case, problem):
+    # Exact equality on purpose: both paths run the same arithmetic on the same machine, so any
+    # difference is a code-path difference (a pin of determinism, not of any machine's bits).
     a = plan_case(case, ANGLES, dose_grid_mm=GRID, max_iter=12)
     b = optimise_plan(problem, max_iter=12)
     assert isinstance(problem, PlanProblem) and problem.build_s > 0
@@ -36,7 +38,9 @@ def test_prepare_then_optimise_equals_plan_case(case, problem):
     # the start point: uniform weights with target median dose = prescription
     e = problem.operator.matvec(problem.x0)
     rows = problem.operator.ct_rows(case.structures["PTV"].mask)
-    assert float(np.median(e[rows])) == pytest.approx(50.0, rel=1e-9)
+    # the mat-vec returns float32 (one ulp at 50 Gy is 3.8e-6 Gy, rel 7.6e-8) and its vectorised
+    # row sums differ in the last bits between CPUs: allow a few ulps
+    assert float(np.median(e[rows])) == pytest.approx(50.0, rel=5e-7)
 
 
 def test_with_objective_reuses_the_operator_and_applies_edits(problem):
