@@ -1,6 +1,9 @@
 # Shared by scripts/lab.sh and scripts/test.sh: create .venv and install rtlab with its extras.
-# Sourced, not executed. Re-running is cheap: the install is skipped while pyproject.toml is
-# unchanged (a hash is kept in .venv/.rtlab-installed).
+# Sourced, not executed. The versions come from requirements/lock.txt (every package of the test
+# and lab environment pinned; refresh with `bash scripts/lock.sh`), so two fresh machines get the
+# same libraries; pyproject.toml keeps ranges for library users. Re-running is cheap: the install
+# is skipped while pyproject.toml, the lock and this script are unchanged (a hash is kept in
+# .venv/.rtlab-installed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,14 +28,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY="$ROOT/.venv/bin/python"
 STAMP=".venv/.rtlab-installed"
-WANT="$(cat pyproject.toml scripts/_setup.sh | sha256sum | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml requirements/lock.txt scripts/_setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    echo "== installing rtlab and its extras into .venv (a few minutes the first time)"
-    "$VPY" -m pip install -q --upgrade pip
-    # PyTorch first, pinned to the CPU build (the [ml] extra); an unpinned torch would pull a
-    # multi-GB CUDA build.
-    "$VPY" -m pip install -q "torch==2.13.0"
-    "$VPY" -m pip install -q -e ".[lab,dicom,dask,ml,dev]"
+    echo "== installing the locked environment (requirements/lock.txt) and rtlab into .venv (a few minutes the first time)"
+    # The lock pins torch to the 2.13.0 CPU build; an unpinned torch would pull a multi-GB CUDA build.
+    "$VPY" -m pip install -q -r requirements/lock.txt
+    "$VPY" -m pip install -q --no-deps -e .
+    "$VPY" -m pip check >/dev/null || { "$VPY" -m pip check >&2; echo "!! the lock does not satisfy pyproject.toml; run bash scripts/lock.sh" >&2; exit 1; }
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -73,3 +73,42 @@ def test_ci_runs_the_readme_test_command():
     assert "bash scripts/lab.sh" in readme
     cmds = [l for l in ci.splitlines() if l.strip() and not l.startswith("#")]
     assert cmds == ["exec bash scripts/test.sh"]
+
+
+def _lock():
+    pins = {}
+    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        assert "==" in line and not line.startswith("-e"), f"lock line is not an exact pin: {line!r}"
+        name, version = line.split("==", 1)
+        pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_lock_pins_every_dependency_inside_its_range():
+    """requirements/lock.txt (scripts/lock.sh) pins each pyproject dependency within its range."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pins = _lock()
+    problems = []
+    for extra, reqs in _pyproject().items():
+        if extra == "gpu":  # not part of the test environment (needs a CUDA driver)
+            continue
+        for text in reqs:
+            req = Requirement(text)
+            name = req.name.lower().replace("_", "-")
+            if name not in pins:
+                problems.append(f"{name} ({extra}) is not in the lock")
+            elif not req.specifier.contains(Version(pins[name]), prereleases=True):
+                problems.append(f"{name}=={pins[name]} is outside {req.specifier} ({extra})")
+    assert not problems, "run `bash scripts/lock.sh` to refresh requirements/lock.txt:\n" + "\n".join(problems)
+    assert "torch" in pins and pins["torch"].endswith("+cpu"), "the lock must pin torch's CPU build"
+
+
+def test_setup_installs_from_the_lock():
+    text = (ROOT / "scripts" / "_setup.sh").read_text()
+    assert "-r requirements/lock.txt" in text and "--no-deps -e ." in text
+    assert "requirements/lock.txt" in text.split("WANT=", 1)[1].splitlines()[0]  # a lock change re-installs
