@@ -16,10 +16,23 @@ how the tolerances were chosen from it.
     python scripts/notebook_figures.py update /tmp/figs --config host-2t   # after an intended change:
                                             # rewrite the expected values of check(...) calls from a run
 
-Configurations are named ``<target>-<n>t``: ``host`` (numba's default, this CPU's full
-instruction set), ``generic`` (``NUMBA_CPU_NAME=generic``), ``x86-64-v2`` / ``x86-64`` (older
-vector units, a stand-in for a machine whose vector width differs from this one), or any label
-when ``--python`` points at another environment (host target there).
+Configurations are named ``<target>-<n>t`` (``n`` numba threads):
+
+``host``
+    numba's default: this CPU's full instruction set.
+``generic``
+    ``NUMBA_CPU_NAME=generic``: numba emits baseline x86-64 code (SSE2).
+``x86-64-v2``, ``x86-64-v3``, ``skylake``, ... (any LLVM CPU name)
+    numba code for that CPU's own feature set (``NUMBA_CPU_FEATURES`` is cleared; without that
+    numba keeps the host's features and only the scheduling model changes). A target this CPU
+    cannot run (e.g. AVX-512 on an AVX2 machine) crashes.
+``baseline``
+    ``scripts/baseline_env.sh``: numba generic, numpy restricted to its x86-64-v2 kernels
+    (``NPY_DISABLE_CPU_FEATURES``), OpenBLAS's Nehalem kernels (``OPENBLAS_CORETYPE``): the code
+    every x86-64 machine runs; CI's second pass.
+``alt...``
+    any label starting with ``alt`` when ``--python`` points at another environment (other
+    library versions), host target there.
 """
 
 from __future__ import annotations
@@ -35,18 +48,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-DEFAULT_CONFIGS = ["host-2t", "host-1t", "generic-1t", "generic-2t", "x86-64-v2-2t"]
+DEFAULT_CONFIGS = ["host-2t", "host-1t", "generic-1t", "x86-64-v2-2t", "baseline-1t"]
+
+
+BASELINE_ENV = {"NUMBA_CPU_NAME": "generic", "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
+                "OPENBLAS_CORETYPE": "Nehalem"}   # the same as scripts/baseline_env.sh (a test keeps them equal)
 
 
 def _env_for(config: str) -> dict:
     target, _, threads = config.rpartition("-")
-    if not threads.endswith("t") or not threads[:-1].isdigit():
+    if not target or not threads.endswith("t") or not threads[:-1].isdigit():
         raise SystemExit(f"config {config!r}: expected <target>-<n>t, e.g. generic-1t")
     env = dict(os.environ)
+    for k in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", *BASELINE_ENV):
+        env.pop(k, None)
     env["NUMBA_NUM_THREADS"] = threads[:-1]
-    env.pop("NUMBA_CPU_NAME", None)
-    if target not in ("host", "altdeps") and not target.startswith("alt"):
+    if target == "baseline":
+        env.update(BASELINE_ENV)
+    elif target == "generic":
+        env["NUMBA_CPU_NAME"] = "generic"
+    elif target != "host" and not target.startswith("alt"):
         env["NUMBA_CPU_NAME"] = target
+        env["NUMBA_CPU_FEATURES"] = ""   # the named CPU's own features, not the host's
     return env
 
 
@@ -185,7 +208,7 @@ def update(args) -> int:
         raise SystemExit(f"no run for configuration {args.config!r} in {args.out}")
     changed = 0
     for log in sorted(cdir.glob("*.jsonl")):
-        nb_path = NOTEBOOKS / f"{log.stem}.ipynb"
+        nb_path = Path(args.notebooks_dir) / f"{log.stem}.ipynb"
         if not nb_path.exists():
             continue
         queue = defaultdict(list)
@@ -194,6 +217,7 @@ def update(args) -> int:
             if r.get("tolerance") and r.get("expected") is not None:
                 queue[r["name"]].append(r)
         nb = json.loads(nb_path.read_text())
+        nb_changed = False
         for cell in nb["cells"]:
             if cell["cell_type"] != "code":
                 continue
@@ -206,17 +230,19 @@ def update(args) -> int:
                     continue
                 r = queue[name].pop(0)
                 new = _expected_literal(r["value"], r["tolerance"])
-                old = lines[ln - 1][c0:c1]
+                old = lines[ln - 1].encode()[c0:c1].decode()   # ast offsets count UTF-8 bytes
                 if float(old) != float(new):
                     edits.append((ln, c0, c1, new))
                     print(f"{log.stem}: {name}: {old} -> {new}")
             for ln, c0, c1, new in sorted(edits, reverse=True):
-                lines[ln - 1] = lines[ln - 1][:c0] + new + lines[ln - 1][c1:]
+                b = lines[ln - 1].encode()
+                lines[ln - 1] = (b[:c0] + new.encode() + b[c1:]).decode()
                 changed += 1
             if edits:
+                nb_changed = True
                 text = "\n".join(lines)
                 cell["source"] = text.splitlines(keepends=True)
-        if changed:
+        if nb_changed:
             tmp = nb_path.with_suffix(".ipynb.tmp")
             tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
             tmp.replace(nb_path)
@@ -239,6 +265,7 @@ def main(argv=None) -> int:
     u = sub.add_parser("update", help="rewrite check() expected values from a run (after an intended change)")
     u.add_argument("out")
     u.add_argument("--config", default="host-2t")
+    u.add_argument("--notebooks-dir", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     return {"run": run, "report": report, "update": update}[args.cmd](args)
 

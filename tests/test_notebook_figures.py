@@ -1,0 +1,60 @@
+"""scripts/notebook_figures.py: the spread runner's configurations and the expected-value rewrite."""
+
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("notebook_figures", ROOT / "scripts" / "notebook_figures.py")
+nf = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(nf)
+
+
+def test_baseline_env_script_and_runner_agree():
+    exported = {}
+    for line in (ROOT / "scripts" / "baseline_env.sh").read_text().splitlines():
+        if line.startswith("export "):
+            k, v = line[len("export "):].split("#")[0].strip().split("=", 1)
+            exported[k] = shlex.split(v)[0]
+    assert {k: exported[k] for k in nf.BASELINE_ENV} == nf.BASELINE_ENV
+    assert exported["NUMBA_NUM_THREADS"] == "1"
+    # CI's second pass sources the same file
+    assert "baseline_env.sh" in (ROOT / "scripts" / "test.sh").read_text()
+
+
+def test_configurations_set_the_documented_variables():
+    env = nf._env_for("x86-64-v2-2t")
+    assert env["NUMBA_CPU_NAME"] == "x86-64-v2" and env["NUMBA_CPU_FEATURES"] == "" and env["NUMBA_NUM_THREADS"] == "2"
+    env = nf._env_for("generic-1t")
+    assert env["NUMBA_CPU_NAME"] == "generic" and "NUMBA_CPU_FEATURES" not in env
+    env = nf._env_for("host-1t")
+    assert "NUMBA_CPU_NAME" not in env and "OPENBLAS_CORETYPE" not in env
+    env = nf._env_for("baseline-1t")
+    assert all(env[k] == v for k, v in nf.BASELINE_ENV.items())
+
+
+def test_expected_literal_keeps_digits_that_matter():
+    assert nf._expected_literal(0.94612, 0.02) == "0.946"
+    assert nf._expected_literal(50.1234, 0.3) == "50.1"
+    assert nf._expected_literal(64.0, 1.0) == "64"
+
+
+def test_update_rewrites_literal_checks_in_reading_order(tmp_path):
+    src = ('check("CI ≥ 0", p.ci, 0.95, abs=0.02)\n'
+           'check("D95 (Gy)", f(a, b), 50.0, abs=0.3); check("D95 (Gy)", g(1), -2.0, abs=0.5)\n'
+           'check("same", x, 1.0, abs=0.5)\n')
+    nb = {"cells": [{"cell_type": "code", "source": src.splitlines(keepends=True), "outputs": [],
+                     "metadata": {}, "execution_count": None}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "nbs").mkdir()
+    (tmp_path / "nbs" / "99_x.ipynb").write_text(json.dumps(nb))
+    run = tmp_path / "run" / "host-2t"
+    run.mkdir(parents=True)
+    recs = [("CI ≥ 0", 0.9461, 0.02), ("D95 (Gy)", 50.42, 0.3), ("D95 (Gy)", -2.31, 0.5), ("same", 1.04, 0.5)]
+    run.joinpath("99_x.jsonl").write_text("".join(
+        json.dumps({"name": n, "value": v, "expected": 0.0, "tolerance": t, "passed": True}) + "\n" for n, v, t in recs))
+    nf.main(["update", str(tmp_path / "run"), "--config", "host-2t", "--notebooks-dir", str(tmp_path / "nbs")])
+    out = "".join(json.loads((tmp_path / "nbs" / "99_x.ipynb").read_text())["cells"][0]["source"])
+    assert out == ('check("CI ≥ 0", p.ci, 0.946, abs=0.02)\n'
+                   'check("D95 (Gy)", f(a, b), 50.4, abs=0.3); check("D95 (Gy)", g(1), -2.3, abs=0.5)\n'
+                   'check("same", x, 1.0, abs=0.5)\n')   # 1.04 is 1.0 to a tenth of its tolerance: unchanged
