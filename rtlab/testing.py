@@ -27,8 +27,8 @@ Two environment variables turn a notebook run into a measurement:
     A file path; every check appends one JSON line to it (``context``, ``name``, ``value``,
     ``expected``, ``tolerance``, ``low``, ``high``, ``passed``).
 ``RTLAB_FIGURES_MODE=record``
-    Checks never raise (a figure outside its tolerance is logged with ``passed: false``), so
-    one run collects every figure.
+    Checks never raise (a figure outside its tolerance is logged with ``passed: false`` and
+    printed as ``FAIL``), so one run collects every figure.
 ``RTLAB_FIGURES_CONTEXT``
     A label copied into each logged line (the runner sets it to the notebook and the
     configuration).
@@ -76,17 +76,18 @@ def _recording() -> bool:
     return os.environ.get("RTLAB_FIGURES_MODE", "").strip().lower() == "record"
 
 
-def _finish(name: str, passed: bool, stable_text: str, failure: str, record: dict, quiet: bool) -> bool:
+def _finish(name: str, passed: bool, stable_text: str, failure: str, record: dict, quiet: bool) -> None:
+    # returns None on purpose: a check on a cell's last line must not echo a value (nbval would
+    # compare it; nbconvert and nbval disagree on whether a trailing ';' hides it)
     _log({"name": name, "passed": bool(passed), **record})
     if not passed and not _recording():
         raise FigureCheckError(f"FIGURE CHANGED: {failure}")
     if not quiet:
         print(("PASS  " if passed else "FAIL  ") + stable_text)
-    return bool(passed)
 
 
 def check(name: str, value, expected: float, *, rel: float = 0.0, abs: float = 0.0, unit: str = "",
-          quiet: bool = False) -> bool:
+          quiet: bool = False) -> None:
     """Check that a figure lies within a stated tolerance of its expected value.
 
     Passes when ``|value - expected| <= max(abs, rel * |expected|)``. The printed line holds
@@ -108,11 +109,6 @@ def check(name: str, value, expected: float, *, rel: float = 0.0, abs: float = 0
     quiet : bool
         Print nothing when it passes.
 
-    Returns
-    -------
-    bool
-        True when the figure passed (also False only in record mode, see the module docstring).
-
     Raises
     ------
     FigureCheckError
@@ -131,12 +127,12 @@ def check(name: str, value, expected: float, *, rel: float = 0.0, abs: float = 0
     tol_text = f"{_fmt(tol)}{u}" if rel == 0 or abs_ > rel * math.fabs(e) else f"{_fmt(tol)}{u} ({_fmt(rel * 100)} %)"
     stable = f"{name} = {_fmt(e)} +- {tol_text}"
     failure = f"{name} = {_fmt(v)}{u} (expected {_fmt(e)} +- {tol_text})"
-    return _finish(name, passed, stable, failure,
+    _finish(name, passed, stable, failure,
                    {"value": v, "expected": e, "tolerance": tol, "low": None, "high": None}, quiet)
 
 
 def check_between(name: str, value, low: float | None = None, high: float | None = None, *, unit: str = "",
-                  quiet: bool = False) -> bool:
+                  quiet: bool = False) -> None:
     """Check that a figure meets a bound: ``low <= value <= high`` (either may be None).
 
     Use for goals and claims (``"CenterTarget D10 <= 53 Gy"``, ``"CI >= 0.6"``) rather than
@@ -160,11 +156,11 @@ def check_between(name: str, value, low: float | None = None, high: float | None
         bound = f">= {_fmt(lo)}{u}"
     else:
         bound = f"<= {_fmt(hi)}{u}"
-    return _finish(name, passed, f"{name} {bound}", f"{name} = {_fmt(v)}{u}, expected {bound}",
+    _finish(name, passed, f"{name} {bound}", f"{name} = {_fmt(v)}{u}, expected {bound}",
                    {"value": v, "expected": None, "tolerance": None, "low": lo, "high": hi}, quiet)
 
 
-def check_equal(name: str, value, expected, *, quiet: bool = False) -> bool:
+def check_equal(name: str, value, expected, *, quiet: bool = False) -> None:
     """Check an exact figure: a count, a flag, a status or a name (not a computed float).
 
     Raises
@@ -181,6 +177,6 @@ def check_equal(name: str, value, expected, *, quiet: bool = False) -> bool:
         value_log = int(value)
     else:
         value_log = value if isinstance(value, (bool, float, str)) else str(value)
-    return _finish(name, bool(passed), f"{name} = {expected!r}", f"{name} = {value!r} (expected {expected!r})",
+    _finish(name, bool(passed), f"{name} = {expected!r}", f"{name} = {value!r} (expected {expected!r})",
                    {"value": value_log, "expected": expected if isinstance(expected, (bool, int, float, str)) else str(expected),
                     "tolerance": 0, "low": None, "high": None}, quiet)
