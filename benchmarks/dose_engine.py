@@ -108,7 +108,7 @@ def run_peer(n_beams, grid_mm, timeout):
 
 def bench_case(case, name, repeats, gpu):
     angles, grid_mm = CASES[name]
-    kw = dict(dose_grid=grid_mm, progress=False, gpu=gpu)
+    kw = dict(dose_grid_mm=grid_mm, progress=False, gpu=gpu)
     t0 = time.perf_counter()
     im = build_influence(case, angles, **kw)
     first = time.perf_counter() - t0
@@ -162,7 +162,7 @@ def main(argv=None):
     r5, im5 = bench_case(case, "beams5", args.repeats, gpu)
     del im5
     r9, im9 = bench_case(case, "beams9", args.repeats, gpu)
-    fd = FluenceDose(case, im9.beams, im9.machine, dose_grid=CASES["beams9"][1])
+    fd = FluenceDose(case, im9.beams, im9.machine, dose_grid_mm=CASES["beams9"][1])
     fd.set_bixel_weights(np.ones(im9.shape[1]))
     fd.time_patch_updates(5, repeats=1)  # warm-up (numba cache load)
     walls, c0 = [], time.process_time()
@@ -179,7 +179,7 @@ def main(argv=None):
     variants = {}
     for label, grid_mm, threads in (("3mm_1thread", 3.0, 1), ("5mm_1thread", 5.0, 1),
                                     (f"5mm_{fd.threads}threads", 5.0, fd.threads)):
-        fdv = FluenceDose(case, im9.beams, im9.machine, dose_grid=grid_mm, threads=threads)
+        fdv = FluenceDose(case, im9.beams, im9.machine, dose_grid_mm=grid_mm, threads=threads)
         fdv.set_bixel_weights(np.ones(im9.shape[1]))
         fdv.time_patch_updates(5, repeats=1)
         variants[label] = {"voxels": int(len(fdv.voxel_index)),

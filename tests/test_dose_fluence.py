@@ -166,7 +166,7 @@ def box():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_patch_updates_at_edges_equal_full_recompute(box, threads):
-    fd = FluenceDose(box, [0, 130, 250], dose_grid=4.0, fluence_mm=1.0, threads=threads)
+    fd = FluenceDose(box, [0, 130, 250], dose_grid_mm=4.0, fluence_mm=1.0, threads=threads)
     fd.set_bixel_weights(np.ones(sum(b.bixels.n for b in fd.beams)))
     rng = np.random.default_rng(3)
     for b, st in enumerate(fd._states):
@@ -180,7 +180,7 @@ def test_patch_updates_at_edges_equal_full_recompute(box, threads):
     assert np.abs(full).max() > 0
     assert np.abs(inc - full).max() <= 1e-5 * np.abs(full).max()
     # a fresh engine set to the final maps gives the same dose
-    fd2 = FluenceDose(box, fd.beams, dose_grid=4.0, fluence_mm=1.0)
+    fd2 = FluenceDose(box, fd.beams, dose_grid_mm=4.0, fluence_mm=1.0)
     for b, f in enumerate(fluence):
         fd2.set_fluence(b, f)
     np.testing.assert_allclose(fd2.compute(), full, rtol=0, atol=1e-12 * np.abs(full).max())
@@ -190,7 +190,7 @@ def test_patch_updates_at_edges_equal_full_recompute(box, threads):
 
 
 def test_patch_update_bad_input(box):
-    fd = FluenceDose(box, [0], dose_grid=6.0)
+    fd = FluenceDose(box, [0], dose_grid_mm=6.0)
     with pytest.raises(ValueError, match="delta must be a 2D patch"):
         fd.patch_update(0, 0, 0, np.ones(3))
     with pytest.raises(ValueError, match="exceed the fluence map"):
@@ -198,14 +198,14 @@ def test_patch_update_bad_input(box):
     with pytest.raises(ValueError, match="delta"):
         fd.patch_update(0, 0, 0, np.full((2, 2), np.nan))
     with pytest.raises(ValueError, match="threads must be a positive int"):
-        FluenceDose(box, [0], dose_grid=6.0, threads=0)
+        FluenceDose(box, [0], dose_grid_mm=6.0, threads=0)
 
 
 def test_patch_update_many_equals_one_by_one_and_full_recompute(box):
     """One multi-beam update (two patches on one beam too) = the patches one at a time = a full recompute."""
     rng = np.random.default_rng(7)
-    fa = FluenceDose(box, [0, 130, 250], dose_grid=4.0, fluence_mm=1.0)
-    fb = FluenceDose(box, fa.beams, dose_grid=4.0, fluence_mm=1.0, threads=1)
+    fa = FluenceDose(box, [0, 130, 250], dose_grid_mm=4.0, fluence_mm=1.0)
+    fb = FluenceDose(box, fa.beams, dose_grid_mm=4.0, fluence_mm=1.0, threads=1)
     w = rng.uniform(0.2, 1.0, sum(b.bixels.n for b in fa.beams))
     fa.set_bixel_weights(w)
     fb.set_bixel_weights(w)
@@ -229,7 +229,7 @@ def test_patch_update_many_equals_one_by_one_and_full_recompute(box):
 
 
 def test_patch_update_many_checks_every_patch_first(box):
-    fd = FluenceDose(box, [0, 90], dose_grid=6.0)
+    fd = FluenceDose(box, [0, 90], dose_grid_mm=6.0)
     fd.set_bixel_weights(np.ones(sum(b.bixels.n for b in fd.beams)))
     d0, f0 = fd.dose_vector.copy(), [f.copy() for f in fd.fluence]
     good = (0, 0, 0, np.ones((2, 2)))

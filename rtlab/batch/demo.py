@@ -91,8 +91,8 @@ def demo_convert(case, standard, machine: str, attempt: int, bad_attempts: int =
 
 def demo_qa(case, standard, plan, machine: str) -> dict:
     """QA: gamma 3 %/3 mm (rtlab.qa.gamma) of the converted dose; pass rate >= 95 %."""
-    from ..geometry import Grid
-    from ..qa import gamma
+    from ..core.geometry import Grid
+    from ..evaluate.qa import gamma
 
     n = case["n"]
     r = gamma(standard["dose"], plan["dose"], Grid((n, n, n), (2.0, 2.0, 2.0)), interp_fraction=5)

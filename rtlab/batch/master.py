@@ -404,7 +404,7 @@ def _parse_machines(machines, check_registry: bool) -> dict:
         except ValueError:
             raise ValueError(f"--machines: the load after '=' in {m!r} must be a number (plans waiting)") from None
     if check_registry:
-        from ..dose.machines import list_machines
+        from ..methods.conversion import list_machines
 
         unknown = [n for n in out if n not in list_machines()]
         if unknown:
@@ -452,7 +452,7 @@ def run_batch_cli(cases: list[str], machines: list[str], scheduler: str | None, 
     machines : list of str
         Machine names, optionally ``NAME=LOAD`` (plans already waiting on its treatment queue,
         for the congestion model). With the default stages they must be in
-        :func:`rtlab.dose.machines.list_machines`.
+        :func:`rtlab.methods.conversion.list_machines`.
     scheduler, workers, out
         Scheduler address (None: a LocalCluster with ``workers`` processes) and output directory.
     stage_fns : Stages or dict, optional

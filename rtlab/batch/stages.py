@@ -122,7 +122,7 @@ def rtlab_load(case_ref, spacing: float | None = None):
     spacing : float, optional
         Phantom voxel size (mm) when the reference does not give one.
     """
-    from ..case import Case
+    from ..core.case import Case
 
     if isinstance(case_ref, Case):
         return case_ref
@@ -179,10 +179,10 @@ def rtlab_influence(case, beam_index: int, angles: Sequence[float] | None = None
     bixel_mm, dose_grid_mm, cutoff_mm
         As in :func:`rtlab.planning.plan_case` (mm).
     standard : str
-        The standard machine (:mod:`rtlab.dose.machines`); its source computes the dose.
+        The standard machine (:mod:`rtlab.methods.conversion.machines`); its source computes the dose.
     """
     from ..dose import DEFAULT_CUTOFF_MM, build_influence
-    from ..dose.machines import get_machine
+    from ..methods.conversion import get_machine
 
     a = _angles(case, angles)
     return build_influence(case, [a[int(beam_index)]], machine=get_machine(standard).source, dose_grid=dose_grid_mm,
@@ -342,7 +342,7 @@ def rtlab_qa(case, standard, plan, machine: str, qa_kwargs: Mapping | None = Non
     ``max_abs_dvh_diff_gy``, ``dvh`` (rows of D95/D50/D2/Dmean differences) and, for converted
     plans, the conversion's own ``reasons`` under ``conversion_reasons``.
     """
-    from ..qa import qa_report
+    from ..evaluate.qa import qa_report
 
     q = plan.get("qa") if isinstance(plan, Mapping) else None
     if isinstance(q, Mapping) and "passed" in q:
@@ -411,7 +411,7 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
     **plan_options
         Further :func:`plan_from_influence` options (``rx``, ``roi_mm``, ``recipe``, ``falloff``, ...).
     """
-    from ..dose.machines import get_machine
+    from ..methods.conversion import get_machine
     from ..methods.conversion import METHODS
 
     get_machine(standard)  # fail early on an unknown name

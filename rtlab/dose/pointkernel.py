@@ -65,7 +65,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from ..geometry import Grid
+from ..core.geometry import Grid
 
 __all__ = [
     "COLLIMATORS_MM",
@@ -80,6 +80,7 @@ __all__ = [
     "influence_matrix",
     "beam_on_time",
     "check_shots",
+    "PointKernelDose",
 ]
 
 #: Collimator sizes (mm), in the order of the last axis of the time array.
@@ -599,3 +600,38 @@ def beam_on_time(times) -> float:
     if t.ndim != 3 or t.shape[1:] != (N_SECTORS, 3):
         raise ValueError(f"times must have shape (n_shots, 8, 3), got {t.shape}")
     return float(t.sum(axis=2).max(axis=1).sum()) if t.size else 0.0
+
+
+class PointKernelDose:
+    """The point kernel as a :class:`~rtlab.dose.engine.DoseEngine` on fixed points.
+
+    Parameters
+    ----------
+    where : Grid or array_like (N, 3)
+        As in :func:`dose`.
+    model : GammaKnifeModel, optional
+    indices : array_like, optional
+        As in :func:`dose`.
+    backend : {'numba', 'numpy'}
+
+    Notes
+    -----
+    ``x = (shots, times)``: isocentres ``(S, 3)`` mm and minutes ``(S, 8, 3)``. :meth:`dose`
+    is :func:`dose`, :meth:`vjp` is :func:`dose_vjp` (returns ``(grad_shots, grad_times)``).
+    """
+
+    def __init__(self, where, model: GammaKnifeModel | None = None, indices=None, backend: str = "numba"):
+        self.where = where
+        self.model = _model(model)
+        self.indices = indices
+        self.backend = _backend(backend)
+
+    def dose(self, x) -> np.ndarray:
+        """Dose (Gy) of ``x = (shots, times)`` at the engine's points (patent 002, eq. 7)."""
+        shots, times = x
+        return dose(self.where, shots, times, self.model, indices=self.indices, backend=self.backend)
+
+    def vjp(self, x, g) -> tuple[np.ndarray, np.ndarray]:
+        """``(dL/dshots, dL/dtimes)`` for ``g = dL/dD`` (patent 002, eq. 10)."""
+        shots, times = x
+        return dose_vjp(self.where, g, shots, times, self.model, indices=self.indices, backend=self.backend)

@@ -35,9 +35,9 @@ from typing import Sequence
 import numpy as np
 
 from .._util import atomic_path, check_finite
-from ..case import Case
-from ..geometry import Grid, Structure, StructureSet
-from ..materials import hu_to_density
+from ..core.case import Case
+from ..core.geometry import Grid, Structure, StructureSet
+from ..core.materials import hu_to_density
 from .matrad import is_body_name
 
 __all__ = [

@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 
 from .._util import atomic_path
-from ..case import Case
-from ..geometry import Grid, Structure, StructureSet
-from ..materials import DEFAULT_HU_TABLE, density_to_hu, hu_to_density
+from ..core.case import Case
+from ..core.geometry import Grid, Structure, StructureSet
+from ..core.materials import DEFAULT_HU_TABLE, density_to_hu, hu_to_density
 
 __all__ = ["load_matrad", "save_matrad", "read_mat", "is_body_name"]
 

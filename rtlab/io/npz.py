@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .._util import atomic_path, check_finite
-from ..case import BeamSpec, Case, Goal
-from ..geometry import Grid, Structure, StructureSet
+from ..core.case import BeamSpec, Case, Goal
+from ..core.geometry import Grid, Structure, StructureSet
 
 __all__ = ["save_npz", "load_npz", "load_dose_npz", "NpzContents"]
 

@@ -560,7 +560,7 @@ def compare_angle_sets(case, result: ACOResult):
     """
     import pandas as pd
 
-    from .. import metrics as M
+    from ..evaluate import metrics as M
 
     im = result.im
     target = next(t for t in case.structures.targets if t.mask.any())

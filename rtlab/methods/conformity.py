@@ -29,7 +29,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..optimize.terms import Term, _as_rows, rows_for
+from ..core.selection import as_rows, rows_for
+from ..optimize.terms import Term
 
 __all__ = [
     "sigmoid",
@@ -96,8 +97,8 @@ def conformity_parameters(dose, target_rows, d_ref: float, domain_rows=None,
     d = np.asarray(dose, np.float64)
     if d.ndim != 1:
         raise ValueError(f"dose must be a 1-D vector over the influence-matrix rows, got shape {d.shape}")
-    t = _as_rows(target_rows, "target_rows")
-    dom = np.arange(d.size) if domain_rows is None else np.union1d(_as_rows(domain_rows, "domain_rows"), t)
+    t = as_rows(target_rows, "target_rows")
+    dom = np.arange(d.size) if domain_rows is None else np.union1d(as_rows(domain_rows, "domain_rows"), t)
     if dom[-1] >= d.size:
         raise ValueError(f"row index {int(dom[-1])} is out of range for a dose vector of {d.size} entries")
     d_ref = float(d_ref)
@@ -159,7 +160,7 @@ class ConformityTerm(Term):
                  w1: float | None = None, w2: float | None = None, C: float = 1.0, C1: float = 1.0,
                  C2: float = 1.0, steepness: float = 50.0, voxel_volumes=None, n_rows: int | None = None,
                  name: str | None = None):
-        t = _as_rows(target_rows, "target_rows")
+        t = as_rows(target_rows, "target_rows")
         if domain_rows is None:
             if n_rows is None:
                 raise ValueError("pass domain_rows (e.g. rows_for(body_mask, voxel_index)) or n_rows = A.shape[0]")
@@ -167,7 +168,7 @@ class ConformityTerm(Term):
                 raise ValueError(f"target_rows reach row {int(t[-1])} but n_rows = {n_rows}")
             dom = np.arange(int(n_rows), dtype=np.int64)
         else:
-            dom = np.union1d(_as_rows(domain_rows, "domain_rows"), t).astype(np.int64)
+            dom = np.union1d(as_rows(domain_rows, "domain_rows"), t).astype(np.int64)
         super().__init__(dom, weight, name or f"conformity@{float(d_ref):g}Gy")
         self._in_target = np.isin(dom, t)
         self.target_rows = t

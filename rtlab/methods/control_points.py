@@ -90,7 +90,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._util import check_finite, check_positive
-from ..geometry import Structure, signed_distance
+from ..core.geometry import Structure, signed_distance
 
 __all__ = [
     "RingFilter",

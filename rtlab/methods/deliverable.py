@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..mlc import MLC, get_mlc
+from ..core.mlc import MLC, get_mlc
 from . import sequencing as sq
 
 __all__ = ["BeamDelivery", "DeliverableResult", "sequence_plan", "beam_fluence_maps", "METHODS"]
@@ -218,7 +218,7 @@ class DeliverableResult:
         """
         import pandas as pd
 
-        from .. import metrics as M
+        from ..evaluate import metrics as M
 
         targets = [t for t in case.structures.targets if t.mask.any()]
         if not targets:

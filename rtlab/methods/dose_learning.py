@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import Grid
+from ..core.geometry import Grid
 from ..dose import pointkernel as pk
 from . import isocentres as iso
 

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..geometry import StructureSet, Structure, signed_distance
+from ..core.geometry import StructureSet, Structure, signed_distance
 from .._util import check_positive
 
 __all__ = [

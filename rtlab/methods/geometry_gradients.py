@@ -63,7 +63,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.special import ndtr
 
-from ..plan import Beam
+from ..core.beams import Beam
 
 __all__ = [
     "shifted_beam",
@@ -431,7 +431,7 @@ class AngleRefinement:
 
 
 def _ci(case, im, x, target):
-    from ..metrics import dose_at_volume, paddick_ci
+    from ..evaluate.metrics import dose_at_volume, paddick_ci
 
     rx = float(target.prescription if target.prescription is not None else case.prescription)
     d = im.dose(x, on="ct")

@@ -61,9 +61,10 @@ import numpy as np
 from scipy.special import ndtr
 
 from .._util import check_positive, is_int
-from ..dose.influence import beam_voxels, prepare_beams
+from ..dose.influence import beam_voxels
 from ..dose.machine import Machine, generic_6mv
-from ..plan import Beam, BixelGrid, Plan
+from ..core.beams import Beam, BixelGrid, fit_bixel_grid, prepare_beams
+from ..dose.plan import Plan
 
 __all__ = ["IDSSession", "IDSEvent", "IDSResult", "tpi_maps", "isodose_contours", "reproduce_paper", "plot_isodose_panels",
            "rasterize_polyline"]
@@ -418,8 +419,6 @@ class IDSSession:
         margin_bix = int(math.ceil(map_margin_mm / bixel_mm))
         pre = prepare_beams(case, beams, bixel_mm=bixel_mm, margin=0)
         self.beams = []
-        from ..plan import fit_bixel_grid
-
         for bm in pre:
             bx = fit_bixel_grid(Beam(bm.gantry, bm.couch, bm.isocenter, bixel_mm, bm.sad), grid, tmask, 0)
             nr, nc = bx.shape

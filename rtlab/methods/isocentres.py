@@ -48,8 +48,8 @@ import numpy as np
 from scipy import ndimage, optimize, sparse
 
 from .._util import check_positive
-from ..geometry import Grid, Structure
-from ..metrics import conformity_report
+from ..core.geometry import Grid, Structure
+from ..evaluate.metrics import conformity_report
 from ..dose import pointkernel as pk
 
 __all__ = [
@@ -775,7 +775,7 @@ def gk_summary(case_or_phantom_name="head", spacing: float = 1.0, target: str = 
         ``optimize_s``, ``isodose_pct``, ``rx``, ``case``, ``method``, ``collimator_min``,
         ``rounds``.
     """
-    from ..case import Case
+    from ..core.case import Case
 
     if isinstance(case_or_phantom_name, str):
         from ..phantoms import get_phantom

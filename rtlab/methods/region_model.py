@@ -47,8 +47,8 @@ import numpy as np
 from scipy import ndimage
 
 from .._util import atomic_path, atomic_write_text, check_finite, check_positive, is_int
-from ..case import BeamSpec, Case
-from ..geometry import Grid, Structure, StructureSet
+from ..core.case import BeamSpec, Case
+from ..core.geometry import Grid, Structure, StructureSet
 
 __all__ = [
     "random_case",
@@ -647,7 +647,7 @@ def make_inputs(ct, target, organ, spacing=(4.0, 4.0, 4.0), sdf: bool = True) ->
         raise ValueError("target is empty; the model needs a delineated target")
     chans += [m.astype(np.float32) for m in masks]
     if sdf:
-        from ..geometry import signed_distance
+        from ..core.geometry import signed_distance
 
         chans.append(np.clip(signed_distance(masks[0], spacing) / 50.0, -1.0, 1.0).astype(np.float32))
     return np.stack(chans)

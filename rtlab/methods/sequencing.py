@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._util import check_finite, check_positive
-from ..mlc import MLC, get_mlc
+from ..core.mlc import MLC, get_mlc
 
 __all__ = [
     "Segment",

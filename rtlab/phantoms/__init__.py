@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..case import Case
+from ..core.case import Case
 from ._shapes import (
     distance_to_ellipsoid,
     equispaced_beams,

@@ -31,8 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from .._util import check_positive, is_int
-from ..case import BeamSpec, Case, Goal
-from ..geometry import Grid, Structure, StructureSet
+from ..core.case import BeamSpec, Case, Goal
+from ..core.geometry import Grid, Structure, StructureSet
 
 __all__ = [
     "parse_spacing",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._util import check_positive
-from ..case import Case, Goal
+from ..core.case import Case, Goal
 from ._shapes import (
     HU_AIR,
     HU_BONE,

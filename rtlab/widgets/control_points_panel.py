@@ -25,7 +25,7 @@ import time
 import ipywidgets
 import numpy as np
 
-from ..geometry import Structure
+from ..core.geometry import Structure
 from ._panel import PanelEvents
 from .falloff_panel import _middle_target_slice, case_targets, replace_overlay
 from .slice_viewer import SliceViewer

@@ -137,7 +137,7 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
 
     def __init__(self, case, viewer=None, angles=None, bixel_mm: float = 5.0, dose_grid_mm: float | None = None,
                  cutoff_mm: float | None = None):
-        from ..case import Case
+        from ..core.case import Case
         from ..dose import DEFAULT_CUTOFF_MM
 
         if not isinstance(case, Case):

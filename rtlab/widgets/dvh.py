@@ -13,7 +13,7 @@ import time
 import ipywidgets
 import numpy as np
 
-from ..geometry import Grid
+from ..core.geometry import Grid
 from .slice_viewer import PALETTE, structure_list
 
 __all__ = ["DVHPlot"]
@@ -90,7 +90,7 @@ class DVHPlot(ipywidgets.Image):
 
         Suitable as (part of) an optimiser's per-iteration callback.
         """
-        from ..metrics import dvh
+        from ..evaluate.metrics import dvh
 
         t0 = time.perf_counter()
         d = np.asarray(dose)

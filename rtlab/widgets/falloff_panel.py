@@ -18,7 +18,7 @@ import html
 import ipywidgets
 import numpy as np
 
-from ..geometry import Structure
+from ..core.geometry import Structure
 from .slice_viewer import SliceViewer
 from ._panel import PanelEvents  # noqa: F401  (re-exported for older imports)
 
@@ -41,7 +41,7 @@ def case_targets(case) -> list[tuple[Structure, float]]:
     ValueError
         When the case has no non-empty target, or a target has no prescription.
     """
-    from ..case import Case
+    from ..core.case import Case
 
     if not isinstance(case, Case):
         raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")

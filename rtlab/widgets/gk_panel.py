@@ -36,7 +36,7 @@ import threading
 import ipywidgets
 import numpy as np
 
-from ..geometry import Grid
+from ..core.geometry import Grid
 from ..methods.isocentres import _target_mask
 from .slice_viewer import SliceViewer
 

@@ -91,7 +91,7 @@ class IDSPanel(ipywidgets.VBox):
     def __init__(self, session, *, slice_index: int | None = None, isodose_levels_pct=(55.0, 95.0, 107.0),
                  request_pct: float = 55.0, score_level_pct: float = 95.0, display_size: int = 420,
                  dvh_bins: int = 200, **session_kwargs):
-        from ..case import Case
+        from ..core.case import Case
         from ..methods.ids import IDSSession
 
         if isinstance(session, Case):
@@ -236,7 +236,7 @@ class IDSPanel(ipywidgets.VBox):
         self.redo_button.disabled = busy or not s.can_redo
 
     def _score(self, dose):
-        from ..compare import score
+        from ..evaluate.compare import score
 
         plan = {"dose": dose, "grid": self.session.grid}  # the table shows no MU
         return score({"IDS": plan}, self.session.case, rx=self.score_level_gy)

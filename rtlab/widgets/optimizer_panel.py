@@ -147,7 +147,7 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
 
     def __init__(self, case, problem=None, viewer=None, dvh=None, *, prepare_options: dict | None = None,
                  update_interval: float = 0.2, report_every: int = 1):
-        from ..case import Case
+        from ..core.case import Case
         from ..planning import CONFORMITY_RECIPE, OBJECTIVES
 
         if not isinstance(case, Case):

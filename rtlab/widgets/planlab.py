@@ -175,7 +175,7 @@ class PlanLab(ipywidgets.VBox):
     def __init__(self, case=None, phantom: str = "tg119_cshape_easy", spacing_mm: float = 3.0, n_beams: int = 5,
                  bixel_mm: float = 5.0, dose_grid_mm: float | None = 5.0, display_size: int = 420):
         from .. import phantoms
-        from ..case import Case
+        from ..core.case import Case
 
         if case is not None and not isinstance(case, Case):
             raise TypeError(f"case must be an rtlab.case.Case or None (then `phantom` is built), got {type(case).__name__}")
@@ -247,7 +247,7 @@ class PlanLab(ipywidgets.VBox):
 
     def set_case(self, case) -> None:
         """Plan another :class:`~rtlab.case.Case` (starts over, like picking a phantom)."""
-        from ..case import Case
+        from ..core.case import Case
 
         if not isinstance(case, Case):
             raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
@@ -425,7 +425,7 @@ class PlanLab(ipywidgets.VBox):
                          "with the optimised plan. <b>Accept</b> it in the Review tab.")
 
     def _update_scores(self, dose, mu=None, name: str = "optimised", keep_optimised: bool = False) -> None:
-        from ..compare import score
+        from ..evaluate.compare import score
 
         plans = {}
         if self.open_dose is not None:

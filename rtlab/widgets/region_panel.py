@@ -300,6 +300,6 @@ class RegionPanel(ipywidgets.VBox):
 
     @staticmethod
     def _structures(masks: dict, grid):
-        from ..geometry import Structure
+        from ..core.geometry import Structure
 
         return [Structure(n, v, grid, "oar", color=COLORS[n], allow_empty=True) for n, v in masks.items()]

@@ -64,7 +64,7 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
     def __init__(self, case, im, x, mlc: str = "generic_5mm_60", fractions: int = 25):
         from ..dose import mu_per_unit_fluence
         from ..methods import smoothing as sm
-        from ..mlc import get_mlc, list_mlcs
+        from ..core.mlc import get_mlc, list_mlcs
 
         x = np.asarray(x, float).ravel()
         if x.size != im.shape[1]:

@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the lab 
         "rtlab.widgets needs the [lab] extra (anywidget, ipywidgets): pip install 'rtlab[lab]'"
     ) from exc
 
-from ..geometry import Grid, Structure, StructureSet
+from ..core.geometry import Grid, Structure, StructureSet
 
 __all__ = ["SliceViewer", "ORIENTATIONS", "slice_of", "slice_to_index", "asset_path", "structure_list"]
 

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..geometry import Grid
+from ..core.geometry import Grid
 from .slice_viewer import PALETTE, _rgb_hex, _volume, structure_list
 
 __all__ = ["Mesh", "View3D", "structure_mesh", "isodose_mesh", "beam_source", "to_display"]
