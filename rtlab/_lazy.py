@@ -82,9 +82,13 @@ class LazyModule(types.ModuleType):
                 f"pip install {name.split('.')[0]}"
             raise ImportError(f"{what}: {hint}; the import failed with: {exc}") from exc
 
+    #: Attributes that copy, pickle and inspect probe on any object: answered without importing.
+    _PROBES = frozenset({"__wrapped__", "__deepcopy__", "__copy__", "__reduce__", "__reduce_ex__", "__getstate__",
+                         "__setstate__", "__signature__", "__call__", "__len__", "__iter__", "__fspath__"})
+
     def __getattr__(self, attr: str):
-        if attr.startswith("__") and attr.endswith("__"):
-            raise AttributeError(attr)  # keep copy/pickle/inspect from importing the package
+        if attr in LazyModule._PROBES:
+            raise AttributeError(attr)
         return getattr(self._lazy_import(), attr)
 
     def __dir__(self):
@@ -177,7 +181,7 @@ def alias_module(old: str, module: types.ModuleType) -> types.ModuleType:
         from .core import geometry
         alias_module(__name__, geometry)
 
-    so that ``import rtlab.geometry`` gives the very module ``rtlab.core.geometry`` (same
+    so that ``import rtlab.core.geometry`` gives the very module ``rtlab.core.geometry`` (same
     objects, private names and monkeypatching included) for one release.
     """
     sys.modules[old] = module

@@ -44,7 +44,7 @@ from .dose import engine_summary
 from .evaluate.compare import score, score_summary
 from .io import load_dicom, load_dose_npz, load_matrad
 from .methods.deliverable import sequence_plan
-from .methods.isocentres import gk_summary
+from .methods.gk.plan import gk_summary
 from .planning import OBJECTIVES, PlanSettings, plan_case
 
 __all__ = ["main", "load_case", "build_parser"]
@@ -87,7 +87,7 @@ def _parse_floats(text: str, what: str) -> list[float]:
 
 
 def load_case(args: argparse.Namespace):
-    """The :class:`rtlab.case.Case` named by ``--phantom``, ``--matrad`` or ``--dicom``."""
+    """The :class:`rtlab.core.case.Case` named by ``--phantom``, ``--matrad`` or ``--dicom``."""
     if args.phantom:
         kw = {}
         if getattr(args, "spacing", None):
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sequence", choices=("sliding", "step"),
                     help="sequence the optimised fluence into MLC leaf motions (sliding window or step-and-shoot)")
     sp.add_argument("--machine", default="generic_5mm_60", metavar="NAME",
-                    help="MLC model for --sequence (see rtlab.mlc.list_mlcs)")
+                    help="MLC model for --sequence (see rtlab.core.mlc.list_mlcs)")
     sp.add_argument("--out", metavar="FILE.npz", help="save the dose (array `dose`, Gy, CT grid) for `rtlab score`")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_plan)

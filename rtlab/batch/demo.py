@@ -3,7 +3,7 @@
 A demo case is a small 3D problem: a spherical target in a ``n``-cube of 2 mm voxels, beams
 that are random non-negative "influence" matrices (voxels x bixels), a standard plan from
 projected-gradient least squares to the prescription, a "machine" that perturbs the plan by a
-machine-dependent output factor, and QA by the real :func:`rtlab.qa.gamma` (3 %/3 mm) of the
+machine-dependent output factor, and QA by the real :func:`rtlab.evaluate.qa.gamma` (3 %/3 mm) of the
 converted dose against the standard dose. Pass them with ``functools.partial`` to set the
 amount of work, e.g. ``Stages(optimize=partial(demo_optimize, work_s=0.5))``.
 """
@@ -90,7 +90,7 @@ def demo_convert(case, standard, machine: str, attempt: int, bad_attempts: int =
 
 
 def demo_qa(case, standard, plan, machine: str) -> dict:
-    """QA: gamma 3 %/3 mm (rtlab.qa.gamma) of the converted dose; pass rate >= 95 %."""
+    """QA: gamma 3 %/3 mm (rtlab.evaluate.qa.gamma) of the converted dose; pass rate >= 95 %."""
     from ..core.geometry import Grid
     from ..evaluate.qa import gamma
 

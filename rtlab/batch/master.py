@@ -122,7 +122,7 @@ class BatchPlanner:
     ----------
     cases : list
         Case references handed to the ``load`` stage: ids (str) or objects with a ``.name``
-        (e.g. :class:`rtlab.case.Case`). Ids name the output files.
+        (e.g. :class:`rtlab.core.case.Case`). Ids name the output files.
     machines : list of str or MachineQueue, or dict name -> current load
         Treatment machines and the work already waiting on their queues (see
         :mod:`rtlab.batch.congestion`).

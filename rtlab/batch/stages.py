@@ -23,7 +23,7 @@ workers are separate processes, unless cloudpickle can ship it by value).
 rtlab's stages (:func:`rtlab_stages`, the defaults)
 ---------------------------------------------------
 ``load``
-    :func:`rtlab_load`: a :class:`~rtlab.case.Case` passes through; a :class:`CaseRef` or a
+    :func:`rtlab_load`: a :class:`~rtlab.core.case.Case` passes through; a :class:`CaseRef` or a
     string names a built-in phantom (:func:`rtlab.phantoms.get_phantom`, optionally at
     ``spacing``) or a case file (rtlab ``.npz``, matRad ``.mat``, DICOM directory) that the
     worker reads (workers need the path: a shared file system on a multi-node cluster).
@@ -45,7 +45,7 @@ rtlab's stages (:func:`rtlab_stages`, the defaults)
     ``escalate**attempt`` times the iterations and ``tighten**attempt`` times the constraint
     weights.
 ``qa``
-    :func:`rtlab.qa.qa_report` of the converted dose against the standard dose (gamma 3 %/3 mm
+    :func:`rtlab.evaluate.qa.qa_report` of the converted dose against the standard dose (gamma 3 %/3 mm
     >= 95 %, 2 %/2 mm >= 90 %, |DVH difference| <= 3 % of Rx by default): the report that
     ``convert_plan`` computed on the same doses with the same settings when there is one, else
     computed here (a plan used as is).
@@ -304,7 +304,7 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
         Retry ``attempt`` multiplies the iterations by ``escalate**attempt`` and the isodose,
         DVH and fidelity weights by ``tighten**attempt``.
     qa_kwargs : dict, optional
-        :func:`rtlab.qa.qa_report` settings (criteria, thresholds, max_dvh_diff_gy).
+        :func:`rtlab.evaluate.qa.qa_report` settings (criteria, thresholds, max_dvh_diff_gy).
 
     Returns
     -------
@@ -334,7 +334,7 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
 
 
 def rtlab_qa(case, standard, plan, machine: str, qa_kwargs: Mapping | None = None) -> dict:
-    """Default ``qa``: :func:`rtlab.qa.qa_report` of ``plan['dose']`` against ``standard['dose']``.
+    """Default ``qa``: :func:`rtlab.evaluate.qa.qa_report` of ``plan['dose']`` against ``standard['dose']``.
 
     When the convert stage already reported the QA of this dose with the same settings
     (``plan['qa']``, from :func:`rtlab_convert`) that report is returned; otherwise it is
@@ -405,7 +405,7 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
     convert_method, convert_max_iter, attempts_per_task, escalate, tighten
         Conversion settings (:func:`rtlab_convert`).
     qa_kwargs : dict, optional
-        :func:`rtlab.qa.qa_report` settings for conversion and QA.
+        :func:`rtlab.evaluate.qa.qa_report` settings for conversion and QA.
     standard : str
         The standard machine's name.
     **plan_options

@@ -229,7 +229,7 @@ def fit_bixel_grid(beam: Beam, grid, mask, margin: int = 1) -> BixelGrid:
         If ``mask`` is empty or projects behind the source.
     """
     if not isinstance(grid, Grid):
-        raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+        raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
     m = grid.check_array("mask", mask).astype(bool)
     if not m.any():
         raise ValueError("mask is empty: no target to fit the bixel grid to (zero field); pass a non-empty target")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Sequence
-
 import numpy as np
 
 from .geometry import Grid, StructureSet
@@ -30,7 +28,7 @@ class Goal:
     structure : str
         Structure name.
     metric : str
-        A metric understood by :func:`rtlab.metrics.evaluate` : ``"D95"`` (dose in Gy received
+        A metric understood by :func:`rtlab.evaluate.metrics.evaluate` : ``"D95"`` (dose in Gy received
         by 95 % of the volume), ``"D0.03cc"`` (by 0.03 cc), ``"Dmean"``, ``"Dmax"``, ``"Dmin"``,
         ``"V20Gy"`` (percent of volume receiving >= 20 Gy), ``"V20Gy_cc"`` (cc).
     comparator : {'>=', '<=', '>', '<'}

@@ -175,7 +175,7 @@ class Grid:
         if not self.is_same(other, atol=atol):
             raise ValueError(
                 f"{what} is on a different grid: {other!r} vs {self!r}; resample it first "
-                "(rtlab.geometry.resample) or build both on the same grid"
+                "(rtlab.core.geometry.resample) or build both on the same grid"
             )
 
     def check_array(self, name: str, array) -> np.ndarray:
@@ -260,7 +260,7 @@ class Structure:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"structure name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.grid, Grid):
-            raise TypeError(f"grid of structure {self.name!r} must be an rtlab.geometry.Grid, got {type(self.grid).__name__}")
+            raise TypeError(f"grid of structure {self.name!r} must be an rtlab.core.geometry.Grid, got {type(self.grid).__name__}")
         if self.kind not in STRUCTURE_KINDS:
             raise ValueError(f"kind of structure {self.name!r} must be one of {STRUCTURE_KINDS}, got {self.kind!r}")
         self.mask = _as_mask(self.mask, self.grid, self.name)
@@ -339,7 +339,7 @@ class StructureSet(Mapping[str, Structure]):
 
     def __init__(self, grid: Grid, structures: Iterable[Structure] = ()):
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+            raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
         self.grid = grid
         self._items: dict[str, Structure] = {}
         for s in structures:
@@ -348,7 +348,7 @@ class StructureSet(Mapping[str, Structure]):
     def add(self, structure: Structure) -> Structure:
         """Add ``structure``; its grid must equal the set's and its name must be new."""
         if not isinstance(structure, Structure):
-            raise TypeError(f"expected an rtlab.geometry.Structure, got {type(structure).__name__}")
+            raise TypeError(f"expected an rtlab.core.geometry.Structure, got {type(structure).__name__}")
         self.grid.require_same(structure.grid, f"structure {structure.name!r}")
         if structure.name in self._items:
             raise ValueError(f"a structure named {structure.name!r} is already in the set; names must be unique")

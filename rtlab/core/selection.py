@@ -20,7 +20,7 @@ def rows_for(mask, voxel_index=None, grid_shape=None, missing: str = "raise") ->
 
     Parameters
     ----------
-    mask : ndarray of bool, shape ``(nz, ny, nx)``, or a :class:`rtlab.geometry.Structure`
+    mask : ndarray of bool, shape ``(nz, ny, nx)``, or a :class:`rtlab.core.geometry.Structure`
         The structure on the dose grid.
     voxel_index : ndarray of int, shape ``(n_rows,)``, optional
         Flat (C-order) index into the grid of each row of ``A``, as given by the dose engine.

@@ -95,7 +95,7 @@ class FluenceDose:
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     beams : sequence of Beam, BeamSpec or gantry angles
         Bixel grids define each fluence map's extent (fitted to the targets when absent).
     machine : Machine, optional

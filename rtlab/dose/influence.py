@@ -12,7 +12,7 @@ union of all structures when there is none), ``'all'`` or a boolean mask on the 
 With a coarser dose grid (``dose_grid_mm``: a spacing in mm or a :class:`~rtlab.core.geometry.Grid`) the rows are the
 dose-grid voxels needed to interpolate every selected CT voxel (the 2 x 2 x 2 dose voxels
 around it), and :meth:`InfluenceMatrix.dose` with ``on='ct'`` resamples the dose trilinearly
-(:func:`rtlab.geometry.resample`, order 1) back to the CT grid, zero outside the selection.
+(:func:`rtlab.core.geometry.resample`, order 1) back to the CT grid, zero outside the selection.
 
 Radiological depth: one fan of Siddon rays per beam (:func:`rtlab.dose.raytrace.fan_depth`)
 covering the beam's bixels plus the cut-off, interpolated trilinearly at each dose voxel
@@ -185,7 +185,7 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid_mm=No
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     beams : sequence of Beam, BeamSpec or gantry angles (degrees)
     machine : Machine, optional
         Default :func:`rtlab.dose.generic_6mv`.

@@ -65,7 +65,7 @@ def bixel_runs(index_maps, colstart):
     Parameters
     ----------
     index_maps : list of (nr_b, nc_b) int arrays
-        :meth:`rtlab.plan.BixelGrid.index_map` of each beam (-1 where inactive, else the
+        :meth:`rtlab.core.beams.BixelGrid.index_map` of each beam (-1 where inactive, else the
         row-major column index within the beam).
     colstart : sequence of int
         First matrix column of each beam.
@@ -281,7 +281,7 @@ def beam_geometry(pts, src, eu, ev, eb, sad, umin, umax, vmin, vmax, out_u, out_
     """Project points onto a beam's isocentre plane and flag those in its band (numba).
 
     ``t = (p - S) . e_b`` (axial distance from the source), ``u = SAD (p - S) . e_u / t``,
-    ``v = SAD (p - S) . e_v / t`` (:meth:`rtlab.plan.Beam.project`). Points with ``t <= 0``
+    ``v = SAD (p - S) . e_v / t`` (:meth:`rtlab.core.beams.Beam.project`). Points with ``t <= 0``
     or ``(u, v)`` outside ``[umin, umax] x [vmin, vmax]`` get ``u = v = NaN``.
 
     Returns

@@ -26,7 +26,7 @@ class Plan:
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     beams : sequence of Beam
         Beams; those without bixels get a grid fitted to the case's targets.
     machine : Machine, optional

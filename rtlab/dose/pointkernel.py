@@ -9,7 +9,7 @@ collimators ``c``::
 
 ``t[i, s, c]`` is the time sector ``s`` of shot ``i`` spends with collimator ``c``
 ("sector-duration" variables; a blocked sector contributes nothing). This module computes ``D``
-on a :class:`~rtlab.geometry.Grid` (optionally only at some voxels), its vector-Jacobian
+on a :class:`~rtlab.core.geometry.Grid` (optionally only at some voxels), its vector-Jacobian
 product with respect to the shot positions and the times (patent 002, eq. 10, chain rule
 ``dL/dtheta = sum_r dL/dD(r) dD(r)/dtheta``), and the influence matrix ``dD/dt`` for fixed
 shots. numba kernels (``cache=True``, parallel over voxels) do the work; ``backend='numpy'``
@@ -53,7 +53,7 @@ collimator    OF          FWHM x/y (mm)   kz       p     tail w      tail lam
 Tissue heterogeneity and depth (attenuation through the skull) are ignored, as in the
 patent's "dose-rate kernels pre-computed once and translated with the isocentre".
 
-Units: positions mm ``(z, y, x)`` in world coordinates (:class:`~rtlab.geometry.Grid`
+Units: positions mm ``(z, y, x)`` in world coordinates (:class:`~rtlab.core.geometry.Grid`
 convention), times in minutes, dose in Gy, dose rate Gy/min.
 """
 
@@ -203,7 +203,7 @@ def grid_points(grid: Grid, indices=None) -> np.ndarray:
         (C order).
     """
     if not isinstance(grid, Grid):
-        raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+        raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
     if indices is None:
         Z, Y, X = grid.mesh(sparse=False)
         return np.stack([Z.ravel(), Y.ravel(), X.ravel()], axis=1).astype(np.float64)
@@ -500,7 +500,7 @@ def dose(where, shots, times, model: GammaKnifeModel | None = None, indices=None
     Parameters
     ----------
     where : Grid or array_like (N, 3)
-        A :class:`~rtlab.geometry.Grid` (dose at voxel centres) or world points (z, y, x) mm.
+        A :class:`~rtlab.core.geometry.Grid` (dose at voxel centres) or world points (z, y, x) mm.
     shots : array_like, shape (S, 3)
         Isocentre positions (z, y, x) in mm.
     times : array_like, shape (S, 8, 3)

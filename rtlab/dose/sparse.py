@@ -34,8 +34,6 @@ blocks of 256 products in float32 and the block sums in float64, and returns flo
 
 from __future__ import annotations
 
-import numbers
-
 import numba
 import numpy as np
 import scipy.sparse as sp

@@ -5,7 +5,7 @@
 filtered, grouped and plotted with ordinary pandas. :func:`compare` pivots it into a
 side-by-side table (one column per plan) and draws a DVH overlay.
 
-All numbers come from :mod:`rtlab.metrics`; see its docstring for the exact Dx, Vx and
+All numbers come from :mod:`rtlab.evaluate.metrics`; see its docstring for the exact Dx, Vx and
 conformity definitions (rank-interpolated Dx, ``>=`` isodose volumes without sub-voxel
 interpolation). Doses on another grid than the structures are resampled onto the structure grid
 (trilinear); the table says so in its ``resampled`` column and in ``df.attrs["resampled"]``.
@@ -83,7 +83,7 @@ def _plan_entry(name: str, p, sgrid: Grid):
         dose = _maybe_call(dose.dose)
     dose = np.asarray(dose)
     if grid is not None and not isinstance(grid, Grid):
-        raise TypeError(f"plan {name!r}: grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+        raise TypeError(f"plan {name!r}: grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
     if grid is not None and tuple(grid.shape) != dose.shape and dose.shape == sgrid.shape:
         grid = None  # the object's grid is not the dose's (e.g. a CT grid); the dose is on sgrid
     try:
@@ -131,7 +131,7 @@ def _goals_of(goals, obj, names: set[str]) -> list[Goal]:
         elif isinstance(g, (tuple, list)) and len(g) == 4:
             out.append(Goal(*g))
         else:
-            raise TypeError(f"goals must hold rtlab.case.Goal objects or (structure, metric, comparator, value) tuples, got {g!r}")
+            raise TypeError(f"goals must hold rtlab.core.case.Goal objects or (structure, metric, comparator, value) tuples, got {g!r}")
     for g in out:
         if g.structure not in names:
             raise ValueError(f"goal '{g}' names structure {g.structure!r}, which is not among {sorted(names)}")
@@ -164,12 +164,12 @@ def score(plans, case_or_structures, goals=None, rx=None, body=None) -> pd.DataF
         A dose array (Gy) on the structure grid; or a mapping ``name -> plan`` where a plan is
         a dose array, a ``dict(dose=..., mu=..., grid=...)`` or an object with ``.dose`` (and
         optionally ``.mu`` monitor units and ``.grid`` / ``.dose_grid``, the dose's
-        :class:`~rtlab.geometry.Grid`; ``.dose`` and ``.mu`` may be methods, e.g.
-        :class:`rtlab.plan.Plan`); or a list of those (named ``plan0``, ``plan1``, ...).
+        :class:`~rtlab.core.geometry.Grid`; ``.dose`` and ``.mu`` may be methods, e.g.
+        :class:`rtlab.dose.Plan`); or a list of those (named ``plan0``, ``plan1``, ...).
         ``mu`` may be a number or per-beam values, which are summed to the plan's total MU.
         Doses on another grid are resampled (trilinear) onto the structure grid.
     case_or_structures : Case, StructureSet, mapping or list of Structure
-        The structures; a :class:`~rtlab.case.Case` also supplies goals and the prescription.
+        The structures; a :class:`~rtlab.core.case.Case` also supplies goals and the prescription.
     goals : list of Goal or (structure, metric, comparator, value) tuples, optional
         Default: ``case.goals`` (none for a bare structure set).
     rx : float or mapping name -> float, optional
@@ -187,10 +187,10 @@ def score(plans, case_or_structures, goals=None, rx=None, body=None) -> pd.DataF
         ``unit`` (``'Gy'``, ``'%'``, ``'cc'`` or ``''``), ``goal`` (e.g. ``'>= 57'`` or ``''``),
         ``passed`` (nullable boolean; NA for rows without a goal), ``mu`` (the plan's total MU or
         NaN) and ``resampled`` (bool). Rows per plan: for every non-empty structure the
-        :data:`STANDARD_METRICS` (Dx as in :func:`rtlab.metrics.dose_at_volume`); for every
+        :data:`STANDARD_METRICS` (Dx as in :func:`rtlab.evaluate.metrics.dose_at_volume`); for every
         target the :data:`CONFORMITY_METRICS` (Paddick / RTOG CI, GI, ICRU 83 HI, coverage,
         selectivity at its isodose); then one row per goal, evaluated with
-        :func:`rtlab.metrics.evaluate`. ``df.attrs`` holds ``resampled`` (plan -> bool) and
+        :func:`rtlab.evaluate.metrics.evaluate`. ``df.attrs`` holds ``resampled`` (plan -> bool) and
         ``rx`` (target -> Gy).
     """
     items, set_body, case_rx = _m._structures_of(case_or_structures)

@@ -40,9 +40,9 @@ Let the structure hold ``N`` voxels of volume ``v`` cc (total ``V = N v``) and l
 
 Dose on another grid
 --------------------
-Every function takes ``grid=``: the :class:`~rtlab.geometry.Grid` of ``dose`` when it differs
+Every function takes ``grid=``: the :class:`~rtlab.core.geometry.Grid` of ``dose`` when it differs
 from the structure grid. The dose is then resampled onto the structure grid with trilinear
-interpolation (:func:`rtlab.geometry.resample`, ``order=1``; structure voxels outside the dose
+interpolation (:func:`rtlab.core.geometry.resample`, ``order=1``; structure voxels outside the dose
 grid get 0 Gy) and the result says so: scalar metrics return a :class:`MetricValue` (a ``float``
 with ``.resampled`` and ``.unit``), :class:`DVH` has ``resampled``, and the dict reports have a
 ``"resampled"`` key. Without ``grid=`` the dose must already have the structure grid's shape.
@@ -125,7 +125,7 @@ class MetricValue(float):
 def _check_structure(structure, name: str = "structure") -> Structure:
     if not isinstance(structure, Structure):
         raise TypeError(
-            f"{name} must be an rtlab.geometry.Structure, got {type(structure).__name__}; "
+            f"{name} must be an rtlab.core.geometry.Structure, got {type(structure).__name__}; "
             "wrap a mask with Structure(name, mask, grid)"
         )
     if not structure.mask.any():
@@ -147,7 +147,7 @@ def dose_on_grid(dose, target: Grid, grid: Grid | None = None) -> tuple[np.ndarr
         The grid the metrics are computed on (the structure grid).
     grid : Grid, optional
         The dose's own grid. When it differs from ``target`` the dose is resampled with
-        trilinear interpolation (:func:`rtlab.geometry.resample`); voxels of ``target`` outside
+        trilinear interpolation (:func:`rtlab.core.geometry.resample`); voxels of ``target`` outside
         the dose grid get 0 Gy.
 
     Returns
@@ -162,7 +162,7 @@ def dose_on_grid(dose, target: Grid, grid: Grid | None = None) -> tuple[np.ndarr
         raise TypeError(f"dose must be a numeric array in Gy, got dtype {a.dtype}")
     if grid is not None:
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be the rtlab.geometry.Grid of the dose, got {type(grid).__name__}")
+            raise TypeError(f"grid must be the rtlab.core.geometry.Grid of the dose, got {type(grid).__name__}")
         check_shape("dose", a, grid.shape, "it must match the `grid` argument (the dose's own grid)")
         check_finite("dose", a)
         if grid.is_same(target):
@@ -701,7 +701,7 @@ def _structures_of(obj) -> tuple[list[Structure], Structure | None, float | None
         )
     for s in items:
         if not isinstance(s, Structure):
-            raise TypeError(f"structures must hold rtlab.geometry.Structure objects, got {type(s).__name__}")
+            raise TypeError(f"structures must hold rtlab.core.geometry.Structure objects, got {type(s).__name__}")
     if items:
         g = items[0].grid
         for s in items[1:]:

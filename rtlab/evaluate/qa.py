@@ -58,7 +58,7 @@ __all__ = [
     "DVH_METRICS",
 ]
 
-#: Metrics compared by :func:`dvh_differences` (see :func:`rtlab.metrics.evaluate`).
+#: Metrics compared by :func:`dvh_differences` (see :func:`rtlab.evaluate.metrics.evaluate`).
 DVH_METRICS = ("D95", "D50", "D2", "Dmean")
 
 _MAX_OFFSETS = 20_000_000
@@ -138,7 +138,7 @@ def criterion_label(dose_criterion: float, dta_mm: float) -> str:
 # ---------------------------------------------------------------------------------------------
 def _dose_array(name: str, dose, grid: Grid, grid_name: str) -> np.ndarray:
     if not isinstance(grid, Grid):
-        raise TypeError(f"{grid_name} must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+        raise TypeError(f"{grid_name} must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
     a = np.asarray(dose)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a numeric dose array in Gy, got dtype {a.dtype}")
@@ -413,7 +413,7 @@ def _structure_list(structures) -> list[Structure]:
         )
     for s in items:
         if not isinstance(s, Structure):
-            raise TypeError(f"structures must hold rtlab.geometry.Structure objects, got {type(s).__name__}")
+            raise TypeError(f"structures must hold rtlab.core.geometry.Structure objects, got {type(s).__name__}")
     if not items:
         raise ValueError("structures is empty; pass at least one Structure")
     return items
@@ -423,14 +423,14 @@ def dvh_differences(reference, evaluated, structures, grid: Grid | None = None,
                     evaluated_grid: Grid | None = None, metrics: Sequence[str] = DVH_METRICS):
     """Per-structure DVH metric differences ``evaluated - reference`` (Gy).
 
-    Metrics follow :func:`rtlab.metrics.evaluate` (D95, D50, D2: dose to 95 / 50 / 2 % of the
+    Metrics follow :func:`rtlab.evaluate.metrics.evaluate` (D95, D50, D2: dose to 95 / 50 / 2 % of the
     volume; Dmean), computed on each structure's grid from voxel doses.
 
     Parameters
     ----------
     reference, evaluated : ndarray, Gy
         Doses on the structure grid, or on ``grid`` / ``evaluated_grid`` (then resampled
-        trilinearly onto the structure grid, as in :mod:`rtlab.metrics`).
+        trilinearly onto the structure grid, as in :mod:`rtlab.evaluate.metrics`).
     structures : Case, StructureSet, Structure or list of Structure
         Empty structures are listed with NaN values.
     grid, evaluated_grid : Grid, optional

@@ -1,4 +1,4 @@
-"""matRad ``.mat`` phantoms: read the ``ct`` and ``cst`` structures into a :class:`~rtlab.case.Case`.
+"""matRad ``.mat`` phantoms: read the ``ct`` and ``cst`` structures into a :class:`~rtlab.core.case.Case`.
 
 matRad conventions (https://github.com/e0404/matRad, the ``ct``/``cst`` data model)
 ----------------------------------------------------------------------------------
@@ -29,9 +29,9 @@ Conversion to rtlab
   ``IGNORED``) becomes ``'oar'``. The matRad type and objectives are kept in
   ``case.meta['matrad']``. Empty structures are skipped with a warning.
 * CT numbers: ``ct.cubeHU`` when present; otherwise HU are derived from the density cube with
-  :func:`rtlab.materials.density_to_hu`. The density cube is kept as ``Case.density``; when
-  only HU are present the density comes from :func:`rtlab.materials.hu_to_density`. Both use
-  ``hu_table`` (default :data:`rtlab.materials.DEFAULT_HU_TABLE`, a generic curve, not
+  :func:`rtlab.core.materials.density_to_hu`. The density cube is kept as ``Case.density``; when
+  only HU are present the density comes from :func:`rtlab.core.materials.hu_to_density`. Both use
+  ``hu_table`` (default :data:`rtlab.core.materials.DEFAULT_HU_TABLE`, a generic curve, not
   matRad's own HLUT).
 
 Both MAT v5 (``scipy.io.loadmat``) and v7.3 (HDF5, read with ``h5py``) files are supported.
@@ -347,7 +347,7 @@ def load_matrad(path, hu_table=None, name: str | None = None) -> Case:
         ``cst`` in matRad layout (see the module docstring).
     hu_table : array_like, shape (n, 2), optional
         (HU, relative electron density) calibration used to convert between the density cube
-        and HU; default :data:`rtlab.materials.DEFAULT_HU_TABLE`.
+        and HU; default :data:`rtlab.core.materials.DEFAULT_HU_TABLE`.
     name : str, optional
         Case name; default the file stem.
 
@@ -533,7 +533,7 @@ def save_matrad(case: Case, path, compress: bool = True):
     from scipy.io import savemat
 
     if not isinstance(case, Case):
-        raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+        raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
     g = case.grid
     nz, ny, nx = g.shape
 

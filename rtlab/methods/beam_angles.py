@@ -107,7 +107,7 @@ def candidate_influence(case, angles, *, margin_mm: float = 15.0, cutoff_mm: flo
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     angles : sequence of float
         Candidate gantry angles (deg), couch 0, isocentre ``case.isocenter()``.
     margin_mm : float
@@ -371,7 +371,7 @@ def select_beam_angles(case, n_beams: int = 5, candidates=None, *, weights=PAPER
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     n_beams : int
         Beams per plan.
     candidates : sequence of float or int, optional

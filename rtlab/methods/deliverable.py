@@ -5,7 +5,7 @@ An optimiser returns beamlet weights ``x`` (unit fluence per bixel, the columns 
 fluence maps delivers. :func:`sequence_plan` takes the plan the whole way:
 
 1. **Fluence maps.** Per beam, the weights are scattered onto the beam's bixel grid
-   (:meth:`rtlab.plan.BixelGrid.to_map`): rows are the beam's-eye-view ``v`` axis (across the
+   (:meth:`rtlab.core.beams.BixelGrid.to_map`): rows are the beam's-eye-view ``v`` axis (across the
    leaves; the gantry axis for a coplanar beam), columns the ``u`` axis (along the leaf
    travel), exactly the ``(n_rows, n_cols)`` convention of :mod:`rtlab.methods.sequencing`.
 2. **Monitor units.** The engine's calibration (:func:`rtlab.dose.mu_per_unit_fluence`: 1 MU =
@@ -141,7 +141,7 @@ class DeliverableResult:
         Deliverable dose (Gy) on the CT grid (``on`` of :func:`sequence_plan`).
     dose_optimised : ndarray (z, y, x)
         Dose of the optimised weights on the same grid.
-    grid : rtlab.geometry.Grid
+    grid : rtlab.core.geometry.Grid
         The grid of ``dose``.
     timings : dict
         ``sequence_s`` per beam (list) and ``dose_s``.
@@ -167,7 +167,7 @@ class DeliverableResult:
 
     @property
     def mu(self) -> np.ndarray:
-        """Alias of :attr:`mu_per_beam` (what :func:`rtlab.compare.score` reads; it sums them)."""
+        """Alias of :attr:`mu_per_beam` (what :func:`rtlab.evaluate.compare.score` reads; it sums them)."""
         return self.mu_per_beam
 
     @property
@@ -204,7 +204,7 @@ class DeliverableResult:
 
         Parameters
         ----------
-        case : rtlab.case.Case
+        case : rtlab.core.case.Case
             Supplies the targets, their prescriptions (the isodose level of the CI) and the body.
         rx : float or mapping, optional
             Isodose level(s) in Gy overriding the prescriptions.
@@ -299,7 +299,7 @@ def sequence_plan(im, x, machine="generic_5mm_60", method: str = "sliding", *, f
     x : ndarray (n_beamlets,)
         Optimised beamlet weights (>= 0).
     machine : str or MLC
-        MLC model (:func:`rtlab.mlc.get_mlc`), e.g. ``'generic_5mm_60'``.
+        MLC model (:func:`rtlab.core.mlc.get_mlc`), e.g. ``'generic_5mm_60'``.
     method : {'sliding', 'step'}
         Dynamic sliding window or step-and-shoot.
     fractions : int

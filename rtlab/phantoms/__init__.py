@@ -1,10 +1,10 @@
 """Phantom generators: the AAPM TG-119 set, the seed-004 horseshoe, spheres/ellipsoids, a head.
 
-Every generator returns an :class:`rtlab.case.Case`: CT in HU (air -1000 outside the body,
+Every generator returns an :class:`rtlab.core.case.Case`: CT in HU (air -1000 outside the body,
 water-equivalent body 0 HU, bone 1000 HU where stated), structures as voxel-centre-inclusion
 masks (targets ``kind='target'`` with their prescription, organs ``'oar'``, the body
-``'body'``), planning goals as :class:`rtlab.case.Goal` data and suggested beams as
-:class:`rtlab.case.BeamSpec` (equispaced coplanar, isocentre at the targets' centroid).
+``'body'``), planning goals as :class:`rtlab.core.case.Goal` data and suggested beams as
+:class:`rtlab.core.case.BeamSpec` (equispaced coplanar, isocentre at the targets' centroid).
 Any voxel size works: ``spacing`` is one number (isotropic, mm) or ``(dz, dy, dx)`` mm.
 Where a phantom's geometry is ours rather than its source's, the generator's docstring,
 ``Case.meta['approximations']`` and ``docs/phantoms.md`` say so.

@@ -356,7 +356,7 @@ def assemble_case(
     meta: dict,
     prescription: float | None = None,
 ) -> Case:
-    """Turn masks into a :class:`~rtlab.case.Case`, checking that no structure is empty.
+    """Turn masks into a :class:`~rtlab.core.case.Case`, checking that no structure is empty.
 
     Parameters
     ----------

@@ -22,6 +22,7 @@ import numpy as np
 from .._util import is_int
 from ..evaluate.compare import score, score_summary
 from ..io.npz import save_npz
+from ..dose.operator import PlanOperator
 from ..optimize import OptimizationResult, PlanSession, Solver
 from .problem import PlanProblem, prepare_plan
 from .settings import SOLVER_FIELDS, PlanSettings
@@ -230,21 +231,23 @@ def optimise_plan(problem: PlanProblem, *, max_iter: int = 100, change_threshold
     if start.shape != (op.shape[1],) or not np.all(np.isfinite(start)) or np.any(start < 0):
         raise ValueError(f"x0 must hold {op.shape[1]} finite, non-negative beamlet weights (one per bixel)")
     if settings is None:
-        solver = dict(method=method, max_iter=max_iter, change_threshold=change_threshold, change_window=change_window,
-                      objective_threshold=objective_threshold, report_every=report_every)
+        solver_fields = dict(method=method, max_iter=max_iter, change_threshold=change_threshold,
+                             change_window=change_window, objective_threshold=objective_threshold,
+                             report_every=report_every)
     elif isinstance(settings, PlanSettings):
-        solver = {k: getattr(settings, k) for k in SOLVER_FIELDS}
+        solver_fields = {k: getattr(settings, k) for k in SOLVER_FIELDS}
     else:
         raise TypeError(f"settings must be an rtlab.planning.PlanSettings, got {type(settings).__name__}")
-    run_settings = replace(problem.settings, **solver)
+    run_settings = replace(problem.settings, **solver_fields)
     solver_options = run_settings.solver_options
     solver = None
-    cb = None
-    if callback is not None:
-        def cb(rec):
-            # the callback gets a copy of the record with the iterate it describes
-            x_it = getattr(solver, "current_x", None)
-            return callback({**rec, "x": None if x_it is None else np.array(x_it, np.float64, copy=True)})
+
+    def with_iterate(rec):
+        # the callback gets a copy of the record with the iterate it describes
+        x_it = getattr(solver, "current_x", None)
+        return callback({**rec, "x": None if x_it is None else np.array(x_it, np.float64, copy=True)})
+
+    cb = None if callback is None else with_iterate
     solver = Solver(op, problem.objective, callback=cb, progress=progress, cancel_event=cancel_event,
                     **solver_options)
     t0, c0 = time.perf_counter(), time.process_time()

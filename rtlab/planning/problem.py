@@ -173,7 +173,7 @@ def prepare_plan(case, angles: Sequence[float] | None = None, objective: str = "
         :meth:`PlanProblem.with_objective`.
     """
     if not isinstance(case, Case):
-        raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
+        raise TypeError(f"case must be an rtlab.core.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
     if settings is None:
         settings = PlanSettings(objective=objective, falloff_gy_per_mm=falloff, control_points=control_points,
                                 bixel_mm=bixel_mm, dose_grid_mm=dose_grid_mm, roi_mm=roi_mm, rx=rx,

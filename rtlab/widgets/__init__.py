@@ -1,6 +1,6 @@
 """rtlab's widget library: views and controls over the library (needs the ``[lab]`` extra).
 
-Widgets hold no algorithm: they cut slices, call :mod:`rtlab.metrics` and
+Widgets hold no algorithm: they cut slices, call :mod:`rtlab.evaluate.metrics` and
 :func:`skimage.measure` functions, and draw.
 
 * :class:`SliceViewer` - CT, structure contours, dose colourwash and isodose lines on a canvas

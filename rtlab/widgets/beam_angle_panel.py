@@ -36,7 +36,7 @@ class BeamAnglePanel(PanelEvents, PanelJob, ipywidgets.VBox):
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     im : InfluenceMatrix, optional
         Candidate influence matrix (:func:`rtlab.methods.beam_angles.candidate_influence`);
         built on the first run from ``candidates`` when not given.

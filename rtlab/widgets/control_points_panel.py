@@ -46,7 +46,7 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         Needs at least one target with a prescription (Gy).
     dose : ndarray, shape ``case.grid.shape``, optional
         Dose (Gy) on the CT grid; see :meth:`set_dose`.

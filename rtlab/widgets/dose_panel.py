@@ -85,7 +85,7 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         The patient / phantom.
     viewer : SliceViewer, optional
         Shows the open-field dose when a computation finishes.
@@ -141,7 +141,7 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
         from ..dose import DEFAULT_CUTOFF_MM
 
         if not isinstance(case, Case):
-            raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), "
+            raise TypeError(f"case must be an rtlab.core.case.Case (e.g. rtlab.phantoms.get_phantom(...)), "
                             f"got {type(case).__name__}")
         self.case = case
         self.viewer = viewer

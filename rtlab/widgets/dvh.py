@@ -1,6 +1,6 @@
 """DVHPlot: a dose-volume histogram plot that redraws when the dose changes.
 
-The DVHs come from :func:`rtlab.metrics.dvh` (this module computes nothing itself); the plot is
+The DVHs come from :func:`rtlab.evaluate.metrics.dvh` (this module computes nothing itself); the plot is
 drawn with matplotlib's Agg renderer into a PNG and shown by an ``ipywidgets.Image``, so it
 needs no matplotlib notebook backend and updates in place on :meth:`DVHPlot.update`.
 """
@@ -31,7 +31,7 @@ class DVHPlot(ipywidgets.Image):
     dose : ndarray, optional
         Gy, on ``grid`` (or on ``dose_grid``).
     dose_grid : Grid, optional
-        Grid of the dose when it differs from ``grid`` (:func:`rtlab.metrics.dvh` resamples).
+        Grid of the dose when it differs from ``grid`` (:func:`rtlab.evaluate.metrics.dvh` resamples).
     bins : int
         Dose points per curve (``bins + 1`` from 0 to the structure's maximum dose); each
         point's volume is exact.
@@ -43,7 +43,7 @@ class DVHPlot(ipywidgets.Image):
 
     Attributes
     ----------
-    dvhs : dict name -> rtlab.metrics.DVH
+    dvhs : dict name -> rtlab.evaluate.metrics.DVH
         The curves of the latest dose.
     reference_dvhs : dict name -> DVH
         The dashed reference curves (``keep_reference``).
@@ -54,7 +54,7 @@ class DVHPlot(ipywidgets.Image):
     def __init__(self, grid: Grid, structures, dose=None, dose_grid: Grid | None = None, bins: int = 200,
                  keep_reference: bool = False, size=(6.0, 3.5), title: str = ""):
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+            raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
         if int(bins) != bins or bins < 1:
             raise ValueError(f"bins must be a positive integer, got {bins!r}")
         structs = [s for s in structure_list(structures, grid) if s.mask.any()]
@@ -86,7 +86,7 @@ class DVHPlot(ipywidgets.Image):
         return list(self._structures)
 
     def update(self, dose) -> None:
-        """Recompute the DVHs of ``dose`` (Gy) with :func:`rtlab.metrics.dvh` and redraw.
+        """Recompute the DVHs of ``dose`` (Gy) with :func:`rtlab.evaluate.metrics.dvh` and redraw.
 
         Suitable as (part of) an optimiser's per-iteration callback.
         """

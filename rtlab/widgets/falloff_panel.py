@@ -44,7 +44,7 @@ def case_targets(case) -> list[tuple[Structure, float]]:
     from ..core.case import Case
 
     if not isinstance(case, Case):
-        raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
+        raise TypeError(f"case must be an rtlab.core.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
     ts = [t for t in case.structures.targets if t.mask.any()]
     if not ts:
         raise ValueError(
@@ -82,7 +82,7 @@ class FalloffPanel(PanelEvents, ipywidgets.VBox):
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         Needs at least one target with a prescription (Gy).
     viewer : SliceViewer, optional
         Viewer to draw the regions on (as extra structure contours). Default: the panel makes

@@ -10,15 +10,15 @@ or blocked) and the shot's time, and see at once
   (an :class:`ipywidgets.Image`),
 * the read-out: coverage, selectivity, Paddick CI, GI, beam-on time and the loss.
 
-"Optimise" runs the projected (sub)gradient descent of :mod:`rtlab.methods.isocentres`
+"Optimise" runs the projected (sub)gradient descent of :mod:`rtlab.methods.gk`
 (eq. 9) from the current plan in a background thread, then normalises the plan to the coverage
 goal; :meth:`GKPanel.wait` joins it.
 
 The panel holds no algorithm: dose from :func:`rtlab.dose.pointkernel.dose`, loss and gradient
-from :func:`rtlab.methods.isocentres.plan_loss`, metrics from
-:func:`rtlab.methods.isocentres.evaluate_plan`, optimisation from
-:func:`~rtlab.methods.isocentres.optimize_pgd` and
-:func:`~rtlab.methods.isocentres.normalize_coverage`.
+from :func:`rtlab.methods.gk.plan_loss`, metrics from
+:func:`rtlab.methods.gk.evaluate_plan`, optimisation from
+:func:`~rtlab.methods.gk.optimize_pgd` and
+:func:`~rtlab.methods.gk.normalize_coverage`.
 
 Editing rules (so that an optimised plan survives small edits):
 
@@ -37,7 +37,7 @@ import ipywidgets
 import numpy as np
 
 from ..core.geometry import Grid
-from ..methods.isocentres import _target_mask
+from ..methods.gk.problem import target_as_mask
 from .slice_viewer import SliceViewer
 
 __all__ = ["GKPanel", "BLOCKED"]
@@ -59,8 +59,8 @@ class GKPanel(ipywidgets.VBox):
         Prescription (Gy).
     shots : array_like (S, 3), optional
         Shot positions (z, y, x) mm. Default: the heuristic shots of
-        :func:`rtlab.methods.isocentres.initial_shots` with times from
-        :func:`~rtlab.methods.isocentres.optimize_times`, normalised to ``coverage_goal``.
+        :func:`rtlab.methods.gk.initial_shots` with times from
+        :func:`~rtlab.methods.gk.optimize_times`, normalised to ``coverage_goal``.
     times : array_like (S, 8, 3), optional
         Minutes per shot, sector and collimator (4, 8, 16 mm). Required with ``shots``.
     body : ndarray of bool, optional
@@ -69,7 +69,7 @@ class GKPanel(ipywidgets.VBox):
         Organs at risk of the loss (eq. 8).
     model : rtlab.dose.pointkernel.GammaKnifeModel, optional
     problem_kw : dict, optional
-        Passed to :func:`rtlab.methods.isocentres.build_problem` (loss weights, shell...).
+        Passed to :func:`rtlab.methods.gk.build_problem` (loss weights, shell...).
     coverage_goal : float
         Coverage the "optimise" result is normalised to.
     ct : ndarray, optional
@@ -105,7 +105,7 @@ class GKPanel(ipywidgets.VBox):
     gradient : ndarray (S, 3)
         ``dL/dr'_i`` (per mm) of the current plan: what the arrows show (negated).
     metrics : dict
-        :func:`rtlab.methods.isocentres.evaluate_plan` of the current plan plus ``loss``.
+        :func:`rtlab.methods.gk.evaluate_plan` of the current plan plus ``loss``.
     """
 
     def __init__(self, grid: Grid, target, rx: float, shots=None, times=None, body=None, oars=(), model=None,
@@ -115,10 +115,10 @@ class GKPanel(ipywidgets.VBox):
         from ..methods import isocentres as iso
 
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+            raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
         self._pk, self._iso = pk, iso
         self.grid = grid
-        self.target = np.asarray(_target_mask(target, grid), bool)
+        self.target = np.asarray(target_as_mask(target, grid), bool)
         (self.rx,) = (float(rx),)
         if not (np.isfinite(self.rx) and self.rx > 0):
             raise ValueError(f"rx must be a positive dose in Gy, got {rx!r}")
@@ -351,9 +351,9 @@ class GKPanel(ipywidgets.VBox):
     def optimise(self, n_iter: int = 40, normalise: bool = True, block: bool = False) -> None:
         """Projected gradient descent (eq. 9) from the current plan in a background thread.
 
-        Runs :func:`rtlab.methods.isocentres.optimize_pgd` (``n_iter`` iterations), then, if
+        Runs :func:`rtlab.methods.gk.optimize_pgd` (``n_iter`` iterations), then, if
         ``normalise``, scales the times to ``coverage_goal``
-        (:func:`~rtlab.methods.isocentres.normalize_coverage`), and installs the plan. Progress
+        (:func:`~rtlab.methods.gk.normalize_coverage`), and installs the plan. Progress
         goes to :attr:`out`. ``block=True`` waits for it.
         """
         if self._thread is not None and self._thread.is_alive():

@@ -5,7 +5,7 @@ A thin layer over :class:`rtlab.methods.ids.IDSSession`. The planner clicks a vo
 *Apply to selected voxel*, or drags an isodose line on the slice; the session's modification
 (Algorithm 1, eqs 1-3) and recovery (section 2.3) run in a background thread, then the dose
 colourwash and isodose lines, the :class:`~rtlab.widgets.DVHPlot` and the score table
-(:func:`rtlab.compare.score`: Paddick CI, coverage, D95, organ mean ...) are redrawn.
+(:func:`rtlab.evaluate.compare.score`: Paddick CI, coverage, D95, organ mean ...) are redrawn.
 Undo / redo step through the session's history; *export plan* writes the fluence maps, the
 bixel weights of :meth:`IDSSession.to_plan` and the dose to an ``.npz`` file.
 
@@ -32,7 +32,7 @@ from .slice_viewer import SliceViewer
 
 __all__ = ["IDSPanel", "SCORE_ROWS"]
 
-#: Rows of the score table: (structure kind, metric of :func:`rtlab.compare.score`).
+#: Rows of the score table: (structure kind, metric of :func:`rtlab.evaluate.compare.score`).
 SCORE_ROWS = (
     ("target", "CI_paddick"), ("target", "coverage"), ("target", "D98"), ("target", "D95"),
     ("target", "Dmean"), ("oar", "Dmean"), ("oar", "D2"), ("oar", "Dmax"),
@@ -44,8 +44,8 @@ class IDSPanel(ipywidgets.VBox):
 
     Parameters
     ----------
-    session : rtlab.methods.ids.IDSSession or rtlab.case.Case
-        The session to drive; a :class:`~rtlab.case.Case` starts a new one with
+    session : rtlab.methods.ids.IDSSession or rtlab.core.case.Case
+        The session to drive; a :class:`~rtlab.core.case.Case` starts a new one with
         ``IDSSession(case, **session_kwargs)``.
     slice_index : int, optional
         Axial slice shown first (default: the slice through the centre of the organs at
@@ -74,7 +74,7 @@ class IDSPanel(ipywidgets.VBox):
     dose : ndarray
         The displayed dose cube (Gy), a copy of ``session.dose`` after the latest job.
     scores : pandas.DataFrame
-        :func:`rtlab.compare.score` of the current dose (all rows); ``scores_start`` the same
+        :func:`rtlab.evaluate.compare.score` of the current dose (all rows); ``scores_start`` the same
         for the dose the panel started with.
     dose_input : ipywidgets.FloatText
         Requested dose, in the unit of ``unit_input`` (``'%'`` of ``reference_gy`` or ``'Gy'``).
@@ -84,7 +84,7 @@ class IDSPanel(ipywidgets.VBox):
         One status line; errors in red. ``last_error`` holds the latest error text.
     output : ipywidgets.Output
         One line per finished job.
-    plan : rtlab.plan.Plan or None
+    plan : rtlab.dose.Plan or None
         The latest exported plan (:meth:`export_plan`).
     """
 

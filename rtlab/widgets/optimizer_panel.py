@@ -90,7 +90,7 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     problem : rtlab.planning.PlanProblem, optional
         The problem to optimise (e.g. from the DoseEnginePanel). Without one, :meth:`run`
         first builds it with :func:`rtlab.planning.prepare_plan` from ``prepare_options``.
@@ -151,7 +151,7 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
         from ..planning import CONFORMITY_RECIPE, OBJECTIVES
 
         if not isinstance(case, Case):
-            raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+            raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
         if not update_interval >= 0:
             raise ValueError(f"update_interval must be >= 0 seconds, got {update_interval!r}")
         if int(report_every) < 1:

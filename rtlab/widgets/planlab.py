@@ -6,7 +6,7 @@
   **Quick plan** button (compute the dose, optimise, score -- with the current settings);
 * a **status line** that says what to do next and what just happened;
 * the :class:`SliceViewer` (CT, contours, dose), the :class:`DVHPlot` (dashed: open fields,
-  solid: the latest plan) and the **score table** (:func:`rtlab.compare.score`: Paddick and
+  solid: the latest plan) and the **score table** (:func:`rtlab.evaluate.compare.score`: Paddick and
   RTOG CI, GI, HI, coverage and the case's goals, open fields against the optimised plan);
 * tabs with the five panels: **Dose engine** (:class:`DoseEnginePanel`), **Falloff**
   (:class:`FalloffPanel`), **Control points** (:class:`ControlPointsPanel`), **Optimiser**
@@ -54,7 +54,7 @@ _ALIASES = {"tg119_c_easy": "tg119_cshape_easy", "tg119_c_hard": "tg119_cshape_h
 
 
 def summary_table(table):
-    """Condense a :func:`rtlab.compare.score` table to the rows a planner looks at first.
+    """Condense a :func:`rtlab.evaluate.compare.score` table to the rows a planner looks at first.
 
     Parameters
     ----------
@@ -136,7 +136,7 @@ class PlanLab(ipywidgets.VBox):
 
     Parameters
     ----------
-    case : rtlab.case.Case, optional
+    case : rtlab.core.case.Case, optional
         A case to plan (e.g. from :func:`rtlab.io.load_matrad`); default: build ``phantom``.
     phantom : str
         Built-in phantom (:func:`rtlab.phantoms.list_phantoms`) when ``case`` is None.
@@ -178,7 +178,7 @@ class PlanLab(ipywidgets.VBox):
         from ..core.case import Case
 
         if case is not None and not isinstance(case, Case):
-            raise TypeError(f"case must be an rtlab.case.Case or None (then `phantom` is built), got {type(case).__name__}")
+            raise TypeError(f"case must be an rtlab.core.case.Case or None (then `phantom` is built), got {type(case).__name__}")
         phantom = _ALIASES.get(phantom, phantom)
         if case is None and phantom not in phantoms.list_phantoms():
             raise ValueError(f"unknown phantom {phantom!r}; choose one of {', '.join(phantoms.list_phantoms())}")
@@ -246,11 +246,11 @@ class PlanLab(ipywidgets.VBox):
         self._set_case(case)
 
     def set_case(self, case) -> None:
-        """Plan another :class:`~rtlab.case.Case` (starts over, like picking a phantom)."""
+        """Plan another :class:`~rtlab.core.case.Case` (starts over, like picking a phantom)."""
         from ..core.case import Case
 
         if not isinstance(case, Case):
-            raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+            raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
         self._user_case = case
         opts = [o for o in self.phantom_select.options if o[1] != "__case__"]
         self._quiet = True

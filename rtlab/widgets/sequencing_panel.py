@@ -33,14 +33,14 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         The planned case (targets and body for the CI / D95 read-out).
     im : rtlab.dose.InfluenceMatrix
         The plan's influence matrix.
     x : ndarray (n_beamlets,)
         Optimised beamlet weights (>= 0).
     mlc : str
-        MLC model name (:func:`rtlab.mlc.list_mlcs`).
+        MLC model name (:func:`rtlab.core.mlc.list_mlcs`).
     fractions : int
         Fractions; MU are per fraction.
 

@@ -168,7 +168,7 @@ def structure_list(structures, grid: Grid) -> list[Structure]:
         )
     for s in out:
         if not isinstance(s, Structure):
-            raise TypeError(f"structures must hold rtlab.geometry.Structure objects, got {type(s).__name__}")
+            raise TypeError(f"structures must hold rtlab.core.geometry.Structure objects, got {type(s).__name__}")
         grid.require_same(s.grid, f"structure {s.name!r}")
     return out
 
@@ -201,7 +201,7 @@ class SliceViewer(anywidget.AnyWidget):
     structures : StructureSet or list of Structure or dict name -> mask, optional
         Drawn as contour lines in the structure's colour.
     dose : ndarray, shape ``grid.shape``, optional
-        Dose in Gy on the same grid (resample it first: :func:`rtlab.geometry.resample`).
+        Dose in Gy on the same grid (resample it first: :func:`rtlab.core.geometry.resample`).
     isodose_levels : sequence of float
         Isodose line levels, in percent of ``reference_dose`` (``isodose_unit='%'``, default)
         or in Gy (``isodose_unit='Gy'``).
@@ -280,7 +280,7 @@ class SliceViewer(anywidget.AnyWidget):
         display_size: int = 512,
     ):
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+            raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
         _check_orientation(orientation)
         if isodose_unit not in ("%", "Gy"):
             raise ValueError(f"isodose_unit must be '%' or 'Gy', got {isodose_unit!r}")

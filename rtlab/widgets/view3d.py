@@ -184,7 +184,7 @@ def to_display(points_zyx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _beam_list(beams, grid: Grid):
     out = []
     for b in beams or ():
-        if hasattr(b, "gantry"):  # rtlab.case.BeamSpec
+        if hasattr(b, "gantry"):  # rtlab.core.case.BeamSpec
             iso = b.isocenter if b.isocenter is not None else grid.center
             out.append((float(b.gantry), float(b.couch), tuple(float(v) for v in iso)))
             continue
@@ -210,7 +210,7 @@ class View3D:
     dose_levels : sequence of float
         Isodose surface levels in Gy.
     beams : iterable, optional
-        ``(gantry_deg, couch_deg, isocenter_zyx_mm)`` tuples or :class:`rtlab.case.BeamSpec`.
+        ``(gantry_deg, couch_deg, isocenter_zyx_mm)`` tuples or :class:`rtlab.core.case.BeamSpec`.
     sad_mm : float
         Source-axis distance (mm) for the beam axes.
     step_size : int
@@ -244,7 +244,7 @@ class View3D:
         height: int = 400,
     ):
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+            raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
         if int(step_size) < 1:
             raise ValueError(f"step_size must be a positive number of voxels, got {step_size!r}")
         self.grid = grid

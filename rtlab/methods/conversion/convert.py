@@ -19,11 +19,11 @@ from ...core.case import Case
 from ...core.mlc import get_mlc
 from ...dose.influence import InfluenceMatrix, build_influence
 from ...evaluate.qa import qa_report
-from ...optimize import Objective, Solver
+from ...optimize import Solver
 from .. import sequencing as sq
 from .coincidence import CoincidenceReport, CoincidenceThresholds, compare_machines
 from .machines import STANDARD_MACHINE, TreatmentMachine, get_machine, list_machines
-from .objective import DoseFidelity, conversion_objective, rows_of_structures, tighten_objective
+from .objective import conversion_objective, rows_of_structures, tighten_objective
 
 __all__ = ["ConversionResult", "convert_plan", "convert_to_machines", "leaf_row_parameterisation", "METHODS"]
 
@@ -34,7 +34,7 @@ METHODS = ("fluence", "dao", "recalc")
 
 def _check_inputs(case, x, im):
     if not isinstance(case, Case):
-        raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+        raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
     if not isinstance(im, InfluenceMatrix):
         raise TypeError(f"im must be the standard plan's rtlab.dose.InfluenceMatrix (build_influence), got {type(im).__name__}")
     if not im.ct_grid.is_same(case.grid):
@@ -61,7 +61,7 @@ def leaf_row_parameterisation(im, x, mlc, leaf_alignment: str = "isocentre"):
         Gives the beams' bixel grids and the column order.
     x : ndarray (n_beamlets,)
         Standard beamlet weights (resampled to ``y0``).
-    mlc : rtlab.mlc.MLC or str
+    mlc : rtlab.core.mlc.MLC or str
     leaf_alignment : {'isocentre', 'grid'}
         Leaf boundaries at the MLC's own positions (``-n_pairs w / 2 + k w``), or a boundary on each
         beam's first bixel edge.
@@ -138,7 +138,7 @@ class ConversionResult:
     influence : rtlab.dose.InfluenceMatrix
     dose, standard_dose : ndarray (z, y, x)
         Converted and standard dose on the CT grid (Gy).
-    qa : rtlab.qa.QAReport or None
+    qa : rtlab.evaluate.qa.QAReport or None
         QA of the returned plan (None for ``'as_is'`` or ``qa=False``).
     recalc_qa : QAReport or None
         QA of the plain dose recalculation of the resampled fluence (step 2).
@@ -253,7 +253,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         The case the standard plan was made on.
     x : ndarray (n_beamlets,)
         Standard plan's optimised beamlet weights (>= 0).
@@ -276,9 +276,9 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         Initial weights of the isodose terms, DVH-point terms, and of the fidelity term added on a
         gamma failure.
     qa : bool
-        Run :func:`rtlab.qa.qa_report` after each attempt (and retry on failure).
+        Run :func:`rtlab.evaluate.qa.qa_report` after each attempt (and retry on failure).
     qa_kwargs : dict, optional
-        Passed to :func:`rtlab.qa.qa_report` (``criteria``, ``thresholds``, ``max_dvh_diff_gy``, ...).
+        Passed to :func:`rtlab.evaluate.qa.qa_report` (``criteria``, ``thresholds``, ``max_dvh_diff_gy``, ...).
     max_attempts : int
         Optimisations at most (>= 1): the first plus ``max_attempts - 1`` regenerations.
     tighten : float

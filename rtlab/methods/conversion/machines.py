@@ -62,7 +62,7 @@ class TreatmentMachine:
         Identifier (unique in the registry).
     source : rtlab.dose.Machine
         Pencil-beam source model (depth-dose and lateral kernel parameters).
-    mlc : rtlab.mlc.MLC or str
+    mlc : rtlab.core.mlc.MLC or str
         MLC model or the name of a built-in one.
     description : str
         One line for tables.

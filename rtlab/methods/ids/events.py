@@ -43,7 +43,7 @@ class IDSEvent:
 
 @dataclass
 class IDSResult:
-    """A plan-like result that :func:`rtlab.compare.score` accepts (``.dose`` Gy, ``.mu``, ``.grid``)."""
+    """A plan-like result that :func:`rtlab.evaluate.compare.score` accepts (``.dose`` Gy, ``.mu``, ``.grid``)."""
 
     dose: np.ndarray
     mu: np.ndarray

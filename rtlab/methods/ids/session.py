@@ -78,7 +78,7 @@ class IDSSession(DoseShaping):
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         Needs at least one target; organs at risk are the structures of kind ``'oar'``.
     beams : sequence of gantry angles, BeamSpec or Beam, optional
         Default ``case.gantry_angles()`` (or 9 equispaced beams). Fluence maps cover the
@@ -616,7 +616,7 @@ class IDSSession(DoseShaping):
         return beam_mu(self.fluence, self.machine)
 
     def to_result(self) -> IDSResult:
-        """The current plan as an object :func:`rtlab.compare.score` accepts (exact IDS dose)."""
+        """The current plan as an object :func:`rtlab.evaluate.compare.score` accepts (exact IDS dose)."""
         return IDSResult(self.dose.copy(), self.mu(), self.grid, [f.copy() for f in self.fluence])
 
     def to_plan(self) -> Plan:
