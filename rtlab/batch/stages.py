@@ -66,6 +66,17 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import scipy.sparse as sp
+
+from ..core.case import Case
+from ..dose import DEFAULT_CUTOFF_MM, build_influence
+from ..dose.influence import InfluenceMatrix
+from ..evaluate.qa import qa_report
+from ..io import load_dicom, load_matrad, load_npz
+from ..methods.conversion import METHODS, convert_plan, get_machine
+from ..phantoms import get_phantom, list_phantoms
+from ..planning import optimise_plan, prepare_plan
+from .persist import check_id
 
 __all__ = ["Stages", "default_stages", "rtlab_stages", "CaseRef", "merge_influences", "plan_from_influence",
            "rtlab_load", "rtlab_n_beams", "rtlab_influence", "rtlab_optimize", "rtlab_convert", "rtlab_qa"]
@@ -95,14 +106,12 @@ class CaseRef:
     @classmethod
     def parse(cls, text: str, spacing: float | None = None) -> "CaseRef":
         """A phantom name or a path; the id is the phantom name or the file's stem."""
-        from ..phantoms import list_phantoms
 
         text = str(text)
         if text in list_phantoms():
             return cls(text, text, spacing)
         p = Path(text)
         if p.is_dir() or (p.is_file() and p.suffix.lower() in _CASE_SUFFIXES):
-            from .persist import check_id
 
             return cls(check_id("case (file stem)", p.stem if p.is_file() else p.name), str(p.resolve()), None)
         if p.exists():
@@ -122,26 +131,21 @@ def rtlab_load(case_ref, spacing: float | None = None):
     spacing : float, optional
         Phantom voxel size (mm) when the reference does not give one.
     """
-    from ..core.case import Case
 
     if isinstance(case_ref, Case):
         return case_ref
     ref = case_ref if isinstance(case_ref, CaseRef) else CaseRef.parse(str(case_ref), spacing)
-    from ..phantoms import get_phantom, list_phantoms
 
     if ref.source in list_phantoms():
         sp = ref.spacing if ref.spacing is not None else spacing
         return get_phantom(ref.source, spacing=sp)
     p = Path(ref.source)
     if p.is_dir():
-        from ..io import load_dicom
 
         return load_dicom(p)
     if p.suffix.lower() == ".mat":
-        from ..io import load_matrad
 
         return load_matrad(p)
-    from ..io import load_npz
 
     c = load_npz(p).case
     if c is None:
@@ -181,8 +185,6 @@ def rtlab_influence(case, beam_index: int, angles: Sequence[float] | None = None
     standard : str
         The standard machine (:mod:`rtlab.methods.conversion.machines`); its source computes the dose.
     """
-    from ..dose import DEFAULT_CUTOFF_MM, build_influence
-    from ..methods.conversion import get_machine
 
     a = _angles(case, angles)
     return build_influence(case, [a[int(beam_index)]], machine=get_machine(standard).source, dose_grid=dose_grid_mm,
@@ -203,9 +205,6 @@ def merge_influences(parts):
     InfluenceMatrix
         Columns beam after beam, as :func:`rtlab.dose.influence.build_influence` of all beams.
     """
-    import scipy.sparse as sp
-
-    from ..dose.influence import InfluenceMatrix
 
     parts = list(parts)
     if not parts or not all(isinstance(p, InfluenceMatrix) for p in parts):
@@ -246,7 +245,6 @@ def plan_from_influence(case, im, objective: str = "conformity", falloff: float 
     -------
     rtlab.planning.PlanResult
     """
-    from ..planning import optimise_plan, prepare_plan
 
     problem = prepare_plan(case, objective=objective, falloff=falloff, control_points=control_points, rx=rx,
                            roi_mm=roi_mm, recipe=recipe, backend=backend, influence=im)
@@ -314,7 +312,6 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
         table, or None when used as is), ``recalc_pass_rates``, ``conversion_attempts`` (the
         internal attempt history), ``timings``, ``max_iter``, ``retry`` (= ``attempt``).
     """
-    from ..methods.conversion import convert_plan
 
     k = int(attempt)
     f = float(tighten) ** k
@@ -342,7 +339,6 @@ def rtlab_qa(case, standard, plan, machine: str, qa_kwargs: Mapping | None = Non
     ``max_abs_dvh_diff_gy``, ``dvh`` (rows of D95/D50/D2/Dmean differences) and, for converted
     plans, the conversion's own ``reasons`` under ``conversion_reasons``.
     """
-    from ..evaluate.qa import qa_report
 
     q = plan.get("qa") if isinstance(plan, Mapping) else None
     if isinstance(q, Mapping) and "passed" in q:
@@ -411,8 +407,6 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
     **plan_options
         Further :func:`plan_from_influence` options (``rx``, ``roi_mm``, ``recipe``, ``falloff``, ...).
     """
-    from ..methods.conversion import get_machine
-    from ..methods.conversion import METHODS
 
     get_machine(standard)  # fail early on an unknown name
     if convert_method not in METHODS:

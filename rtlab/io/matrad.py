@@ -44,11 +44,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat, savemat
+from scipy.io.matlab import MatlabFunction, MatlabOpaque
 
+from .._lazy import load, resolve
 from .._util import atomic_path
 from ..core.case import Case
 from ..core.geometry import Grid, Structure, StructureSet
 from ..core.materials import DEFAULT_HU_TABLE, density_to_hu, hu_to_density
+
+h5py = load("h5py", extra="dicom", purpose="reading MATLAB v7.3 (HDF5) files")
 
 __all__ = ["load_matrad", "save_matrad", "read_mat", "is_body_name"]
 
@@ -76,8 +81,6 @@ class _Opaque:
 #   char -> str, numeric/logical -> ndarray with MATLAB shape.
 # ---------------------------------------------------------------------------------------
 def _from_scipy(x):
-    from scipy.io.matlab import MatlabFunction, MatlabOpaque
-
     if isinstance(x, (MatlabOpaque, MatlabFunction)):
         return _Opaque(type(x).__name__)
     if isinstance(x, np.ndarray):
@@ -108,8 +111,6 @@ def _h5_class(obj) -> str | None:
 
 
 def _from_h5(obj, f):
-    import h5py
-
     cls = _h5_class(obj)
     if isinstance(obj, h5py.Group):
         if cls not in (None, "struct"):
@@ -196,7 +197,7 @@ def read_mat(path, variables=None) -> dict:
         raise ValueError(f"path {str(p)!r} does not exist or is not a file; pass the path of a matRad .mat file")
     if _is_hdf5(p):
         try:
-            import h5py
+            resolve(h5py)
         except ImportError:
             raise ImportError(
                 f"{p.name} is a MATLAB v7.3 (HDF5) file; reading it needs the h5py package "
@@ -210,7 +211,6 @@ def read_mat(path, variables=None) -> dict:
                 return {k: _from_h5(f[k], f) for k in keys}
         except (OSError, KeyError) as e:
             raise ValueError(f"{p.name} looks like a MATLAB v7.3/HDF5 file but cannot be read: {e}") from None
-    from scipy.io import loadmat
 
     try:
         raw = loadmat(p, struct_as_record=True, squeeze_me=False, chars_as_strings=True,
@@ -530,7 +530,6 @@ def save_matrad(case: Case, path, compress: bool = True):
     -------
     pathlib.Path
     """
-    from scipy.io import savemat
 
     if not isinstance(case, Case):
         raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")

@@ -38,12 +38,17 @@ per voxel (``step`` in weight units), which the tests check.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
 from ..core.mlc import MLC, get_mlc
+from ..dose.mu import mu_per_unit_fluence
+from ..evaluate import metrics as M
 from . import sequencing as sq
 
 __all__ = ["BeamDelivery", "DeliverableResult", "sequence_plan", "beam_fluence_maps", "METHODS"]
@@ -216,9 +221,6 @@ class DeliverableResult:
             ``ci_paddick_deliverable``, ``ci_loss`` (optimised - deliverable),
             ``d95_optimised``, ``d95_deliverable`` (Gy), ``d95_loss`` (Gy).
         """
-        import pandas as pd
-
-        from ..evaluate import metrics as M
 
         targets = [t for t in case.structures.targets if t.mask.any()]
         if not targets:
@@ -338,9 +340,6 @@ def sequence_plan(im, x, machine="generic_5mm_60", method: str = "sliding", *, f
     ValueError
         Bad weights, unknown method/alignment, a field larger than the MLC, or an all-zero plan.
     """
-    import time
-
-    from ..dose.mu import mu_per_unit_fluence
 
     w = _check_weights(im, x)
     mlc = get_mlc(machine)
@@ -361,7 +360,6 @@ def sequence_plan(im, x, machine="generic_5mm_60", method: str = "sliding", *, f
     it = list(zip(im.beams, im.beamlet_slices))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=len(it), desc=f"sequencing ({method})", leave=False)
     try:

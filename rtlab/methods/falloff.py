@@ -38,8 +38,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core.geometry import StructureSet, Structure, signed_distance
 from .._util import check_positive
+from ..core.geometry import Structure, StructureSet, signed_distance
+from ..optimize.terms import rows_for
+from .conformity import ConformityTerm
 
 __all__ = [
     "falling_distance",
@@ -315,8 +317,6 @@ def falloff_conformity_terms(levels: Sequence[FalloffLevel], voxel_index=None, b
     list of ConformityTerm
         Named ``"conformity:<level name>"``.
     """
-    from ..optimize.terms import rows_for
-    from .conformity import ConformityTerm
 
     levels = list(levels)
     if not levels:

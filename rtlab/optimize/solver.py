@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import scipy.optimize
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from .terms import Objective, Term
 
@@ -92,7 +94,6 @@ class History:
 
     def to_dataframe(self):
         """A flat pandas DataFrame: one row per iteration, columns ``term`` and ``term.key``."""
-        import pandas as pd
 
         rows = []
         for r in self.records:
@@ -379,7 +380,6 @@ class Solver:
         self._t0 = time.perf_counter()
         self._bar = None
         if self.progress:
-            from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.max_iter, desc=f"optimise ({self.method})", leave=False)
         status, message = "failed", ""

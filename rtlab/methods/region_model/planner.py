@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -28,8 +28,6 @@ from ..conformity import ConformityTerm, paddick_ci
 from .cases import case_masks
 from .metrics import dice
 
-if TYPE_CHECKING:  # annotations only
-    from .net import RegionModel
 
 __all__ = ["PlanOutcome", "GaussianStandInPlanner", "ConformityPlanner", "get_planner", "warm_start_weights", "compare_warm_start", "paddick_ci_of"]
 
@@ -311,7 +309,7 @@ def warm_start_weights(A, region, d_ref: float, voxel_index=None, *, inside_leve
     return x
 
 
-def compare_warm_start(cases, model: RegionModel, planner: ConformityPlanner | None = None, *,
+def compare_warm_start(cases, model, planner: ConformityPlanner | None = None, *,
                        threshold: float = 0.5, warm_iter: int = 50, progress: bool = True):
     """Optimise each case from the uniform preliminary plan and from the model's prediction.
 
