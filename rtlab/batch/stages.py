@@ -187,7 +187,7 @@ def rtlab_influence(case, beam_index: int, angles: Sequence[float] | None = None
     """
 
     a = _angles(case, angles)
-    return build_influence(case, [a[int(beam_index)]], machine=get_machine(standard).source, dose_grid=dose_grid_mm,
+    return build_influence(case, [a[int(beam_index)]], machine=get_machine(standard).source, dose_grid_mm=dose_grid_mm,
                            cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm, progress=False,
                            bixel_mm=bixel_mm, gpu=False)
 

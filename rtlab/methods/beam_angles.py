@@ -165,7 +165,7 @@ def default_objective(case, im, kind: str = "quadratic", nt_margin_mm: float = 5
         raise ValueError(f"kind must be 'quadratic' or 'conformity', got {kind!r}")
     vi = im.voxel_index
     if not im.grid.is_same(case.grid):
-        raise ValueError("default_objective needs an influence matrix on the CT grid (dose_grid=None)")
+        raise ValueError("default_objective needs an influence matrix on the CT grid (dose_grid_mm=None)")
     terms = []
     tmask = np.zeros(case.grid.shape, bool)
     targets = [t for t in case.structures.targets if t.mask.any()]
