@@ -324,12 +324,12 @@ def conformity_terms(targets: Iterable, domain_rows=None, *, n_rows: int | None 
     return out
 
 
-def paddick_ci(dose_grid, target_mask, d_ref: float, domain_mask=None) -> float:
+def paddick_ci(dose, target_mask, d_ref: float, domain_mask=None) -> float:
     """Exact Paddick conformity index ``TV_RI^2 / (TV * V_RI)`` on a dose grid (eq 3).
 
     Parameters
     ----------
-    dose_grid : ndarray
+    dose : ndarray
         Dose in Gy, any shape.
     target_mask : ndarray of bool, same shape
     d_ref : float
@@ -337,10 +337,10 @@ def paddick_ci(dose_grid, target_mask, d_ref: float, domain_mask=None) -> float:
     domain_mask : ndarray of bool, optional
         Where the dose region is counted (default everywhere).
     """
-    d = np.asarray(dose_grid, np.float64)
+    d = np.asarray(dose, np.float64)
     t = np.asarray(target_mask, bool)
     if t.shape != d.shape:
-        raise ValueError(f"target_mask has shape {t.shape}, dose_grid {d.shape}; they must match")
+        raise ValueError(f"target_mask has shape {t.shape}, dose {d.shape}; they must match")
     if not t.any():
         raise ValueError("target_mask is empty")
     dom = np.ones_like(t) if domain_mask is None else (np.asarray(domain_mask, bool) | t)

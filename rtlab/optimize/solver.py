@@ -144,8 +144,8 @@ class OptimizationResult:
     def success(self) -> bool:
         return self.status in ("objective_threshold", "objective_change", "converged")
 
-    def dose_grid(self, shape, voxel_index=None, fill: float = 0.0) -> np.ndarray:
-        """Scatter the voxel dose into a grid of ``shape`` (z, y, x); unselected voxels get ``fill``."""
+    def dose_cube(self, shape, voxel_index=None, fill: float = 0.0) -> np.ndarray:
+        """Scatter the voxel dose (Gy) into an array of ``shape`` (z, y, x); unselected voxels get ``fill``."""
         out = np.full(int(np.prod(shape)), fill, np.float32)
         if voxel_index is None:
             if self.dose.size != out.size:
@@ -154,6 +154,10 @@ class OptimizationResult:
         else:
             out[np.asarray(voxel_index)] = self.dose
         return out.reshape(shape)
+
+    def dose_grid(self, shape, voxel_index=None, fill: float = 0.0) -> np.ndarray:
+        """Old name of :meth:`dose_cube` (kept for one release; ``dose_grid`` now names the grid, not a dose)."""
+        return self.dose_cube(shape, voxel_index, fill)
 
     def __repr__(self) -> str:
         return (f"OptimizationResult(status={self.status!r}, objective={self.objective:.6g}, "
