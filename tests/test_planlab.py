@@ -39,7 +39,7 @@ def test_parse_angles():
 def test_dose_panel_bad_input(case):
     from rtlab.widgets import DoseEnginePanel
 
-    with pytest.raises(TypeError, match="case must be an rtlab.case.Case"):
+    with pytest.raises(TypeError, match="case must be an rtlab.core.case.Case"):
         DoseEnginePanel("tg119")
     with pytest.raises(ValueError, match="bixel_mm"):
         DoseEnginePanel(case, bixel_mm=0.0)
@@ -94,7 +94,7 @@ def test_dose_panel_failure_is_reported(case, monkeypatch):
     p.compute()
     with pytest.raises(RuntimeError, match="dose computation failed.*no dose to the target"):
         p.wait(timeout=60)
-    assert p.wait(timeout=1, raise_error=False)
+    assert p.wait(timeout=1, raise_error=False) is None  # wait() returns the result: no problem was made
     assert "Failed" in p.status.value and p.problem is None and seen == []
     assert p.progress.bar_style == "danger" and not p.compute_button.disabled
 
@@ -202,7 +202,7 @@ def test_changing_phantom_resets_state(lab):
 def test_planlab_bad_input():
     from rtlab.widgets import PlanLab
 
-    with pytest.raises(TypeError, match="case must be an rtlab.case.Case"):
+    with pytest.raises(TypeError, match="case must be an rtlab.core.case.Case"):
         PlanLab(case="tg119")
     with pytest.raises(ValueError, match="unknown phantom"):
         PlanLab(phantom="nope")

@@ -81,6 +81,8 @@ __all__ = [
     "beam_on_time",
     "check_shots",
     "PointKernelDose",
+    "as_model",
+    "collimator_index",
 ]
 
 #: Collimator sizes (mm), in the order of the last axis of the time array.
@@ -180,7 +182,8 @@ def default_model() -> GammaKnifeModel:
     return GammaKnifeModel()
 
 
-def _model(model) -> GammaKnifeModel:
+def as_model(model) -> GammaKnifeModel:
+    """``model`` as a :class:`GammaKnifeModel` (None: the default model); ``TypeError`` otherwise."""
     if model is None:
         return GammaKnifeModel()
     if not isinstance(model, GammaKnifeModel):
@@ -299,8 +302,8 @@ def kernel(u, collimator: int, sector: int, model: GammaKnifeModel | None = None
         Sector number 0..7.
     model : GammaKnifeModel, optional
     """
-    m = _model(model)
-    c = _col_index(collimator)
+    m = as_model(model)
+    c = collimator_index(collimator)
     if not (0 <= int(sector) < N_SECTORS):
         raise ValueError(f"sector must be 0..7, got {sector!r}")
     u = np.asarray(u, float)
@@ -314,8 +317,8 @@ def kernel_gradient(u, collimator: int, sector: int, model: GammaKnifeModel | No
 
     The gradient with respect to the isocentre position ``r'`` is its negative.
     """
-    m = _model(model)
-    c = _col_index(collimator)
+    m = as_model(model)
+    c = collimator_index(collimator)
     u = np.asarray(u, float)
     M = m.matrices()[c, int(sector)]
     Mu = u @ M
@@ -324,7 +327,8 @@ def kernel_gradient(u, collimator: int, sector: int, model: GammaKnifeModel | No
     return 2.0 * dq[..., None] * Mu
 
 
-def _col_index(collimator) -> int:
+def collimator_index(collimator) -> int:
+    """Position of a collimator size (4, 8 or 16 mm) in the last axis of the time array."""
     try:
         return COLLIMATORS_MM.index(int(collimator))
     except ValueError:
@@ -515,7 +519,7 @@ def dose(where, shots, times, model: GammaKnifeModel | None = None, indices=None
     ndarray of float64
         ``grid.shape`` for a whole Grid, else ``(N,)``.
     """
-    m = _model(model)
+    m = as_model(model)
     pts, shape = _resolve_points(where, indices)
     s, t = check_shots(shots, times)
     M, par = m.matrices(), m.params()
@@ -550,7 +554,7 @@ def dose_vjp(where, grad_dose, shots, times, model: GammaKnifeModel | None = Non
     grad_times : ndarray (S, 8, 3)
         Loss-unit per minute.
     """
-    m = _model(model)
+    m = as_model(model)
     pts, shape = _resolve_points(where, indices)
     s, t = check_shots(shots, times)
     g = np.ascontiguousarray(grad_dose, dtype=np.float64)
@@ -579,7 +583,7 @@ def influence_matrix(where, shots, model: GammaKnifeModel | None = None, indices
     ``phi_{c,s}(r - r'_i)`` (Gy/min), so that ``dose = A @ times.ravel()``. Used for inverse
     planning with the isocentres fixed (patent 002, FIG. 9, operation 950).
     """
-    m = _model(model)
+    m = as_model(model)
     pts, _ = _resolve_points(where, indices)
     s, _ = check_shots(shots)
     M, par = m.matrices(), m.params()
@@ -622,7 +626,7 @@ class PointKernelDose:
 
     def __init__(self, where, model: GammaKnifeModel | None = None, indices=None, backend: str = "numba"):
         self.where = where
-        self.model = _model(model)
+        self.model = as_model(model)
         self.indices = indices
         self.backend = _backend(backend)
 

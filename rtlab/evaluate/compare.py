@@ -149,7 +149,7 @@ def _level_for(t: Structure, rx, case_rx) -> float:
             f"target {t.name!r} has no prescription and the case none either; pass rx=<Gy> "
             "(or rx={name: Gy}) to score its conformity"
         )
-    return _m._check_level("rx", rx)
+    return _m.check_level("rx", rx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,20 +193,20 @@ def score(plans, case_or_structures, goals=None, rx=None, body=None) -> pd.DataF
         :func:`rtlab.evaluate.metrics.evaluate`. ``df.attrs`` holds ``resampled`` (plan -> bool) and
         ``rx`` (target -> Gy).
     """
-    items, set_body, case_rx = _m._structures_of(case_or_structures)
+    items, set_body, case_rx = _m.structures_of(case_or_structures)
     if not items:
         raise ValueError("case_or_structures holds no structures; nothing to score")
     sgrid = items[0].grid
     by_name = {s.name: s for s in items}
     goal_list = _goals_of(goals, case_or_structures, set(by_name))
-    region = _m._region_mask(body if body is not None else set_body, sgrid)
+    region = _m.region_mask(body if body is not None else set_body, sgrid)
     present = []
     for s in items:
         if s.mask.any():
             present.append(s)
         else:
             warnings.warn(f"structure {s.name!r} is empty and is left out of the score", stacklevel=2)
-    targets = [s for s in _m._targets(items) if s.mask.any()]
+    targets = [s for s in _m.targets_of(items) if s.mask.any()]
     levels = {t.name: _level_for(t, rx, case_rx) for t in targets}
 
     rows = []
@@ -220,20 +220,20 @@ def score(plans, case_or_structures, goals=None, rx=None, body=None) -> pd.DataF
             rows.append((pname, structure, metric, float(value), unit, goal, passed, mu, res))
 
         for s in present:
-            ds = _m._sorted_desc(d, s.mask)
+            ds = _m.sorted_desc(d, s.mask)
             sorted_doses[s.name] = ds
             for met in STANDARD_METRICS:
                 spec = _m.parse_metric(met)
-                row(s.name, met, _m._eval_sorted(spec, ds, sgrid.voxel_volume_cc, s.name), "Gy")
+                row(s.name, met, _m.evaluate_sorted(spec, ds, sgrid.voxel_volume_cc, s.name), "Gy")
             if s in targets:
-                rep = _m._conformity_from(d, s, levels[s.name], region)
+                rep = _m.conformity_from(d, s, levels[s.name], region)
                 for met, key in CONFORMITY_METRICS:
                     row(s.name, met, rep[key], "")
         for g in goal_list:
             if g.structure not in sorted_doses:
                 continue  # empty structure (warned above)
             spec = _m.parse_metric(g.metric)
-            v = _m._eval_sorted(spec, sorted_doses[g.structure], sgrid.voxel_volume_cc, g.structure)
+            v = _m.evaluate_sorted(spec, sorted_doses[g.structure], sgrid.voxel_volume_cc, g.structure)
             row(g.structure, g.metric, v, spec.unit, f"{g.comparator} {g.value:g}", g.passed(v))
     df = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     df["passed"] = df["passed"].astype("boolean")
@@ -299,7 +299,7 @@ def compare(plans, case, goals=None, rx=None, body=None, structures=None, unit: 
     wide.attrs["resampled"] = df.attrs["resampled"]
 
     # DVH overlay
-    items, _, _ = _m._structures_of(case)
+    items, _, _ = _m.structures_of(case)
     sgrid = items[0].grid
     if structures is None:
         draw = [s for s in items if s.kind != "body" and s.mask.any()]

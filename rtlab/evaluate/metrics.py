@@ -182,7 +182,7 @@ def _prep(dose, structure, grid, name="structure"):
     return s, d, res
 
 
-def _region_mask(body, grid: Grid) -> np.ndarray | None:
+def region_mask(body, grid: Grid) -> np.ndarray | None:
     """``body`` as a boolean mask on ``grid`` (None -> None = the whole grid)."""
     if body is None:
         return None
@@ -196,7 +196,8 @@ def _region_mask(body, grid: Grid) -> np.ndarray | None:
     return m
 
 
-def _check_level(name: str, value) -> float:
+def check_level(name: str, value) -> float:
+    """``value`` as a positive, finite dose level (Gy); ``ValueError``/``TypeError`` naming ``name``."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -213,13 +214,14 @@ def _rx_for(target: Structure, rx, what: str) -> float:
                 f"{what}: target {target.name!r} has no prescription; pass rx=<isodose level in Gy>"
             )
         rx = target.prescription
-    return _check_level("rx", rx)
+    return check_level("rx", rx)
 
 
 # ---------------------------------------------------------------------------------------------
 # sorted-dose kernels (pure numpy; these are the references)
 # ---------------------------------------------------------------------------------------------
-def _sorted_desc(d: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def sorted_desc(d: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The doses (Gy) of ``mask``'s voxels, highest first (what the Dx/Vx/mean/max metrics read)."""
     return np.sort(d[mask])[::-1]
 
 
@@ -408,7 +410,7 @@ def dose_at_volume(dose, structure: Structure, pct=None, cc=None, grid: Grid | N
     if (pct is None) == (cc is None):
         raise ValueError("give exactly one of pct= (percent of the volume) or cc= (absolute volume)")
     s, d, res = _prep(dose, structure, grid)
-    ds = _sorted_desc(d, s.mask)
+    ds = sorted_desc(d, s.mask)
     if pct is not None:
         v = _dx_pct(ds, _check_pct("pct", pct))
     else:
@@ -528,7 +530,12 @@ def metric_unit(metric: str) -> str:
     return parse_metric(metric).unit
 
 
-def _eval_sorted(spec: MetricSpec, ds: np.ndarray, voxel_cc: float, name: str) -> float:
+def evaluate_sorted(spec: MetricSpec, ds: np.ndarray, voxel_cc: float, name: str) -> float:
+    """A parsed metric (:func:`parse_metric`) of doses sorted highest first (:func:`sorted_desc`).
+
+    ``voxel_cc`` is the voxel volume (cm3) for the cc metrics; ``name`` the structure, for messages.
+    Many metrics of one structure then sort its doses once (as :func:`rtlab.evaluate.compare.score` does).
+    """
     if spec.kind == "mean":
         return float(np.mean(ds))
     if spec.kind == "max":
@@ -560,7 +567,7 @@ def evaluate(dose, structure: Structure, metric: str, grid: Grid | None = None) 
     """
     spec = parse_metric(metric)
     s, d, res = _prep(dose, structure, grid)
-    v = _eval_sorted(spec, _sorted_desc(d, s.mask), s.grid.voxel_volume_cc, s.name)
+    v = evaluate_sorted(spec, sorted_desc(d, s.mask), s.grid.voxel_volume_cc, s.name)
     return MetricValue(v, res, spec.unit)
 
 
@@ -578,7 +585,7 @@ def _counts(d, tmask, level, region):
 def _conf_prep(dose, target, rx, body, grid, what):
     s, d, res = _prep(dose, target, grid, "target")
     level = _rx_for(s, rx, what)
-    region = _region_mask(body, s.grid)
+    region = region_mask(body, s.grid)
     return s, d, res, level, region
 
 
@@ -669,7 +676,7 @@ def homogeneity_index(dose, target: Structure, grid: Grid | None = None) -> Metr
     uniform dose; NaN when ``D50 = 0``.
     """
     s, d, res = _prep(dose, target, grid, "target")
-    ds = _sorted_desc(d, s.mask)
+    ds = sorted_desc(d, s.mask)
     return MetricValue(_hi(ds), res, "")
 
 
@@ -681,7 +688,7 @@ def _hi(ds):
 # ---------------------------------------------------------------------------------------------
 # reports
 # ---------------------------------------------------------------------------------------------
-def _structures_of(obj) -> tuple[list[Structure], Structure | None, float | None]:
+def structures_of(obj) -> tuple[list[Structure], Structure | None, float | None]:
     """Normalise a Case / StructureSet / Mapping / Structure / iterable into
     ``(structures, body, case_prescription)``."""
     case_rx = None
@@ -710,12 +717,18 @@ def _structures_of(obj) -> tuple[list[Structure], Structure | None, float | None
     return items, body, case_rx
 
 
-def _targets(items: list[Structure]) -> list[Structure]:
+def targets_of(items: list[Structure]) -> list[Structure]:
+    """The targets among ``items``, highest prescription first."""
     t = [s for s in items if s.kind == "target"]
     return sorted(t, key=lambda s: -(s.prescription or 0.0))
 
 
-def _conformity_from(d, t: Structure, level: float, region) -> dict:
+def conformity_from(d, t: Structure, level: float, region) -> dict:
+    """The conformity numbers of :func:`conformity_report` for one target ``t`` at isodose ``level`` (Gy).
+
+    ``d`` is the dose on ``t``'s grid, ``region`` the mask where isodose volumes are counted
+    (:func:`region_mask`; None = the whole grid).
+    """
     tv, piv, tvpiv = _counts(d, t.mask, level, region)
     _, piv50, _ = _counts(d, t.mask, 0.5 * level, region)
     vcc = t.grid.voxel_volume_cc
@@ -723,7 +736,7 @@ def _conformity_from(d, t: Structure, level: float, region) -> dict:
         "ci_paddick": 0.0 if piv == 0 else tvpiv * tvpiv / (tv * piv),
         "ci_rtog": piv / tv,
         "gi": np.nan if piv == 0 else piv50 / piv,
-        "hi": _hi(_sorted_desc(d, t.mask)),
+        "hi": _hi(sorted_desc(d, t.mask)),
         "coverage": tvpiv / tv,
         "selectivity": np.nan if piv == 0 else tvpiv / piv,
         "tv_cc": tv * vcc,
@@ -760,14 +773,14 @@ def conformity_report(dose, structures, rx=None, body=None, grid: Grid | None = 
         ``tv_cc``, ``piv_cc``, ``tv_piv_cc``, ``piv50_cc``, ``target``, ``rx`` (Gy) and
         ``resampled``.
     """
-    items, set_body, case_rx = _structures_of(structures)
+    items, set_body, case_rx = structures_of(structures)
     if target is not None:
         found = [s for s in items if s.name == target]
         if not found:
             raise ValueError(f"target {target!r} not found; structures: {[s.name for s in items]}")
         t = found[0]
     else:
-        ts = _targets(items)
+        ts = targets_of(items)
         if not ts:
             raise ValueError(
                 "conformity_report needs a target (a Structure with kind='target'); none in "
@@ -778,8 +791,8 @@ def conformity_report(dose, structures, rx=None, body=None, grid: Grid | None = 
     if rx is None:
         rx = t.prescription if t.prescription is not None else case_rx
     level = _rx_for(s, rx, "conformity_report")
-    region = _region_mask(body if body is not None else set_body, s.grid)
-    out = _conformity_from(d, s, level, region)
+    region = region_mask(body if body is not None else set_body, s.grid)
+    out = conformity_from(d, s, level, region)
     out.update(target=s.name, rx=level, resampled=res)
     return out
 
@@ -803,6 +816,6 @@ def structure_stats(dose, structure: Structure, grid: Grid | None = None) -> dic
         ``Dmean``, ``Dmax``, ``Dmin`` (Gy), ``volume_cc`` and ``resampled`` (bool).
     """
     s, d, res = _prep(dose, structure, grid)
-    out = _stats_from_sorted(_sorted_desc(d, s.mask), s.grid.voxel_volume_cc)
+    out = _stats_from_sorted(sorted_desc(d, s.mask), s.grid.voxel_volume_cc)
     out["resampled"] = res
     return out

@@ -10,11 +10,16 @@ from __future__ import annotations
 import io
 import time
 
-import ipywidgets
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from .._lazy import load
 from ..core.geometry import Grid
+from ..evaluate.metrics import dvh
 from .slice_viewer import PALETTE, structure_list
+
+ipywidgets = load("ipywidgets", extra="lab", purpose="rtlab's DVH plot")
 
 __all__ = ["DVHPlot"]
 
@@ -90,8 +95,6 @@ class DVHPlot(ipywidgets.Image):
 
         Suitable as (part of) an optimiser's per-iteration callback.
         """
-        from ..evaluate.metrics import dvh
-
         t0 = time.perf_counter()
         d = np.asarray(dose)
         grid = self._dose_grid or self._grid
@@ -104,9 +107,6 @@ class DVHPlot(ipywidgets.Image):
         self.last_draw_s = time.perf_counter() - t0
 
     def _draw(self) -> None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         fig = Figure(figsize=self._size, dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()

@@ -84,7 +84,7 @@ def initial_shots(grid: Grid, target, max_shots: int = 12, cover: float = 0.9, m
     collimators : ndarray (S,) int, index into ``COLLIMATORS_MM``
     """
     m = target_as_mask(target, grid)
-    mdl = pk._model(model)
+    mdl = pk.as_model(model)
     inside = ndimage.distance_transform_edt(m, sampling=grid.spacing)
     covered = np.zeros_like(m)
     shots, cols = [], []
@@ -201,7 +201,7 @@ def optimize_pgd(prob: PlanningProblem, shots, times, model=None, n_iter: int = 
 
 def _dose_jacobian(pts, shots, times, model):
     """dD/dshots (N, S, 3) by the analytic kernel gradient, and dD/dt (N, S*24)."""
-    mdl = pk._model(model)
+    mdl = pk.as_model(model)
     A = pk.influence_matrix(pts, shots, mdl)
     S = shots.shape[0]
     Jp = np.zeros((pts.shape[0], S, 3))
