@@ -50,6 +50,10 @@ Relation to the influence matrix: for a fluence that is constant on each bixel, 
 values ``C_g`` are exact integrals, so the two engines differ only by the bilinear
 interpolation between nodes (largest in the primary penumbra, about ``f^2 / (8 s_1^2)`` of the
 primary term) and the kernel truncations (radial ``cutoff_mm`` vs square ``support``).
+
+Size: just over 600 lines because :class:`FluenceDose` is one object (set-up, dose, patch
+updates, lazy updates, state save/restore) over arrays that every method shares; its
+kernels are in :mod:`rtlab.dose.fluence_kernels`.
 """
 
 from __future__ import annotations

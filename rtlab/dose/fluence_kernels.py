@@ -15,6 +15,10 @@
   without applying it (what interactive dose shaping asks before every step).
 
 Pixel coordinates of voxels out of a beam's reach are :data:`OUT_OF_REACH` (``-1e6``).
+
+Size: over 600 lines on purpose: these are the numba kernels of one engine over one data
+layout (node arrays, box buffers, offsets); they are compiled and cached together and read
+best side by side. :mod:`rtlab.dose.fluence` is their only user.
 """
 
 from __future__ import annotations

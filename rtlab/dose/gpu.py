@@ -30,6 +30,10 @@ nothing when they are device arrays already.
 The numba-cuda trap: numba-cuda fails at its first kernel compile under numpy 2.5
 (``AttributeError: module 'numpy' has no attribute 'row_stack'``); rtlab pins ``numpy<2.5``.
 See ``docs/gpu.md``.
+
+Size: over 600 lines on purpose: this module is the one boundary to the optional CUDA
+stacks (cupy, numba.cuda): probes, device matrices and the kernels all live here so that no
+other module touches them.
 """
 
 from __future__ import annotations
