@@ -11,12 +11,10 @@ from rtlab.dose import FluenceDose, radiological_depth
 from rtlab.dose.fluence_kernels import conv_boxes
 from rtlab.methods import ids
 from rtlab.methods.ids import IDSSession, isodose_contours, rasterize_polyline, reproduce_paper, tpi_maps
-from rtlab.phantoms import get_phantom
 
 
-@pytest.fixture(scope="module")
-def case():
-    return get_phantom("horseshoe", spacing=6.0)
+#: The ``case`` fixture's phantom (tests/conftest.py).
+CASE = {"name": "horseshoe", "spacing": 6.0}
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,11 @@ import pytest
 pytest.importorskip("anywidget")
 
 from rtlab.methods.ids import IDSSession  # noqa: E402
-from rtlab.phantoms import get_phantom  # noqa: E402
 from rtlab.widgets.ids_panel import IDSPanel  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def case():
-    return get_phantom("horseshoe", spacing=6.0)
+#: The ``case`` fixture's phantom (tests/conftest.py).
+CASE = {"name": "horseshoe", "spacing": 6.0}
 
 
 @pytest.fixture()

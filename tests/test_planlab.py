@@ -13,16 +13,15 @@ import pytest
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
-from rtlab import metrics, phantoms  # noqa: E402
+from rtlab import metrics  # noqa: E402
 from rtlab.planning import plan_case, prepare_plan  # noqa: E402
 
 SPACING = 5.0  # mm: small grids keep this file fast
 MAX_ITER = 40
 
 
-@pytest.fixture(scope="module")
-def case():
-    return phantoms.get_phantom("tg119_cshape_easy", spacing=SPACING, n_beams=5)
+#: The ``case`` fixture's phantom (tests/conftest.py).
+CASE = {"spacing": SPACING, "n_beams": 5}
 
 
 # --------------------------------------------------------------------------------- dose panel

@@ -10,16 +10,14 @@ from rtlab import metrics
 from rtlab.cli import main
 from rtlab.dose import build_influence
 from rtlab.geometry import resample
-from rtlab.phantoms import get_phantom
 from rtlab.planning import PlanOperator, build_objective, plan_case, score_summary, trilinear_matrix
 
 SPACING = 6.0
 ANGLES = [0.0, 72.0, 144.0, 216.0, 288.0]
 
 
-@pytest.fixture(scope="module")
-def case():
-    return get_phantom("tg119_cshape_easy", spacing=SPACING)
+#: The ``case`` fixture's phantom (tests/conftest.py).
+CASE = {"spacing": SPACING}
 
 
 @pytest.fixture(scope="module")
