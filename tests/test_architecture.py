@@ -2,7 +2,7 @@
 
 * no import cycles among rtlab modules;
 * imports follow the layers of ``docs/architecture.md`` (:data:`ALLOWED`);
-* no private name (``_x``) is imported from another module;
+* no private name (``_x``) is imported from another module, or reached as ``module._x``;
 * optional dependencies are reached only through :mod:`rtlab._lazy` (never imported directly);
 * imports sit at module top (no import inside a function or class);
 * no rtlab module imports a moved module's old name (:data:`SHIMS`);
@@ -169,6 +169,35 @@ def test_no_private_name_is_imported_from_another_module():
                 if n.startswith("_") and not n.startswith("__") and f"{target}.{n}" not in MODULES:
                     bad.append(f"{m}:{node.lineno} imports {n} from {target}")
     assert not bad, "private names imported across modules (make them public or move them):\n" + "\n".join(bad)
+
+
+def _module_aliases(module: str, path: Path) -> dict[str, str]:
+    """Local names that are bound to another rtlab module (``import a.b as c``, ``from . import x``)."""
+    out = {}
+    for target, names, node, _ in _imports(module, path):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in MODULES and a.asname:
+                    out[a.asname] = a.name
+        else:
+            for a in node.names:
+                if f"{target}.{a.name}" in MODULES:
+                    out[a.asname or a.name] = f"{target}.{a.name}"
+    return out
+
+
+def test_no_private_attribute_of_another_module():
+    bad = []
+    for m, p in MODULES.items():
+        aliases = _module_aliases(m, p)
+        if not aliases:
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and aliases[node.value.id] != m):
+                bad.append(f"{m}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    assert not bad, "private names of other modules (make them public or move them):\n" + "\n".join(bad)
 
 
 def _optional_root(name: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Standard-plan conversion to specific machines with QA and regeneration (seed 001, step 4, claims 5-7, 13)."""
+"""Standard-plan conversion to specific machines with QA and regeneration (patent 001, step 4, claims 5-7, 13)."""
 
 import numpy as np
 import pytest

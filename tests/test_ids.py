@@ -1,4 +1,4 @@
-"""Interactive dose shaping (seed 004): engine exactness, eqs 1-3, requests, recovery, history."""
+"""Interactive dose shaping (paper 004): engine exactness, eqs 1-3, requests, recovery, history."""
 
 from __future__ import annotations
 

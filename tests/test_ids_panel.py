@@ -1,4 +1,4 @@
-"""IDSPanel (seed 004): requests through the panel, redraws, undo/redo, isodose drags, errors, export.
+"""IDSPanel (paper 004): requests through the panel, redraws, undo/redo, isodose drags, errors, export.
 
 No browser: the tests set ``viewer.selected_voxel`` / call ``viewer.select`` and the panel's
 public methods, or feed the viewer the message a browser drag sends.

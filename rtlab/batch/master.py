@@ -1,6 +1,6 @@
-"""The master of seed 001: decompose a batch into dask tasks, schedule, persist as results arrive.
+"""The master of patent 001: decompose a batch into dask tasks, schedule, persist as results arrive.
 
-Seed 001's master cloud server "decomposes a computation task and assigns it to a controlled
+Patent 001's master cloud server "decomposes a computation task and assigns it to a controlled
 computer" (claim 1), queues tasks "according to available computing resources or priority of
 computation tasks set by users" (claim 9), picks the target machine by congestion (claim 8),
 converts one standard plan for one or more machines (claim 13) and re-generates a converted
@@ -121,7 +121,7 @@ class _CaseState:
 
 
 class BatchPlanner:
-    """Plan a batch of cases for a set of treatment machines on dask (seed 001).
+    """Plan a batch of cases for a set of treatment machines on dask (patent 001).
 
     Parameters
     ----------

@@ -1,9 +1,9 @@
 """Stage functions of a batch, as data: :class:`Stages`, plus rtlab's default stages.
 
-A batch runs, per case (seed 001, steps 1-6):
+A batch runs, per case (patent 001, steps 1-6):
 
 ================  ====================================================  ==================
-stage             call                                                  seed 001
+stage             call                                                  patent 001
 ================  ====================================================  ==================
 ``load``          ``load(case_ref) -> case``                            step 1 (data in)
 ``n_beams``       ``n_beams(case) -> int``                              task decomposition

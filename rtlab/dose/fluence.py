@@ -1,8 +1,8 @@
-"""Fluence-map dose without beamlets, with patch-local updates (seed 004, section 2.4).
+"""Fluence-map dose without beamlets, with patch-local updates (paper 004, section 2.4).
 
 Each beam carries a fine fluence map ``psi`` (default 1 mm pixels, aligned with the bixel
 edges, piecewise constant per pixel) in the isocentre plane. For every Gaussian ``g`` of the
-machine's lateral kernels (component ``i(g)``, width ``s_g``) the convolution (seed 004
+machine's lateral kernels (component ``i(g)``, width ``s_g``) the convolution (paper 004
 eq. 5)::
 
     C_g(node) = sum_pixels psi(p) * Kg(node_u - p_u) * Kg(node_v - p_v)
@@ -201,7 +201,7 @@ class FluenceDose:
             self._csc = self._node_matrix()
 
     def _beam_state(self, beam, support_sigmas, lazy_sigma_mm):
-        """One beam's fluence map and the node-grid layout of each lateral Gaussian (seed 004 eq. 5)."""
+        """One beam's fluence map and the node-grid layout of each lateral Gaussian (paper 004 eq. 5)."""
         f = self.fluence_mm
         h = beam.bixel_mm
         n = h / f
@@ -408,7 +408,7 @@ class FluenceDose:
         """Add ``delta`` to the fluence of one beam at pixel ``(row, col)`` and update the dose locally.
 
         Only the nodes within the kernel support of the patch and the voxels projecting onto
-        them are touched (seed 004: "update only what the patch changed").
+        them are touched (paper 004: "update only what the patch changed").
 
         Parameters
         ----------
@@ -508,7 +508,7 @@ class FluenceDose:
         -------
         ndarray of float64
             Exact for the current fluence (float64 bilinear interpolation of the node grids,
-            seed 004 eq. 4); the dose of one voxel does not depend on which others are asked.
+            paper 004 eq. 4); the dose of one voxel does not depend on which others are asked.
         """
         pos = np.arange(self.eval_index.size, dtype=np.int64) if positions is None else \
             np.ascontiguousarray(positions, np.int64).ravel()
@@ -601,7 +601,7 @@ class FluenceDose:
         """Gradient of ``sum(g * dose(x, on))`` with respect to the beamlet weights ``x`` (float64).
 
         The dose is linear in the fluence, so ``x`` is not used: the result is the adjoint of
-        bixel weights -> fluence maps -> node grids (seed 004 eq. 5) -> voxel doses (eq. 4,
+        bixel weights -> fluence maps -> node grids (paper 004 eq. 5) -> voxel doses (eq. 4,
         bilinear) -> ``on``'s grid, applied to ``g`` in float64 numpy (the forward pass runs in
         float32, so ``<g, dose(x)> = <vjp(x, g), x>`` holds to about 1e-6 relative).
 

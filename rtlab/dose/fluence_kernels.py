@@ -1,4 +1,4 @@
-"""The numba kernels of :class:`rtlab.dose.fluence.FluenceDose` (seed 004, eqs. 4-5), with numpy references.
+"""The numba kernels of :class:`rtlab.dose.fluence.FluenceDose` (paper 004, eqs. 4-5), with numpy references.
 
 * :func:`conv_boxes` -- a patch's separable convolution onto the node boxes within the kernel
   support (float64); :func:`conv_boxes_reference` in numpy.
@@ -46,7 +46,7 @@ BLOCK = 64
 
 @nb.njit(cache=True, nogil=True, fastmath=True)
 def conv_boxes(psi, row0, col0, kern, kern_off, mk, stride, moff, nr_lo, nr_hi, nc_lo, nc_hi, buf, buf_off):
-    """Node values of every Gaussian's convolution of a patch, into zero-padded boxes (seed 004 eq. 5).
+    """Node values of every Gaussian's convolution of a patch, into zero-padded boxes (paper 004 eq. 5).
 
     ``psi`` (rows v, columns u) is placed with its pixel (0, 0) on fluence pixel ``(row0, col0)``.
     For Gaussian ``g`` node ``(r, c)`` sits on fluence pixel ``(r * stride[g] - moff[g],
@@ -229,7 +229,7 @@ def _acc_group(up, vp, coef, buf, buf_off, par, gs, a, b, tmp):
 
 @nb.njit(cache=True, nogil=True)
 def apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, tmp):
-    """``tmp[k] += sum_g coef[g, k] * bilinear(box_g, x_g(k), y_g(k))`` (seed 004 eq. 4), float32.
+    """``tmp[k] += sum_g coef[g, k] * bilinear(box_g, x_g(k), y_g(k))`` (paper 004 eq. 4), float32.
 
     ``up, vp`` (float32) are the voxels' fluence-pixel coordinates; for Gaussian ``g`` the
     position in its padded float32 box ``buf[buf_off[g]:]`` (``hp[g] x wp[g]``, zero outer
@@ -325,7 +325,7 @@ def node_update(psi, row0, col0, full, kern, kern_off, mk, stride, moff, nr, nc,
 
     With ``full`` the node grids are replaced (``psi`` is the whole map); otherwise ``psi`` is
     a patch ``delta psi`` and only the nodes within the kernel support of the patch change
-    (added to ``C``; seed 004: "update only what the patch changed", exact by linearity).
+    (added to ``C``; paper 004: "update only what the patch changed", exact by linearity).
     ``C`` holds every Gaussian's ``(nr[g], nc[g])`` node grid flat from ``c_off[g]``.
     A *lazy* Gaussian (``lazy[g]``, patches only) changes ``C`` and adds the same change to
     ``pend`` (same layout), but its box is returned empty: the voxels see it at
@@ -432,7 +432,7 @@ def update_beams(pflat, poff, pshape, prow, pcol, pbeam, full, UP, VP, COEF, BBO
 # ---------------------------------------------------------------------------------------------
 @nb.njit(cache=True, nogil=True)
 def node_matrix(UP, VP, COEF, cbase, c_off, NR, NC, STRIDE, MOFF, count_only, colptr, rows, vals):
-    """The node -> voxel matrix of the bilinear interpolation (seed 004 eq. 4), CSC over the nodes.
+    """The node -> voxel matrix of the bilinear interpolation (paper 004 eq. 4), CSC over the nodes.
 
     Column = node (the flat index into the stacked node storage ``CC``), row = voxel, value =
     ``coef * bilinear weight`` (float32). Two passes: ``count_only`` counts into
@@ -647,7 +647,7 @@ def _node_value(k, UP, VP, COEF, C, off, r_lo, c_lo, nr, nc, stride, moff):
     """Dose (or dose change) of voxel ``k`` from the node grids ``C`` of every (beam, Gaussian), float64.
 
     Grid ``(b, g)`` is ``C[off[b, g]:]``, ``(nr[b, g], nc[b, g])`` nodes from node row
-    ``r_lo[b, g]`` and column ``c_lo[b, g]`` (``nr = 0``: none); seed 004 eq. 4 with the voxels'
+    ``r_lo[b, g]`` and column ``c_lo[b, g]`` (``nr = 0``: none); paper 004 eq. 4 with the voxels'
     pixel coordinates ``UP, VP`` (B, N) and coefficients ``COEF`` (B, G, N).
     """
     B, G = off.shape
@@ -719,7 +719,7 @@ def patch_effect(pflat, poff, pshape, prow, pcol, pbeam, KERN, kbase, kern_off, 
     """``out[j] +=`` dose change at voxel ``pos[j]`` if the patches were added (nothing is changed).
 
     Only the four nodes around each voxel's projection are needed (per beam and Gaussian), so
-    their values are summed directly from the patch (the separable sum of seed 004 eq. 5, float64)
+    their values are summed directly from the patch (the separable sum of paper 004 eq. 5, float64)
     and interpolated as in :func:`eval_nodes_serial`: "the effect of a unit patch on a voxel"
     without convolving the whole node box.
     """

@@ -2,7 +2,7 @@
 
 The influence of bixel ``(r, c)`` (a square of side ``h`` centred at ``(v_r, u_c)`` in the
 isocentre plane, unit fluence) on a point with projection ``(u, v)``, axial source distance
-``t`` and radiological depth ``d`` is (Bortfeld 1993; seed 004 eqs 4-5 with ``psi`` the
+``t`` and radiological depth ``d`` is (Bortfeld 1993; paper 004 eqs 4-5 with ``psi`` the
 bixel's indicator)::
 
     A = (SAD/t)^2 * sum_g c_g D_{i(g)}(d) * Fu_g * Fv_g

@@ -2,7 +2,7 @@
 
 The dose at a point with radiological depth ``d`` (mm) whose projection onto the isocentre
 plane is ``(u, v)`` (mm), irradiated by a fluence ``psi(u, v)`` defined in the isocentre
-plane, is (seed 004, eqs 4-5)::
+plane, is (paper 004, eqs 4-5)::
 
     D(u, v, d) = (SAD / t)^2 * sum_{i=1..3} D_i(d) * C_i(u, v)
     C_i(u, v)  = integral psi(u', v') w_i(u - u', v - v') du' dv'

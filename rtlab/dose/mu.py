@@ -14,7 +14,7 @@ The result is cached per machine (:meth:`Machine.key`).
 MU of a modulated beam: a fluence map in units of the reference fluence converts to MU
 pixel-wise; the beam's MU reported here is the open-field-equivalent MU of its peak fluence,
 ``max(psi) * MU per unit fluence`` — a lower bound of the delivered MU; leaf sequencing
-(seed 003, TNMU) gives the delivered value.
+(paper 003, TNMU) gives the delivered value.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ Let the structure hold ``N`` voxels of volume ``v`` cc (total ``V = N v``) and l
   ``>= L`` within the ``body`` mask if one is given, otherwise within the whole grid.
   ``TV`` = target volume, ``TV_PIV`` = target volume receiving ``>= L``.
 
-  - Paddick CI = ``TV_PIV**2 / (TV * PIV)`` (Paddick 2000; seed 000, ``f_C = F * S``), in
+  - Paddick CI = ``TV_PIV**2 / (TV * PIV)`` (Paddick 2000; patent 000, ``f_C = F * S``), in
     [0, 1]; 0 when no voxel reaches ``L``.
   - RTOG CI = ``PIV / TV`` (Shaw et al. 1993).
-  - coverage = ``TV_PIV / TV`` (seed 000's second conformity parameter ``S``).
-  - selectivity = ``TV_PIV / PIV`` (seed 000's first parameter ``F``); NaN when ``PIV = 0``.
+  - coverage = ``TV_PIV / TV`` (patent 000's second conformity parameter ``S``).
+  - selectivity = ``TV_PIV / PIV`` (patent 000's first parameter ``F``); NaN when ``PIV = 0``.
   - gradient index GI = ``PIV(0.5 L) / PIV(L)`` (Paddick & Lippitz 2006); NaN if ``PIV(L) = 0``.
   - homogeneity index (ICRU 83) HI = ``(D2 - D98) / D50`` of the target; NaN if ``D50 = 0``.
 
@@ -595,7 +595,7 @@ def _conf_prep(dose, target, rx, body, grid, what):
 def paddick_ci(dose, target: Structure, rx=None, body=None, grid: Grid | None = None) -> MetricValue:
     """Paddick conformity index ``TV_PIV**2 / (TV * PIV)`` at isodose ``rx`` Gy.
 
-    Paddick, J Neurosurg 93 (2000) 219; seed 000, ``f_C = F * S = TV_RI**2 / (V_RI * TV)``.
+    Paddick, J Neurosurg 93 (2000) 219; patent 000, ``f_C = F * S = TV_RI**2 / (V_RI * TV)``.
     ``PIV`` = volume with dose ``>= rx`` (``>=``, no sub-voxel interpolation) within ``body``
     (whole grid if None); ``TV_PIV`` = target volume with dose ``>= rx``. In [0, 1]; 1 only when
     the isodose volume is exactly the target; 0 when no voxel reaches ``rx``.
@@ -629,7 +629,7 @@ def rtog_ci(dose, target: Structure, rx=None, body=None, grid: Grid | None = Non
 
 
 def coverage(dose, target: Structure, rx=None, body=None, grid: Grid | None = None) -> MetricValue:
-    """Target coverage ``TV_PIV / TV`` at isodose ``rx`` Gy (seed 000's ``S``), in [0, 1].
+    """Target coverage ``TV_PIV / TV`` at isodose ``rx`` Gy (patent 000's ``S``), in [0, 1].
 
     ``TV_PIV`` = target voxels with dose ``>= rx`` (within ``body`` if given). Parameters as
     :func:`paddick_ci`.
@@ -640,7 +640,7 @@ def coverage(dose, target: Structure, rx=None, body=None, grid: Grid | None = No
 
 
 def selectivity(dose, target: Structure, rx=None, body=None, grid: Grid | None = None) -> MetricValue:
-    """Selectivity ``TV_PIV / PIV`` at isodose ``rx`` Gy (seed 000's ``F``), in [0, 1].
+    """Selectivity ``TV_PIV / PIV`` at isodose ``rx`` Gy (patent 000's ``F``), in [0, 1].
 
     NaN when no voxel reaches ``rx`` (``PIV = 0``). Parameters as :func:`paddick_ci`.
     """

@@ -1,6 +1,6 @@
-"""Plan quality assurance: 3D gamma index and DVH differences (seed 001, claim 7).
+"""Plan quality assurance: 3D gamma index and DVH differences (patent 001, claim 7).
 
-Seed 001 verifies every converted (machine-specific) plan before treatment and, when the check
+Patent 001 verifies every converted (machine-specific) plan before treatment and, when the check
 fails, regenerates the plan from the standard plan (claim 7). This module supplies the check:
 
 * :func:`gamma` - the gamma index of Low et al., Med. Phys. 25 (1998) 656, between a reference
@@ -519,7 +519,7 @@ def qa_report(reference, evaluated, case, criteria=((0.03, 3.0), (0.02, 2.0)),
               thresholds: Mapping[str, float] | None = None, max_dvh_diff_gy: float | None = None,
               cutoff: float = 0.1, local: bool = False, evaluated_grid: Grid | None = None,
               interp_fraction: int = 10) -> QAReport:
-    """Pre-treatment QA of a converted plan (seed 001, claim 7): gamma and DVH checks.
+    """Pre-treatment QA of a converted plan (patent 001, claim 7): gamma and DVH checks.
 
     Parameters
     ----------

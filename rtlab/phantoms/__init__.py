@@ -1,4 +1,4 @@
-"""Phantom generators: the AAPM TG-119 set, the seed-004 horseshoe, spheres/ellipsoids, a head.
+"""Phantom generators: the AAPM TG-119 set, the paper-004 horseshoe, spheres/ellipsoids, a head.
 
 Every generator returns an :class:`rtlab.core.case.Case`: CT in HU (air -1000 outside the body,
 water-equivalent body 0 HU, bone 1000 HU where stated), structures as voxel-centre-inclusion
@@ -119,7 +119,7 @@ _REGISTRY: dict[str, _Entry] = {
     ),
     "horseshoe": _Entry(
         horseshoe, HORSESHOE_SPACING, 60.0,
-        "Interactive-dose-shaping horseshoe (seed 004). 120 mm C-shaped target around a spherical OAR",
+        "Interactive-dose-shaping horseshoe (paper 004). 120 mm C-shaped target around a spherical OAR",
         _const(HORSESHOE_BODY_HALF), ("Body", "PTV", "OAR"), 9,
     ),
     "sphere": _Entry(

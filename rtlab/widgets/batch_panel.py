@@ -1,4 +1,4 @@
-"""BatchPanel: a live queue of a seed-001 batch (case x machine) and its QA table.
+"""BatchPanel: a live queue of a patent-001 batch (case x machine) and its QA table.
 
 The panel runs :func:`rtlab.batch.run_batch` in a background thread and shows one row per
 (case, machine) - before the congestion model has chosen the machines, one row per case for
@@ -37,7 +37,7 @@ _COLORS = {"done": "#1a7f37", "QA failed": "#b35900", "error": "#cf222e", "runni
 
 
 class BatchPanel(Panel):
-    """Live queue view and QA table of a batch planned on dask (seed 001).
+    """Live queue view and QA table of a batch planned on dask (patent 001).
 
     Parameters
     ----------

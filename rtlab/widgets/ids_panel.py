@@ -1,4 +1,4 @@
-"""IDSPanel: interactive dose shaping in the notebook (seed 004, Ziegenhein et al. 2016).
+"""IDSPanel: interactive dose shaping in the notebook (paper 004, Ziegenhein et al. 2016).
 
 A thin layer over :class:`rtlab.methods.ids.IDSSession`. The planner clicks a voxel on the
 :class:`~rtlab.widgets.SliceViewer`, types a dose (Gy or % of the prescription) and presses
@@ -56,7 +56,7 @@ class IDSPanel(Panel):
         Axial slice shown first (default: the slice through the centre of the organs at
         risk, else of the targets).
     isodose_levels_pct : sequence of float
-        Isodose lines in % of ``session.reference_gy`` (seed 004: 55, 95, 107 %).
+        Isodose lines in % of ``session.reference_gy`` (paper 004: 55, 95, 107 %).
     request_pct : float
         Initial value of the requested-dose field (in %).
     score_level_pct : float
@@ -343,7 +343,7 @@ class IDSPanel(Panel):
     # ------------------------------------------------------------------ actions (public)
     def request_voxel(self, index=None, dose=None, unit: str | None = None,
                       recover: int | None = None) -> threading.Thread:
-        """Ask for a new dose in one voxel (seed 004 section 2.2 + recovery), in the background.
+        """Ask for a new dose in one voxel (paper 004 section 2.2 + recovery), in the background.
 
         Parameters
         ----------
@@ -394,7 +394,7 @@ class IDSPanel(Panel):
         return self._submit("request", job)
 
     def request_isodose(self, level, path, unit: str = "Gy", recover: int | None = None) -> threading.Thread:
-        """Move an isodose line: the voxels along ``path`` get ``level`` (seed 004 section 2.2), in the background.
+        """Move an isodose line: the voxels along ``path`` get ``level`` (paper 004 section 2.2), in the background.
 
         Parameters
         ----------
