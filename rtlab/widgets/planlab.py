@@ -334,7 +334,7 @@ class PlanLab(Panel):
         operator); returns ``problem`` itself when nothing changes.
         """
         s = problem.settings
-        if s.get("objective", "conformity") != "conformity":
+        if s.objective != "conformity":
             return problem
         fo = self.falloff_panel.falloff
         cp = bool(self.control_points_panel.enabled)
@@ -343,14 +343,14 @@ class PlanLab(Panel):
         # base problem's values of them are dropped, the panel's (incl. control_point_find) used
         cp_keys = set(getattr(self.control_points_panel, "RECIPE_KEYS", ()))
         cp_rec = dict(getattr(self.control_points_panel, "recipe", {}) or {}) if cp else {}
-        rec = {k: v for k, v in (s.get("recipe_overrides") or {}).items()
+        rec = {k: v for k, v in (s.recipe_overrides or {}).items()
                if k not in fo_rec and k not in cp_rec and k not in cp_keys}
         if fo is not None:
             rec.update(fo_rec)
         if cp:
             rec.update(cp_rec)
-        same = (fo == s.get("falloff_gy_per_mm") and cp == bool(s.get("control_points"))
-                and rec == dict(s.get("recipe_overrides") or {}))
+        same = (fo == s.falloff_gy_per_mm and cp == bool(s.control_points)
+                and rec == dict(s.recipe_overrides or {}))
         if same:
             return problem
         return problem.with_objective(falloff=fo, control_points=cp, recipe=rec or None)
