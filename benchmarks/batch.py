@@ -1,4 +1,4 @@
-"""Batch-planning throughput on dask.distributed (seed 001): plans per minute and task overhead.
+"""Batch-planning throughput on dask.distributed (patent 001): plans per minute and task overhead.
 
 Runs :func:`rtlab.batch.run_batch` on a fresh :class:`distributed.LocalCluster` with 1 and then
 2 worker processes (one thread each) over ``--cases`` stand-in cases whose ``optimize`` stage

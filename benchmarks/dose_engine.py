@@ -82,7 +82,7 @@ PEER_SCRIPT = textwrap.dedent(
 )
 
 
-def run_peer(n_beams, grid_mm, timeout):
+def run_peer(n_beams, dose_grid_mm, timeout):
     """pyRadPlan's influence build in a subprocess; dict with ``build_s`` or ``skipped``."""
     try:
         import importlib.util
@@ -93,7 +93,7 @@ def run_peer(n_beams, grid_mm, timeout):
         return {"skipped": f"pyRadPlan import check failed: {exc}"}
     env = dict(os.environ, TQDM_DISABLE="1")
     try:
-        out = subprocess.run([sys.executable, "-c", PEER_SCRIPT, str(n_beams), str(grid_mm)], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", PEER_SCRIPT, str(n_beams), str(dose_grid_mm)], capture_output=True,
                              text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"skipped": f"pyRadPlan did not finish within {timeout} s"}
@@ -107,8 +107,8 @@ def run_peer(n_beams, grid_mm, timeout):
 
 
 def bench_case(case, name, repeats, gpu):
-    angles, grid_mm = CASES[name]
-    kw = dict(dose_grid=grid_mm, progress=False, gpu=gpu)
+    angles, dose_grid_mm = CASES[name]
+    kw = dict(dose_grid_mm=dose_grid_mm, progress=False, gpu=gpu)
     t0 = time.perf_counter()
     im = build_influence(case, angles, **kw)
     first = time.perf_counter() - t0
@@ -131,7 +131,7 @@ def bench_case(case, name, repeats, gpu):
     np_bw, nb_bw = copy_bandwidth(min(mv_bytes, 400_000_000) // 2)
     mv_bw = mv_bytes / t_mv / 1e9
     res = {
-        "beams": len(angles), "dose_grid_mm": grid_mm, "rows": int(A.shape[0]), "beamlets": int(A.shape[1]),
+        "beams": len(angles), "dose_grid_mm": dose_grid_mm, "rows": int(A.shape[0]), "beamlets": int(A.shape[1]),
         "nnz": int(A.nnz), "build_backend": im.backend,
         "build_s": round(med, 3), "build_all_s": [round(b, 3) for b in builds],
         "compile_s": round(max(first - med, 0.0), 3),
@@ -162,7 +162,7 @@ def main(argv=None):
     r5, im5 = bench_case(case, "beams5", args.repeats, gpu)
     del im5
     r9, im9 = bench_case(case, "beams9", args.repeats, gpu)
-    fd = FluenceDose(case, im9.beams, im9.machine, dose_grid=CASES["beams9"][1])
+    fd = FluenceDose(case, im9.beams, im9.machine, dose_grid_mm=CASES["beams9"][1])
     fd.set_bixel_weights(np.ones(im9.shape[1]))
     fd.time_patch_updates(5, repeats=1)  # warm-up (numba cache load)
     walls, c0 = [], time.process_time()
@@ -177,9 +177,9 @@ def main(argv=None):
                                "thread(s); median of 5 medians of 7; cpu = process CPU time per 9-beam update")
     # the same 9 beams, other dose grids / threads (what the target depends on)
     variants = {}
-    for label, grid_mm, threads in (("3mm_1thread", 3.0, 1), ("5mm_1thread", 5.0, 1),
-                                    (f"5mm_{fd.threads}threads", 5.0, fd.threads)):
-        fdv = FluenceDose(case, im9.beams, im9.machine, dose_grid=grid_mm, threads=threads)
+    for label, dose_grid_mm, threads in (("3mm_1thread", 3.0, 1), ("5mm_1thread", 5.0, 1),
+                                         (f"5mm_{fd.threads}threads", 5.0, fd.threads)):
+        fdv = FluenceDose(case, im9.beams, im9.machine, dose_grid_mm=dose_grid_mm, threads=threads)
         fdv.set_bixel_weights(np.ones(im9.shape[1]))
         fdv.time_patch_updates(5, repeats=1)
         variants[label] = {"voxels": int(len(fdv.voxel_index)),

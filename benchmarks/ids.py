@@ -1,4 +1,4 @@
-"""Benchmark of interactive dose shaping (seed 004) on the horseshoe phantom; prints ONE JSON line.
+"""Benchmark of interactive dose shaping (paper 004) on the horseshoe phantom; prints ONE JSON line.
 
 The paper's experiment at its resolution (1.952 x 1.952 x 2 mm, 9 beams 0:40:320): open
 fields (median target dose 100 %), one OAR rim voxel lowered to 55 %, 25 recovery steps.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +26,12 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "json_safe",
+    "renamed_argument",
 ]
+
+#: Default of a renamed keyword argument that was not given (see :func:`renamed_argument`).
+NOT_GIVEN = object()
 
 
 def check_shape(name: str, array: np.ndarray, shape: tuple[int, ...], hint: str = "") -> None:
@@ -137,3 +143,25 @@ def json_safe(v):
     except (TypeError, ValueError):
         return v
     return f if np.isfinite(f) else None
+
+
+def renamed_argument(old: str, old_value, new: str, new_value, new_default=None, where: str = ""):
+    """The value of an argument renamed from ``old`` to ``new``, kept working for one release.
+
+    A function that renamed a keyword accepts the old one as ``old=NOT_GIVEN`` and calls
+    ``new = renamed_argument("dose_grid", dose_grid, "dose_grid_mm", dose_grid_mm)``. The old
+    name gives a :class:`PendingDeprecationWarning` (silent unless warnings are switched on,
+    so notebooks that still use it print nothing new).
+
+    Raises
+    ------
+    TypeError
+        Both names were given.
+    """
+    if old_value is NOT_GIVEN:
+        return new_value
+    if new_value is not new_default and new_value is not NOT_GIVEN:
+        raise TypeError(f"{where or 'this call'} got both {old}= and {new}=; pass only {new}= ({old} is its old name)")
+    warnings.warn(f"{where + ': ' if where else ''}{old}= is renamed {new}=; the old name goes in rtlab 0.3",
+                  PendingDeprecationWarning, stacklevel=3)
+    return old_value

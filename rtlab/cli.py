@@ -11,10 +11,14 @@ Subcommands
 ``rtlab plan (--phantom NAME | --matrad FILE | --dicom DIR) [--angles ...] [--objective conformity|quadratic] [--falloff G] [--control-points] [--grid MM] [--json] [--out FILE.npz]``
     Build the dose, optimise (:func:`rtlab.planning.plan_case`), print timings and the score
     table; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads.
+
+The plan and engine settings go into one :class:`rtlab.planning.PlanSettings`, which checks them
+(``--grid MM`` is its ``dose_grid_mm``, ``--bixel`` its ``bixel_mm``, ``--falloff`` its
+``falloff_gy_per_mm``).
 ``rtlab lab``
     Open JupyterLab on the notebooks.
 ``rtlab batch --cases NAME|FILE ... --machines NAME[=LOAD] ... [--scheduler ADDRESS] [--workers N] [--out DIR] [--spacing MM] [--angles ...] [--max-iter N] [--fanout K] [--policy P] [--json]``
-    Seed 001 batch planning on dask (:func:`rtlab.batch.run_batch_cli`): a standard plan per
+    Patent 001 batch planning on dask (:func:`rtlab.batch.run_batch_cli`): a standard plan per
     case, converted for the machines, QA'd, persisted; prints progress, the dashboard link and
     the QA table. Exit status 1 when a case failed or a plan failed QA.
 
@@ -26,12 +30,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-from ._util import json_safe
+import pandas as pd
 
-__all__ = ["main", "load_case", "score_json"]
+from . import phantoms
+from ._util import json_safe
+from .batch import run_batch_cli
+from .dose import engine_summary
+from .evaluate.compare import score, score_summary
+from .io import load_dicom, load_dose_npz, load_matrad
+from .methods.deliverable import sequence_plan
+from .methods.gk.plan import gk_summary
+from .planning import OBJECTIVES, PlanSettings, plan_case
+
+__all__ = ["main", "load_case", "build_parser"]
 
 
 class CLIError(Exception):
@@ -46,6 +62,23 @@ def _add_case_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacing", metavar="MM", help="phantom voxel size: one number or dz,dy,dx (only with --phantom)")
 
 
+#: PlanSettings field (as its messages name it) -> the command-line flag that sets it.
+_FLAGS = {"dose_grid_mm": "--grid", "bixel_mm": "--bixel", "falloff (Gy/mm)": "--falloff", "cutoff_mm": "--cutoff",
+          "rx (Gy)": "--rx", "max_iter": "--max-iter"}
+
+
+def _settings(**kw) -> PlanSettings:
+    """:class:`PlanSettings` from the command line; a bad value is a :class:`CLIError` naming the flag."""
+    try:
+        return PlanSettings(**kw)
+    except (TypeError, ValueError) as exc:
+        msg = str(exc)
+        for name, flag in _FLAGS.items():
+            if msg.startswith(name + " "):
+                raise CLIError(f"{flag} ({name}) {msg[len(name):].lstrip()}") from None
+        raise CLIError(msg) from None
+
+
 def _parse_floats(text: str, what: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -54,10 +87,8 @@ def _parse_floats(text: str, what: str) -> list[float]:
 
 
 def load_case(args: argparse.Namespace):
-    """The :class:`rtlab.case.Case` named by ``--phantom``, ``--matrad`` or ``--dicom``."""
+    """The :class:`rtlab.core.case.Case` named by ``--phantom``, ``--matrad`` or ``--dicom``."""
     if args.phantom:
-        from . import phantoms
-
         kw = {}
         if getattr(args, "spacing", None):
             sp = _parse_floats(args.spacing, "--spacing")
@@ -66,20 +97,14 @@ def load_case(args: argparse.Namespace):
     if getattr(args, "spacing", None):
         raise CLIError("--spacing only applies to --phantom; files keep their own grid")
     if args.matrad:
-        from .io import load_matrad
-
         return load_matrad(args.matrad)
-    from .io import load_dicom
-
     return load_dicom(args.dicom)
 
 
 
 
 def cmd_phantoms(args) -> int:
-    from .phantoms import describe_phantoms
-
-    rows = describe_phantoms()
+    rows = phantoms.describe_phantoms()
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
@@ -93,33 +118,14 @@ def cmd_phantoms(args) -> int:
     return 0
 
 
-def score_json(case, dose, rx=None) -> dict:
-    """The ``rtlab score --json`` object (shared by ``score`` and ``plan``; see
-    :func:`rtlab.planning.score_summary`). Raises :class:`CLIError` without a target or rx."""
-    from .planning import score_summary
-
-    targets = case.structures.targets
-    if not targets:
-        raise CLIError(f"case {case.name!r} has no target structure; CI/GI/HI need one")
-    rx = rx if rx is not None else (case.prescription or targets[0].prescription)
-    if rx is None:
-        raise CLIError("no prescription known for the target: pass --rx GY")
-    return score_summary(case, dose, rx=rx)
-
-
 def cmd_score(args) -> int:
-    from .compare import score
-    from .io import load_dose_npz
-
     case = load_case(args)
     dose = load_dose_npz(args.dose, expected_shape=case.grid.shape)
-    out = score_json(case, dose, args.rx)
+    out = score_summary(case, dose, args.rx)
     if args.json:
         print(json.dumps(out))
         return 0
     table = score({Path(args.dose).stem: dose}, case, rx=out["rx_gy"])
-    import pandas as pd
-
     with pd.option_context("display.max_rows", None, "display.width", 140):
         print(table.to_string(index=False))
     return 0
@@ -134,22 +140,18 @@ def _angles(args, case) -> list[float]:
 
 
 def cmd_dose(args) -> int:
-    from .dose import engine_summary
-
+    settings = _settings(bixel_mm=args.bixel, dose_grid_mm=args.dose_grid_mm, cutoff_mm=args.cutoff)
     case = load_case(args)
     angles = _angles(args, case)
-    if args.bixel <= 0:
-        raise CLIError(f"--bixel must be positive, got {args.bixel}")
-    if args.grid is not None and args.grid <= 0:
-        raise CLIError(f"--grid must be positive, got {args.grid}")
-    out = engine_summary(case, angles, bixel_mm=args.bixel, dose_grid_mm=args.grid, gpu=args.gpu,
-                         cutoff_mm=args.cutoff)
-    out = {"case": case.name, "angles": angles, "bixel_mm": args.bixel, "grid_mm": args.grid, **out}
+    out = engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm, gpu=args.gpu,
+                         cutoff_mm=settings.cutoff_mm)
+    out = {"case": case.name, "angles": angles, "bixel_mm": settings.bixel_mm, "dose_grid_mm": settings.dose_grid_mm,
+           **out}
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0
     print(f"{case.name}: {len(angles)} beams at {', '.join(f'{a:g}' for a in angles)} deg, "
-          f"{args.bixel:g} mm bixels, dose grid {args.grid or 'CT'} mm")
+          f"{settings.bixel_mm:g} mm bixels, dose grid {settings.dose_grid_mm or 'CT'} mm")
     for k in ("n_voxels", "n_beamlets", "nnz", "build_s", "compile_s", "matvec_ms", "matvec_scipy_ms",
               "patch_update_ms", "cutoff_mm", "gpu"):
         print(f"  {k:<16} {out[k]}")
@@ -157,33 +159,28 @@ def cmd_dose(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .planning import OBJECTIVES, plan_case
-
     if args.objective not in OBJECTIVES:
         raise CLIError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
-    for flag, v in (("--bixel", args.bixel), ("--grid", args.grid), ("--falloff", args.falloff),
-                    ("--max-iter", args.max_iter)):
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise CLIError(f"{flag} must be a positive number, got {v}")
+    if args.max_iter is not None and not args.max_iter > 0:
+        raise CLIError(f"--max-iter must be a positive number, got {args.max_iter}")
+    settings = _settings(objective=args.objective, falloff_gy_per_mm=args.falloff,
+                         control_points=args.control_points, bixel_mm=args.bixel, dose_grid_mm=args.dose_grid_mm,
+                         rx=args.rx, max_iter=int(args.max_iter))
     if args.out is not None and not str(args.out).endswith(".npz"):
         raise CLIError(f"--out must name an .npz file, got {args.out!r}")
     case = load_case(args)
     angles = _angles(args, case)
     if not angles:
         raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
-    res = plan_case(case, angles, objective=args.objective, falloff=args.falloff,
-                    control_points=args.control_points, bixel_mm=args.bixel, dose_grid_mm=args.grid,
-                    rx=args.rx, max_iter=int(args.max_iter), progress=not args.json and sys.stderr.isatty())
-    out = score_json(case, res.dose, args.rx)
+    res = plan_case(case, angles, settings=settings, progress=not args.json and sys.stderr.isatty())
+    out = score_summary(case, res.dose, settings.rx)
     t = res.timings
     out.update(build_s=round(t["build_s"], 3), optimize_s=round(t["optimize_s"], 3), iterations=int(t["iterations"]),
-               mu_total=round(res.mu_total, 1), status=t["status"], objective=args.objective, angles=angles,
-               falloff_gy_per_mm=args.falloff, control_points=bool(args.control_points), dose_grid_mm=args.grid,
-               bixel_mm=args.bixel)
+               mu_total=round(res.mu_total, 1), status=t["status"], objective=settings.objective, angles=angles,
+               falloff_gy_per_mm=settings.falloff_gy_per_mm, control_points=settings.control_points,
+               dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm)
     seq = None
     if args.sequence:
-        from .methods.deliverable import sequence_plan
-
         fractions = max(1, int(round((case.prescription or 2.0) / 2.0)))
         seq = sequence_plan(res.influence, res.x, machine=args.machine, method=args.sequence, fractions=fractions)
         # the optimised fluence's MU (whole prescription) stays available; mu_total becomes the
@@ -197,14 +194,12 @@ def cmd_plan(args) -> int:
         print(json.dumps(out, default=json_safe))
         return 0
     print(f"{case.name}: {len(angles)} beams at {', '.join(f'{a:g}' for a in angles)} deg, objective "
-          f"{args.objective}, {args.bixel:g} mm bixels, dose grid {args.grid or 'CT'} mm"
-          + (f", falloff {args.falloff:g} Gy/mm" if args.falloff else "")
+          f"{settings.objective}, {settings.bixel_mm:g} mm bixels, dose grid {settings.dose_grid_mm or 'CT'} mm"
+          + (f", falloff {settings.falloff_gy_per_mm:g} Gy/mm" if settings.falloff_gy_per_mm else "")
           + (", control points" if args.control_points else ""))
     print(f"  build {t['build_s']:.2f} s, optimise {t['optimize_s']:.2f} s, {t['iterations']} iterations "
           f"({t['status']}), {res.mu_total:.0f} MU")
     table = res.score_table(Path(args.out).stem if args.out else "plan")
-    import pandas as pd
-
     with pd.option_context("display.max_rows", None, "display.width", 140):
         print(table.to_string(index=False))
     if seq is not None:
@@ -219,13 +214,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_gk(args) -> int:
-    from .methods.isocentres import gk_summary
-
     if args.spacing_mm <= 0:
         raise CLIError(f"--spacing must be positive, got {args.spacing_mm}")
     if args.phantom not in ("head",):
-        from . import phantoms
-
         if args.phantom not in phantoms.list_phantoms():
             raise CLIError(f"unknown phantom {args.phantom!r}; built-ins: {phantoms.list_phantoms()}")
     out = gk_summary(args.phantom, spacing=args.spacing_mm, target=args.target, method=args.method)
@@ -240,9 +231,6 @@ def cmd_gk(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    import shutil
-    import subprocess
-
     root = Path(__file__).resolve().parents[1]
     nb = Path(args.notebooks) if args.notebooks else root / "notebooks"
     if not nb.is_dir():
@@ -253,8 +241,6 @@ def cmd_lab(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    from .batch import run_batch_cli
-
     opts = {}
     if args.angles:
         opts["angles"] = _parse_floats(args.angles, "--angles")
@@ -300,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_case_args(sp)
     sp.add_argument("--angles", metavar="DEG,...", help="gantry angles (default: the case's suggested beams)")
     sp.add_argument("--bixel", type=float, default=5.0, metavar="MM", help="bixel size (default 5 mm)")
-    sp.add_argument("--grid", type=float, metavar="MM", help="dose grid spacing (default: the CT grid)")
+    sp.add_argument("--grid", "--dose-grid-mm", dest="dose_grid_mm", type=float, metavar="MM",
+                    help="dose-grid spacing dose_grid_mm (default: the CT grid)")
     sp.add_argument("--cutoff", type=float, metavar="MM", help="lateral kernel cut-off (default: the engine's)")
     sp.add_argument("--gpu", action="store_true", help="use the CUDA mat-vec path (fails without a device)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -315,13 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dose falloff gradient G in Gy/mm (2 = 200 cGy/mm): falloff-adjusted targets and a low-dose ring")
     sp.add_argument("--control-points", action="store_true", help="add control-point dose bounds on the first target")
     sp.add_argument("--bixel", type=float, default=5.0, metavar="MM", help="bixel size (default 5 mm)")
-    sp.add_argument("--grid", type=float, metavar="MM", help="dose grid spacing (default: the CT grid; 5 is much faster)")
+    sp.add_argument("--grid", "--dose-grid-mm", dest="dose_grid_mm", type=float, metavar="MM",
+                    help="dose-grid spacing dose_grid_mm (default: the CT grid; 5 is much faster)")
     sp.add_argument("--rx", type=float, metavar="GY", help="prescription for a target without one")
     sp.add_argument("--max-iter", type=int, default=100, metavar="N", help="iteration limit (default 100)")
     sp.add_argument("--sequence", choices=("sliding", "step"),
                     help="sequence the optimised fluence into MLC leaf motions (sliding window or step-and-shoot)")
     sp.add_argument("--machine", default="generic_5mm_60", metavar="NAME",
-                    help="MLC model for --sequence (see rtlab.mlc.list_mlcs)")
+                    help="MLC model for --sequence (see rtlab.core.mlc.list_mlcs)")
     sp.add_argument("--out", metavar="FILE.npz", help="save the dose (array `dose`, Gy, CT grid) for `rtlab score`")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_plan)

@@ -1,4 +1,4 @@
-"""`rtlab batch` (seed 001 on dask) end to end with rtlab's real stages, plus the real stages'
+"""`rtlab batch` (patent 001 on dask) end to end with rtlab's real stages, plus the real stages'
 equivalence to plan_case / build_influence and bad-argument errors."""
 
 import json

@@ -11,15 +11,6 @@ from rtlab.methods.conformity import (
 from rtlab.optimize import MaxDose, Objective, SquaredUnderdose, rows_for, solve
 
 
-def fd_grad(fun, d, h=1e-5):
-    g = np.zeros_like(d)
-    for i in range(d.size):
-        e = np.zeros_like(d)
-        e[i] = h
-        g[i] = (fun(d + e) - fun(d - e)) / (2 * h)
-    return g
-
-
 def test_sigmoid_is_stable_and_matches_formula():
     x = np.array([-800.0, -3.0, 0.0, 2.5, 800.0])
     s = sigmoid(x)
@@ -70,7 +61,7 @@ def _near_threshold_dose(rng, n=40, d_ref=50.0):
 
 
 @pytest.mark.parametrize("split", [False, True])
-def test_value_and_gradient_fd(split):
+def test_value_and_gradient_fd(split, fd_grad):
     rng = np.random.default_rng(11)
     d = _near_threshold_dose(rng)
     vol = rng.uniform(0.5, 2.0, d.size)
@@ -83,7 +74,7 @@ def test_value_and_gradient_fd(split):
     ref = (0.7 * (p["F"] - 0.95) ** 2 + 1.9 * (p["S"] - 1.0) ** 2) if split else (p["f_C"] - 0.98) ** 2
     assert term.value(d) == pytest.approx(1.7 * ref, rel=1e-12)
     g = term.gradient(d)
-    np.testing.assert_allclose(g, fd_grad(term.value, d), rtol=1e-5, atol=1e-10)
+    np.testing.assert_allclose(g, fd_grad(term.value, d, h=1e-5), rtol=1e-5, atol=1e-10)
     # the term's fast report path agrees with the stand-alone function, relaxed and exact
     for key, val in p.items():
         assert term.parameters(d)[key] == pytest.approx(val, rel=1e-12)
@@ -114,7 +105,7 @@ def test_gradient_matches_patent_eqs_11_12():
     np.testing.assert_allclose(g[10:], eq12[10:], rtol=1e-10)
 
 
-def test_n_targets_eq6_and_split_eq7():
+def test_n_targets_eq6_and_split_eq7(fd_grad):
     rng = np.random.default_rng(8)
     d = np.concatenate([60 + rng.normal(0, 2, 20), 54 + rng.normal(0, 2, 20), rng.uniform(0, 65, 20)])
     specs = [(np.arange(0, 20), 60.0, 2.0), (np.arange(20, 40), 54.0, 0.5)]
@@ -130,7 +121,7 @@ def test_n_targets_eq6_and_split_eq7():
         ref7 += 0.3 * (p["F"] - 1) ** 2 + 2.0 * (p["S"] - 1) ** 2
     assert Objective(split).value(d) == pytest.approx(ref7, rel=1e-12)
     np.testing.assert_allclose(Objective(split).gradient(d),
-                               fd_grad(Objective(split).value, d), rtol=1e-5, atol=1e-10)
+                               fd_grad(Objective(split).value, d, h=1e-5), rtol=1e-5, atol=1e-10)
 
 
 def test_report_has_exact_and_relaxed_and_dose_level_edit():

@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 
 from rtlab.methods.control_points import RingFilter, Thresholds, control_point_targets, find_control_points
-from rtlab.phantoms import get_phantom
 from rtlab.planning import build_objective, control_point_find_options, prepare_plan
 
 ANGLES = [0.0, 120.0, 240.0]
 GRID = 10.0  # coarse dose grid on the 5 mm CT grid: fast
-
-
-@pytest.fixture(scope="module")
-def case():
-    return get_phantom("tg119_cshape_easy", spacing=5.0)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""Standard-plan conversion to specific machines with QA and regeneration (seed 001, step 4, claims 5-7, 13)."""
+"""Standard-plan conversion to specific machines with QA and regeneration (patent 001, step 4, claims 5-7, 13)."""
 
 import numpy as np
 import pytest
 
 from rtlab.dose import build_influence
 from rtlab.dose.machines import TreatmentMachine, get_machine, make_source
-from rtlab.methods.conversion import (DoseFidelity, MeanDoseMin, _structure_rows, conversion_objective, convert_plan,
+from rtlab.methods.conversion import (DoseFidelity, MeanDoseMin, rows_of_structures, conversion_objective, convert_plan,
                                       convert_to_machines, leaf_row_parameterisation)
 from rtlab.mlc import MLC
 from rtlab.optimize import Objective, SquaredOverdose, SquaredUnderdose, rows_for, solve
@@ -174,4 +174,4 @@ def test_bad_inputs(plan):
         convert_to_machines(case, x, im, ["linac_5mm_soft", "linac_5mm_soft"])
     with pytest.raises(ValueError, match="isodose_levels"):
         conversion_objective(case, im, im.dose_vector(x), isodose_levels=(2.0,))
-    assert set(_structure_rows(case, im)) == set(case.structures)
+    assert set(rows_of_structures(case, im)) == set(case.structures)

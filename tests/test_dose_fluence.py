@@ -5,7 +5,7 @@ import pytest
 from scipy.special import ndtr
 
 from rtlab.dose import FluenceDose
-from rtlab.dose import fluence as F
+from rtlab.dose import fluence_kernels as F
 from rtlab.dose._testcases import water_box
 
 
@@ -56,7 +56,7 @@ def test_conv_boxes_matches_numpy_and_direct_sum(row0, col0, shape):
     buf_off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     buf = np.full(buf_off[-1], np.nan)
     kern_off = np.concatenate([[0], np.cumsum([len(k) for k in kerns])]).astype(np.int64)
-    F._conv_boxes(psi, row0, col0, np.concatenate(kerns), kern_off, mk, stride, moff,
+    F.conv_boxes(psi, row0, col0, np.concatenate(kerns), kern_off, mk, stride, moff,
                   bx[:, 0].copy(), bx[:, 1].copy(), bx[:, 2].copy(), bx[:, 3].copy(), buf, buf_off)
     for g in range(3):
         got = buf[buf_off[g] : buf_off[g + 1]].reshape(bx[g, 1] - bx[g, 0] + 2, -1)
@@ -68,7 +68,7 @@ def test_conv_boxes_matches_numpy_and_direct_sum(row0, col0, shape):
 
 
 def _box_args(boxes, inv_s, ox, oy):
-    """Padded node boxes as the arguments of ``F._apply_boxes``: ``buf, buf_off, hp, wp`` and the
+    """Padded node boxes as the arguments of ``F.apply_boxes``: ``buf, buf_off, hp, wp`` and the
     open pixel interval where each box is non-zero (x in (0, wp - 1), y in (0, hp - 1))."""
     buf = np.concatenate([b.ravel() for b in boxes])
     buf_off = np.concatenate([[0], np.cumsum([b.size for b in boxes])]).astype(np.int64)
@@ -95,12 +95,12 @@ def test_apply_boxes_matches_numpy_reference(threads):
     ox = np.array([-3.0, 2.5, 4.0])
     oy = np.array([1.0, -0.5, 6.0])
     buf, buf_off, hp, wp, u_lo, u_hi, v_lo, v_hi = _box_args(boxes, inv_s, ox, oy)
-    bbox = F._block_bbox(up, vp, (coef != 0).any(axis=0))
+    bbox = F.block_bbox(up, vp, (coef != 0).any(axis=0))
     dose = np.full(n, 0.5)
     tmp = np.zeros(n, np.float32)
-    with F._Threads(threads):
-        F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, tmp)
-        F._flush(tmp, dose)
+    with F.Threads(threads):
+        F.apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, tmp)
+        F.flush(tmp, dose)
     assert not tmp.any()  # left zero for the next update
     ref = 0.5 + F.apply_boxes_reference(up, vp, coef, boxes, inv_s, ox, oy)
     assert np.abs(ref - 0.5).max() > 0.1  # the test data do reach the boxes
@@ -112,7 +112,7 @@ def test_apply_boxes_segments_match_reference(G, sort):
     """Any number of Gaussians (more than three go in groups); voxels sorted along u make the small boxes
     cover a short range of blocks."""
     rng = np.random.default_rng(10 + G)
-    n = 40 * F._BLOCK + 7
+    n = 40 * F.BLOCK + 7
     up = rng.uniform(-60, 120, n).astype(np.float32)
     if sort:
         up.sort()
@@ -128,16 +128,16 @@ def test_apply_boxes_segments_match_reference(G, sort):
     ox = np.array([40.0, 2.5, -10.0, 8.0][:G])
     oy = np.array([20.0, 1.0, 5.0, 4.0][:G])
     buf, buf_off, hp, wp, u_lo, u_hi, v_lo, v_hi = _box_args(boxes, inv_s, ox, oy)
-    bbox = F._block_bbox(up, vp, (coef != 0).any(axis=0))
+    bbox = F.block_bbox(up, vp, (coef != 0).any(axis=0))
     dose = np.full(n, 0.25)
     tmp = np.zeros(n, np.float32)
-    evals = F._apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, tmp)
-    F._flush(tmp, dose)
+    evals = F.apply_boxes(up, vp, coef, bbox, buf, buf_off, hp, wp, inv_s, ox, oy, u_lo, u_hi, v_lo, v_hi, tmp)
+    F.flush(tmp, dose)
     ref = 0.25 + F.apply_boxes_reference(up, vp, coef, boxes, inv_s, ox, oy)
     # each Gaussian runs from its first to its last block that meets its box, nothing else
     act = [np.flatnonzero(~((bbox[:, 1] <= u_lo[g]) | (bbox[:, 0] >= u_hi[g]) | (bbox[:, 3] <= v_lo[g])
                             | (bbox[:, 2] >= v_hi[g]))) for g in range(G)]
-    assert evals == sum(min(n, (a[-1] + 1) * F._BLOCK) - a[0] * F._BLOCK for a in act if a.size)
+    assert evals == sum(min(n, (a[-1] + 1) * F.BLOCK) - a[0] * F.BLOCK for a in act if a.size)
     if sort and G > 1:
         assert evals < G * n  # sorted voxels: the small boxes skip blocks
     assert np.abs(ref - 0.25).max() > 0.1
@@ -147,13 +147,13 @@ def test_apply_boxes_segments_match_reference(G, sort):
 
 def test_block_bbox_covers_active_voxels():
     rng = np.random.default_rng(1)
-    n = 3 * F._BLOCK + 5
+    n = 3 * F.BLOCK + 5
     up, vp = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
     act = rng.random(n) < 0.5
-    bb = F._block_bbox(up, vp, act)
+    bb = F.block_bbox(up, vp, act)
     assert bb.shape == (4, 4)
     for b in range(4):
-        sl = slice(b * F._BLOCK, (b + 1) * F._BLOCK)
+        sl = slice(b * F.BLOCK, (b + 1) * F.BLOCK)
         a = act[sl]
         assert bb[b, 0] == up[sl][a].min() and bb[b, 1] == up[sl][a].max()
         assert bb[b, 2] == vp[sl][a].min() and bb[b, 3] == vp[sl][a].max()
@@ -166,7 +166,7 @@ def box():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_patch_updates_at_edges_equal_full_recompute(box, threads):
-    fd = FluenceDose(box, [0, 130, 250], dose_grid=4.0, fluence_mm=1.0, threads=threads)
+    fd = FluenceDose(box, [0, 130, 250], dose_grid_mm=4.0, fluence_mm=1.0, threads=threads)
     fd.set_bixel_weights(np.ones(sum(b.bixels.n for b in fd.beams)))
     rng = np.random.default_rng(3)
     for b, st in enumerate(fd._states):
@@ -180,7 +180,7 @@ def test_patch_updates_at_edges_equal_full_recompute(box, threads):
     assert np.abs(full).max() > 0
     assert np.abs(inc - full).max() <= 1e-5 * np.abs(full).max()
     # a fresh engine set to the final maps gives the same dose
-    fd2 = FluenceDose(box, fd.beams, dose_grid=4.0, fluence_mm=1.0)
+    fd2 = FluenceDose(box, fd.beams, dose_grid_mm=4.0, fluence_mm=1.0)
     for b, f in enumerate(fluence):
         fd2.set_fluence(b, f)
     np.testing.assert_allclose(fd2.compute(), full, rtol=0, atol=1e-12 * np.abs(full).max())
@@ -190,7 +190,7 @@ def test_patch_updates_at_edges_equal_full_recompute(box, threads):
 
 
 def test_patch_update_bad_input(box):
-    fd = FluenceDose(box, [0], dose_grid=6.0)
+    fd = FluenceDose(box, [0], dose_grid_mm=6.0)
     with pytest.raises(ValueError, match="delta must be a 2D patch"):
         fd.patch_update(0, 0, 0, np.ones(3))
     with pytest.raises(ValueError, match="exceed the fluence map"):
@@ -198,14 +198,14 @@ def test_patch_update_bad_input(box):
     with pytest.raises(ValueError, match="delta"):
         fd.patch_update(0, 0, 0, np.full((2, 2), np.nan))
     with pytest.raises(ValueError, match="threads must be a positive int"):
-        FluenceDose(box, [0], dose_grid=6.0, threads=0)
+        FluenceDose(box, [0], dose_grid_mm=6.0, threads=0)
 
 
 def test_patch_update_many_equals_one_by_one_and_full_recompute(box):
     """One multi-beam update (two patches on one beam too) = the patches one at a time = a full recompute."""
     rng = np.random.default_rng(7)
-    fa = FluenceDose(box, [0, 130, 250], dose_grid=4.0, fluence_mm=1.0)
-    fb = FluenceDose(box, fa.beams, dose_grid=4.0, fluence_mm=1.0, threads=1)
+    fa = FluenceDose(box, [0, 130, 250], dose_grid_mm=4.0, fluence_mm=1.0)
+    fb = FluenceDose(box, fa.beams, dose_grid_mm=4.0, fluence_mm=1.0, threads=1)
     w = rng.uniform(0.2, 1.0, sum(b.bixels.n for b in fa.beams))
     fa.set_bixel_weights(w)
     fb.set_bixel_weights(w)
@@ -229,7 +229,7 @@ def test_patch_update_many_equals_one_by_one_and_full_recompute(box):
 
 
 def test_patch_update_many_checks_every_patch_first(box):
-    fd = FluenceDose(box, [0, 90], dose_grid=6.0)
+    fd = FluenceDose(box, [0, 90], dose_grid_mm=6.0)
     fd.set_bixel_weights(np.ones(sum(b.bixels.n for b in fd.beams)))
     d0, f0 = fd.dose_vector.copy(), [f.copy() for f in fd.fluence]
     good = (0, 0, 0, np.ones((2, 2)))
@@ -244,3 +244,101 @@ def test_patch_update_many_checks_every_patch_first(box):
         for f, g in zip(fd.fluence, f0):
             np.testing.assert_array_equal(f, g)
     assert fd.patch_update_many([]) is fd.dose_vector
+
+
+# -- evaluation from the node grids, candidate patches, deferred Gaussians, state -----------------------
+def _engine(box, **kw):
+    inner = np.zeros(box.grid.shape, bool)
+    inner[4:11, 10:25, 4:13] = True
+    inner &= box.structures.body_mask().astype(bool)
+    fd = FluenceDose(box, [0, 130, 250], fluence_mm=1.0, voxels=inner, eval_voxels="body", threads=1, **kw)
+    rng = np.random.default_rng(11)
+    fd.set_bixel_weights(rng.uniform(0.5, 1.0, sum(b.bixels.n for b in fd.beams)))
+    return fd, rng
+
+
+def _patches(fd, rng, n=3):
+    out = []
+    for b in range(n):
+        sh = fd.map_shape(b)
+        r, c = int(rng.integers(0, sh[0] - 6)), int(rng.integers(0, sh[1] - 6))
+        out.append((b, r, c, rng.normal(0, 0.2, (5, 6))))
+    return out
+
+
+def test_evaluate_reads_the_node_grids(box):
+    fd, _ = _engine(box)
+    full = fd.evaluate()
+    assert full.shape == fd.eval_index.shape
+    # the selected voxels' float32-accumulated doses agree with the float64 reading of the node grids
+    np.testing.assert_allclose(full[fd.eval_position], fd.dose_vector, rtol=1e-5, atol=1e-6 * full.max())
+    # one voxel's dose does not depend on which others are read (serial and parallel kernels)
+    some = np.array([3, 17, fd.eval_index.size - 1])
+    np.testing.assert_array_equal(fd.evaluate(some), full[some])
+    # a voxel outside the selection is still exact: compare with an engine that selects it
+    ref = FluenceDose(box, fd.beams, fluence_mm=1.0)
+    for b in range(fd.n_beams):
+        ref.set_fluence(b, fd.fluence[b])
+    ref.compute()
+    np.testing.assert_allclose(full, ref.dose_vector, rtol=1e-5, atol=1e-5 * full.max())
+
+
+def test_patch_effect_is_the_change_a_patch_makes(box):
+    fd, rng = _engine(box)
+    patches = _patches(fd, rng)
+    pos = np.arange(0, fd.eval_index.size, 7)
+    before = fd.evaluate(pos)
+    effect = fd.patch_effect(patches, pos)
+    np.testing.assert_array_equal(fd.evaluate(pos), before)  # nothing changed
+    fd.patch_update_many(patches)
+    np.testing.assert_allclose(fd.evaluate(pos) - before, effect, rtol=1e-9, atol=1e-12 * np.abs(before).max())
+
+
+def test_lazy_gaussians_wait_for_sync(box):
+    eager, rng = _engine(box)
+    lazy, _ = _engine(box, lazy_sigma_mm=20.0)
+    np.testing.assert_array_equal(lazy.dose_vector, eager.dose_vector)  # full computes apply everything
+    patches = _patches(eager, rng)
+    eager.patch_update_many(patches)
+    lazy.patch_update_many(patches)
+    assert lazy.has_pending and not eager.has_pending
+    assert np.abs(lazy.dose_vector - eager.dose_vector).max() > 0  # the far scatter is not there yet
+    np.testing.assert_array_equal(lazy.evaluate(), eager.evaluate())  # the node grids are current
+    lazy.sync()
+    assert not lazy.has_pending and lazy.last_sync_change_gy > 0
+    np.testing.assert_allclose(lazy.dose_vector, eager.dose_vector, rtol=1e-6, atol=1e-6 * eager.dose_vector.max())
+
+
+@pytest.mark.parametrize("lazy", [None, 20.0])
+def test_sparse_updates_equal_box_updates(box, lazy):
+    """update='sparse' (node -> voxel matrix, float64) = update='boxes' (float32 voxel sums), also with lazy sync."""
+    boxes, rng = _engine(box, lazy_sigma_mm=lazy)
+    sparse, _ = _engine(box, lazy_sigma_mm=lazy, update="sparse")
+    np.testing.assert_array_equal(sparse.dose_vector, boxes.dose_vector)  # full computes take the box path
+    for _ in range(3):
+        patches = _patches(boxes, rng)
+        boxes.patch_update_many(patches)
+        sparse.patch_update_many(patches)
+    boxes.sync()
+    sparse.sync()
+    np.testing.assert_allclose(sparse.dose_vector, boxes.dose_vector, rtol=1e-6, atol=1e-6 * boxes.dose_vector.max())
+    np.testing.assert_array_equal(sparse.evaluate(), boxes.evaluate())  # same node grids
+    with pytest.raises(ValueError, match="update must be"):
+        FluenceDose(box, [0], update="dense")
+
+
+def test_state_restore_and_scale(box):
+    fd, rng = _engine(box, lazy_sigma_mm=20.0)
+    st = fd.state()
+    d0, e0 = fd.dose_vector.copy(), fd.evaluate()
+    fd.patch_update_many(_patches(fd, rng))
+    fd.restore(st)
+    np.testing.assert_array_equal(fd.dose_vector, d0)
+    np.testing.assert_array_equal(fd.evaluate(), e0)
+    assert not fd.has_pending
+    fd.scale(2.0)
+    np.testing.assert_array_equal(fd.evaluate(), 2.0 * e0)
+    np.testing.assert_array_equal(fd.dose_vector, 2.0 * d0)
+    with pytest.raises(ValueError, match="eval_voxels must contain"):
+        FluenceDose(box, [0], voxels="body", eval_voxels=np.zeros(box.grid.shape, bool) | (np.arange(box.grid.size)
+                                                                                           .reshape(box.grid.shape) == 0))

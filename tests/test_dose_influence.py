@@ -42,7 +42,7 @@ def test_influence_equals_fluence_dose(box):
 
 
 def test_patch_update_equals_full_recompute(box):
-    fd = FluenceDose(box, [0, 90], dose_grid=6.0, fluence_mm=1.0)
+    fd = FluenceDose(box, [0, 90], dose_grid_mm=6.0, fluence_mm=1.0)
     fd.set_bixel_weights(np.ones(sum(b.bixels.n for b in fd.beams)))
     rng = np.random.default_rng(2)
     fd.patch_update(0, 3, 4, rng.uniform(-0.3, 0.5, (10, 10)))
@@ -84,13 +84,45 @@ def test_low_density_slab_raises_dose_behind_it(box):
 
 
 def test_coarse_dose_grid_resamples_to_ct(box):
-    im = build_influence(box, [0], dose_grid=6.0, progress=False)
+    im = build_influence(box, [0], dose_grid_mm=6.0, progress=False)
     assert im.grid.spacing == (6.0, 6.0, 6.0)
     d = im.dose(np.ones(im.shape[1]), on="ct")
     assert d.shape == box.grid.shape and d[~box.structures.body_mask()].max() == 0
     fine = build_influence(box, [0], progress=False).dose(np.ones(im.shape[1]))
     c = (slice(8, 13), slice(25, 35), slice(8, 13))
     np.testing.assert_allclose(d[c], fine[c], rtol=0.03)
+
+
+def test_dose_grid_old_keyword_still_works_for_one_release(box):
+    new = build_influence(box, [0], dose_grid_mm=6.0, progress=False)
+    with pytest.warns(PendingDeprecationWarning, match="dose_grid_mm"):
+        old = build_influence(box, [0], dose_grid=6.0, progress=False)
+    assert (old.matrix != new.matrix).nnz == 0 and old.grid.is_same(new.grid)
+    with pytest.raises(TypeError, match="both dose_grid= and dose_grid_mm="):
+        build_influence(box, [0], dose_grid=6.0, dose_grid_mm=6.0, progress=False)
+    with pytest.warns(PendingDeprecationWarning):
+        fd = FluenceDose(box, [0], dose_grid=6.0)
+    assert fd.grid.is_same(new.grid)
+
+
+def test_engines_follow_the_dose_engine_protocol(box):
+    """InfluenceMatrix, PlanOperator, FluenceDose and the point kernel: dose(x) and vjp(x, g)."""
+    from rtlab.dose import DoseEngine, PatchDoseEngine, PlanOperator, PointKernelDose
+
+    im = build_influence(box, [0, 90], dose_grid_mm=6.0, progress=False)
+    fd = FluenceDose(box, im.beams, dose_grid_mm=6.0)
+    pk = PointKernelDose(box.grid, indices=np.flatnonzero(box.structures.body_mask().ravel())[:50])
+    for engine in (im, PlanOperator(im), fd, pk):
+        assert isinstance(engine, DoseEngine)
+    assert isinstance(fd, PatchDoseEngine) and not isinstance(im, PatchDoseEngine)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, im.shape[1])
+    for on in ("ct", "dose"):  # vjp is the adjoint of dose: <g, A x> = <A^T g, x>
+        g = rng.normal(size=im.dose(x, on=on).shape)
+        assert np.sum(g * im.dose(x, on=on)) == pytest.approx(np.dot(im.vjp(x, g, on=on), x), rel=1e-5)
+    op = PlanOperator(im)
+    g = rng.normal(size=op.shape[0])
+    assert np.dot(g, op.dose(x)) == pytest.approx(np.dot(op.vjp(x, g), x), rel=1e-5)
 
 
 def test_mu_calibration():

@@ -132,7 +132,7 @@ def test_falloff_setter_and_shared_viewer(cshape):
 def test_falloff_bad_input(cshape, multi):
     with pytest.raises(ValueError, match="no target"):
         FalloffPanel(_no_target_case())
-    with pytest.raises(TypeError, match="case must be an rtlab.case.Case"):
+    with pytest.raises(TypeError, match="case must be an rtlab.core.case.Case"):
         FalloffPanel(cshape.structures)
     p = FalloffPanel(cshape)
     with pytest.raises(ValueError, match="Gy/mm"):

@@ -1,4 +1,4 @@
-"""Interactive dose shaping (seed 004): engine exactness, eqs 1-3, requests, recovery, history."""
+"""Interactive dose shaping (paper 004): engine exactness, eqs 1-3, requests, recovery, history."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from rtlab.dose import FluenceDose, radiological_depth
+from rtlab.dose.fluence_kernels import conv_boxes
 from rtlab.methods import ids
 from rtlab.methods.ids import IDSSession, isodose_contours, rasterize_polyline, reproduce_paper, tpi_maps
-from rtlab.phantoms import get_phantom
 
 
-@pytest.fixture(scope="module")
-def case():
-    return get_phantom("horseshoe", spacing=6.0)
+#: The ``case`` fixture's phantom (tests/conftest.py).
+CASE = {"name": "horseshoe", "spacing": 6.0}
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +32,16 @@ def _rim_voxel(s):
 
 # -- kernels against numpy references ------------------------------------------------------------
 def test_conv_box_matches_numpy():
+    """The patch convolution IDS runs on (rtlab.dose.fluence_kernels.conv_boxes) against the defining sum."""
     rng = np.random.default_rng(0)
     psi = rng.uniform(0, 1, (7, 9))
     mk, stride, moff = 4, 2, 4
     kern = rng.uniform(0, 1, 2 * mk + 1)
     row0, col0 = 3, 5
-    out = np.empty((6, 8))
-    ids._conv_box(psi, row0, col0, kern, mk, stride, moff, 1, 7, 2, 10, out)
+    buf = np.empty(8 * 10)
+    conv_boxes(psi, row0, col0, kern, np.array([0, kern.size]), np.array([mk]), np.array([stride]), np.array([moff]),
+               np.array([1]), np.array([7]), np.array([2]), np.array([10]), buf, np.array([0, buf.size]))
+    out = buf.reshape(8, 10)[1:-1, 1:-1]  # the padded box's interior: nodes rows 1..6, columns 2..9
     ref = np.zeros_like(out)
     for jr in range(6):
         for jc in range(8):

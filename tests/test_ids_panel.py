@@ -1,4 +1,4 @@
-"""IDSPanel (seed 004): requests through the panel, redraws, undo/redo, isodose drags, errors, export.
+"""IDSPanel (paper 004): requests through the panel, redraws, undo/redo, isodose drags, errors, export.
 
 No browser: the tests set ``viewer.selected_voxel`` / call ``viewer.select`` and the panel's
 public methods, or feed the viewer the message a browser drag sends.
@@ -14,13 +14,11 @@ import pytest
 pytest.importorskip("anywidget")
 
 from rtlab.methods.ids import IDSSession  # noqa: E402
-from rtlab.phantoms import get_phantom  # noqa: E402
 from rtlab.widgets.ids_panel import IDSPanel  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def case():
-    return get_phantom("horseshoe", spacing=6.0)
+#: The ``case`` fixture's phantom (tests/conftest.py).
+CASE = {"name": "horseshoe", "spacing": 6.0}
 
 
 @pytest.fixture()
@@ -71,10 +69,11 @@ def test_request_through_selected_voxel_runs_in_background(panel):
     # the kernel does not block: hold the session lock, the job waits, the method returns
     with panel._lock:
         th = panel.request_voxel()
-        assert isinstance(th, threading.Thread) and th.is_alive() and panel.busy
+        assert isinstance(th, threading.Thread) and th.is_alive() and panel.running
         assert panel.apply_button.disabled
-        assert panel.wait(timeout=0.05) is False
-    assert panel.wait() is True and not panel.busy
+        with pytest.raises(TimeoutError):
+            panel.wait(timeout=0.05)
+    assert panel.wait() is panel.dose and not panel.running
     d1 = s.dose_at(vox)
     assert abs(d1 - goal) < 0.2 * abs(d0 - goal)  # moved (nearly all the way) to the request
     assert len(s.timings["step_ms"]) == 6  # the recovery steps ran
@@ -86,7 +85,7 @@ def test_request_through_selected_voxel_runs_in_background(panel):
     assert panel.score_summary()[("OAR", "Dmean")] == pytest.approx((before[s.oar_mask].mean(), oar_mean), rel=1e-9)
     assert "request: voxel" in panel.status.value and panel.progress.value == panel.progress.max
     assert not panel.undo_button.disabled and panel.redo_button.disabled
-    assert any("request: voxel" in o["text"] for o in panel.output.outputs)
+    assert any("request: voxel" in o["text"] for o in panel.out.outputs)
     assert f"{d1:.3f} Gy" in panel.selected_label.value
 
     # undo restores the previous dose exactly, redo the new one
@@ -120,7 +119,7 @@ def test_isodose_drag_triggers_request(panel):
     panel.steps_input.value = 0
     panel.viewer._handle_frontend_msg(panel.viewer, {"type": "isodose_edit", "level": level, "path": path,
                                                      "orientation": "axial", "slice_index": z}, [])
-    assert panel.wait()
+    panel.wait()
     assert len(s._history) == n_hist + 1
     d1 = np.array([s.dose_at(v) for v in vox])
     assert np.abs(d1 - level).mean() < 0.3 * np.abs(d0 - level).mean()
@@ -158,7 +157,7 @@ def test_bad_requests_raise_and_show(panel):
     panel.viewer._handle_frontend_msg(panel.viewer, {"type": "isodose_edit", "level": 1.0, "path": [[0, 0], [0, 3]],
                                                      "orientation": "axial", "slice_index": z}, [])
     assert "outside the body" in panel.status.value
-    assert panel.wait() and len(s._history) == 1  # nothing was queued
+    assert panel.wait() is panel.dose and len(s._history) == 1  # nothing was queued
 
 
 def test_export_plan(panel, tmp_path):
@@ -191,3 +190,10 @@ def test_panel_from_case_and_bad_arguments(case):
         IDSPanel(s, kernel_sigma_mm=3.0)
     p = IDSPanel(case, kernel_sigma_mm=4.0, recovery_steps=7)
     assert p.session.kernel_sigma_mm == 4.0 and p.steps_input.value == 7
+
+
+def test_old_attribute_names_warn(panel):
+    with pytest.warns(DeprecationWarning, match="running"):
+        assert panel.busy is False
+    with pytest.warns(DeprecationWarning, match="out"):
+        assert panel.output is panel.out

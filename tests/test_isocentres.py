@@ -128,7 +128,6 @@ def test_normalize_coverage_exact():
 
 
 def test_gk_summary_head_phantom():
-    pytest.importorskip("rtlab.phantoms")
     out = iso.gk_summary("head", spacing=1.0, target="irregular")
     for k in ("coverage", "selectivity", "ci_paddick", "gi", "beam_on_min", "n_shots", "optimize_s"):
         assert k in out

@@ -1,4 +1,4 @@
-"""Treatment-machine registry and parameter coincidence (seed 001, claims 10-12)."""
+"""Treatment-machine registry and parameter coincidence (patent 001, claims 10-12)."""
 
 import dataclasses
 

@@ -14,15 +14,6 @@ from rtlab.optimize import (
 )
 
 
-def fd_grad(fun, d, h=1e-6):
-    g = np.zeros_like(d)
-    for i in range(d.size):
-        e = np.zeros_like(d)
-        e[i] = h
-        g[i] = (fun(d + e) - fun(d - e)) / (2 * h)
-    return g
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
@@ -104,7 +95,7 @@ def test_dvh_terms_hand_example():
     assert DVHMin(None, 30.0, 0.6).value(d) == 0.0
 
 
-def test_term_gradients_match_finite_differences(rng):
+def test_term_gradients_match_finite_differences(rng, fd_grad):
     d = rng.uniform(40, 60, 30)
     rows = np.arange(5, 25)
     for t in _terms(rows):
@@ -114,7 +105,7 @@ def test_term_gradients_match_finite_differences(rng):
         np.testing.assert_allclose(g, fd_grad(t.value, d), rtol=1e-5, atol=1e-7, err_msg=t.name)
 
 
-def test_smooth_max_bounds(rng):
+def test_smooth_max_bounds(rng, fd_grad):
     d = rng.uniform(0, 60, 200)
     m, g = smooth_max(d, "lse", softness=0.5)
     assert d.max() <= m <= d.max() + 0.5 * np.log(d.size) + 1e-12
@@ -166,7 +157,7 @@ def test_solver_matches_scipy_nnls(rng, method):
     np.testing.assert_allclose(res.dose, A @ res.x, rtol=1e-6)
 
 
-def test_beamlet_gradient_is_At_grad_d(rng):
+def test_beamlet_gradient_is_At_grad_d(rng, fd_grad):
     A = random_problem(rng, n_vox=40, n_b=8)
     obj = Objective([SquaredUnderdose(np.arange(20), 50, name="u"), MaxDose(np.arange(20, 40), 10, name="m")])
     s = Solver(A, obj)

@@ -7,16 +7,10 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
-from rtlab.phantoms import get_phantom  # noqa: E402
 from rtlab.planning import optimise_plan, prepare_plan  # noqa: E402
 from rtlab.widgets import DVHPlot, OptimizerPanel, ReviewPanel  # noqa: E402
 
 ANGLES = [0.0, 120.0, 240.0]
-
-
-@pytest.fixture(scope="module")
-def case():
-    return get_phantom("tg119_cshape_easy", spacing=5.0)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from rtlab import cli
 from rtlab.case import Case
+from rtlab.evaluate import metrics
 from rtlab.geometry import Grid, signed_distance
 from rtlab.phantoms import (
     describe_phantoms,
@@ -219,7 +221,6 @@ def test_common_contract(name, default_cases):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_goal_metrics_parse(name, default_cases):
-    metrics = pytest.importorskip("rtlab.metrics")
     for goal in default_cases[name].goals:
         metrics.parse_metric(goal.metric)
 
@@ -238,7 +239,6 @@ def test_goals_pass_for_an_ideal_uniform_dose(name, default_cases):
     Checks the goals' directions and values against the geometry (e.g. organ overlap with the
     targets stays below the volume fractions the goals allow), with rtlab.metrics.evaluate.
     """
-    metrics = pytest.importorskip("rtlab.metrics")
     case = default_cases[name]
     dose = np.zeros(case.grid.shape, np.float32)
     for t in sorted(case.structures.targets, key=lambda s: s.prescription):
@@ -249,7 +249,6 @@ def test_goals_pass_for_an_ideal_uniform_dose(name, default_cases):
 
 
 def test_cli_lists_phantoms(capsys):
-    cli = pytest.importorskip("rtlab.cli")
     assert cli.main(["phantoms"]) == 0
     out = capsys.readouterr().out
     for n in NAMES:

@@ -13,16 +13,15 @@ import pytest
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
-from rtlab import metrics, phantoms  # noqa: E402
+from rtlab import metrics  # noqa: E402
 from rtlab.planning import plan_case, prepare_plan  # noqa: E402
 
 SPACING = 5.0  # mm: small grids keep this file fast
 MAX_ITER = 40
 
 
-@pytest.fixture(scope="module")
-def case():
-    return phantoms.get_phantom("tg119_cshape_easy", spacing=SPACING, n_beams=5)
+#: The ``case`` fixture's phantom (tests/conftest.py).
+CASE = {"spacing": SPACING, "n_beams": 5}
 
 
 # --------------------------------------------------------------------------------- dose panel
@@ -39,7 +38,7 @@ def test_parse_angles():
 def test_dose_panel_bad_input(case):
     from rtlab.widgets import DoseEnginePanel
 
-    with pytest.raises(TypeError, match="case must be an rtlab.case.Case"):
+    with pytest.raises(TypeError, match="case must be an rtlab.core.case.Case"):
         DoseEnginePanel("tg119")
     with pytest.raises(ValueError, match="bixel_mm"):
         DoseEnginePanel(case, bixel_mm=0.0)
@@ -94,7 +93,7 @@ def test_dose_panel_failure_is_reported(case, monkeypatch):
     p.compute()
     with pytest.raises(RuntimeError, match="dose computation failed.*no dose to the target"):
         p.wait(timeout=60)
-    assert p.wait(timeout=1, raise_error=False)
+    assert p.wait(timeout=1, raise_error=False) is None  # wait() returns the result: no problem was made
     assert "Failed" in p.status.value and p.problem is None and seen == []
     assert p.progress.bar_style == "danger" and not p.compute_button.disabled
 
@@ -202,7 +201,7 @@ def test_changing_phantom_resets_state(lab):
 def test_planlab_bad_input():
     from rtlab.widgets import PlanLab
 
-    with pytest.raises(TypeError, match="case must be an rtlab.case.Case"):
+    with pytest.raises(TypeError, match="case must be an rtlab.core.case.Case"):
         PlanLab(case="tg119")
     with pytest.raises(ValueError, match="unknown phantom"):
         PlanLab(phantom="nope")

@@ -10,16 +10,14 @@ from rtlab import metrics
 from rtlab.cli import main
 from rtlab.dose import build_influence
 from rtlab.geometry import resample
-from rtlab.phantoms import get_phantom
 from rtlab.planning import PlanOperator, build_objective, plan_case, score_summary, trilinear_matrix
 
 SPACING = 6.0
 ANGLES = [0.0, 72.0, 144.0, 216.0, 288.0]
 
 
-@pytest.fixture(scope="module")
-def case():
-    return get_phantom("tg119_cshape_easy", spacing=SPACING)
+#: The ``case`` fixture's phantom (tests/conftest.py).
+CASE = {"spacing": SPACING}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +28,7 @@ def plan(case):
 @pytest.fixture(scope="module")
 def coarse(case):
     """Influence matrix on a 10 mm dose grid (CT grid 6 mm)."""
-    return build_influence(case, ANGLES[:3], dose_grid=10.0, progress=False)
+    return build_influence(case, ANGLES[:3], dose_grid_mm=10.0, progress=False)
 
 
 def run(capsys, *argv):
@@ -112,9 +110,7 @@ def test_plan_improves_conformity_over_the_preliminary_plan(case, plan):
     assert len(plan.history) == t["iterations"] + 1
     assert plan.mu.shape == (5,) and np.all(plan.mu > 0)
     # MU per fraction = the MU of the weights of one fraction (a 30-fraction course)
-    from rtlab.planning import _beam_mu
-
-    np.testing.assert_allclose(plan.mu_per_fraction(30), _beam_mu(plan.influence, plan.x / 30), rtol=1e-12)
+    np.testing.assert_allclose(plan.mu_per_fraction(30), plan.influence.beam_mu(plan.x / 30), rtol=1e-12)
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="n_fractions must be a positive int"):
             plan.mu_per_fraction(bad)

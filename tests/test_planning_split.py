@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 
 from rtlab.methods.conformity import ConformityTerm
-from rtlab.phantoms import get_phantom
 from rtlab.planning import PlanProblem, optimise_plan, plan_case, prepare_plan
 
 ANGLES = [0.0, 120.0, 240.0]
 GRID = 10.0  # coarse dose grid on the 5 mm CT grid: fast
-
-
-@pytest.fixture(scope="module")
-def case():
-    return get_phantom("tg119_cshape_easy", spacing=5.0)
 
 
 @pytest.fixture(scope="module")

@@ -63,11 +63,11 @@ def test_generator_is_byte_reproducible_and_round_trips(tmp_path):
 
 
 def test_split_counts_follow_the_patent_example():
-    assert rm._split_counts(200, None) == (150, 25, 25)
-    assert rm._split_counts(12, (6, 3, 3)) == (6, 3, 3)
-    assert sum(rm._split_counts(48, (0.5, 0.25, 0.25))) == 48
+    assert rm.split_counts(200, None) == (150, 25, 25)
+    assert rm.split_counts(12, (6, 3, 3)) == (6, 3, 3)
+    assert sum(rm.split_counts(48, (0.5, 0.25, 0.25))) == 48
     with pytest.raises(ValueError, match="split"):
-        rm._split_counts(10, (1, 2))
+        rm.split_counts(10, (1, 2))
 
 
 def test_standin_planner_reaches_its_coverage():
@@ -146,10 +146,10 @@ def test_surface_distance_of_concentric_cubes_is_exact():
     s = rm.surface_distances(inner, outer, spacing=2.0)
     assert s["mean_ab"] == pytest.approx(3 * 2.0)
     # outer -> inner: brute force closed form sqrt(sum over axes of (|c| - 3)_+^2) * 2 mm
-    c = np.argwhere(rm._surface(outer)) - 10
+    c = np.argwhere(rm.surface_voxels(outer)) - 10
     ref = 2.0 * np.sqrt((np.clip(np.abs(c) - 3, 0, None) ** 2).sum(1))
     assert s["mean_ba"] == pytest.approx(ref.mean())
-    assert s["asd"] == pytest.approx((6.0 * rm._surface(inner).sum() + ref.sum()) / (rm._surface(inner).sum() + ref.size))
+    assert s["asd"] == pytest.approx((6.0 * rm.surface_voxels(inner).sum() + ref.sum()) / (rm.surface_voxels(inner).sum() + ref.size))
     assert s["hd"] == pytest.approx(ref.max())
 
 
@@ -159,8 +159,8 @@ def test_surface_distances_match_brute_force_anisotropic():
     a = (z - 5.5) ** 2 / 16 + (y - 6) ** 2 / 20 + (x - 7) ** 2 / 25 < 1
     b = (z - 6) ** 2 / 12 + (y - 7.5) ** 2 / 16 + (x - 9) ** 2 / 30 < 1
     spacing = (3.0, 1.5, 2.0)
-    sa = np.argwhere(rm._surface(a)) * spacing
-    sb = np.argwhere(rm._surface(b)) * spacing
+    sa = np.argwhere(rm.surface_voxels(a)) * spacing
+    sb = np.argwhere(rm.surface_voxels(b)) * spacing
     dmat = np.sqrt(((sa[:, None, :] - sb[None, :, :]) ** 2).sum(-1))
     dab, dba = dmat.min(1), dmat.min(0)
     s = rm.surface_distances(a, b, spacing)

@@ -1,4 +1,4 @@
-"""Seed 001's master/worker planning on dask.distributed (see ``docs/batch.md``).
+"""Patent 001's master/worker planning on dask.distributed (see ``docs/batch.md``).
 
 >>> from rtlab.batch import run_batch, rtlab_stages            # doctest: +SKIP
 >>> run_batch(["tg119_prostate"], ["standard", "linac_10mm_hard"], "out/",

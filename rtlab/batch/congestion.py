@@ -1,6 +1,6 @@
-"""Congestion model of the treatment machines (seed 001, claim 8).
+"""Congestion model of the treatment machines (patent 001, claim 8).
 
-Seed 001 converts each standard plan for a *specific* treatment machine (a linac with its own
+Patent 001 converts each standard plan for a *specific* treatment machine (a linac with its own
 beam model and MLC) and picks that machine by congestion: "preferentially ... a radiotherapy
 equipment currently idle, or with few tasks to be performed, or as user-defined" (claim 8);
 one standard plan may be converted for several machines (claim 13). A machine out of service
@@ -67,7 +67,7 @@ class MachineQueue:
 
 
 class CongestionModel:
-    """Choose treatment machines by congestion (seed 001, claims 8 and 13).
+    """Choose treatment machines by congestion (patent 001, claims 8 and 13).
 
     Parameters
     ----------

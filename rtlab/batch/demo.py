@@ -3,7 +3,7 @@
 A demo case is a small 3D problem: a spherical target in a ``n``-cube of 2 mm voxels, beams
 that are random non-negative "influence" matrices (voxels x bixels), a standard plan from
 projected-gradient least squares to the prescription, a "machine" that perturbs the plan by a
-machine-dependent output factor, and QA by the real :func:`rtlab.qa.gamma` (3 %/3 mm) of the
+machine-dependent output factor, and QA by the real :func:`rtlab.evaluate.qa.gamma` (3 %/3 mm) of the
 converted dose against the standard dose. Pass them with ``functools.partial`` to set the
 amount of work, e.g. ``Stages(optimize=partial(demo_optimize, work_s=0.5))``.
 """
@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import time
 import zlib
+from functools import partial
 
 import numpy as np
 
+from ..core.geometry import Grid
+from ..evaluate.qa import gamma
 from .stages import Stages
 
 __all__ = ["demo_stages", "demo_load", "demo_n_beams", "demo_influence", "demo_optimize",
@@ -90,9 +93,7 @@ def demo_convert(case, standard, machine: str, attempt: int, bad_attempts: int =
 
 
 def demo_qa(case, standard, plan, machine: str) -> dict:
-    """QA: gamma 3 %/3 mm (rtlab.qa.gamma) of the converted dose; pass rate >= 95 %."""
-    from ..geometry import Grid
-    from ..qa import gamma
+    """QA: gamma 3 %/3 mm (rtlab.evaluate.qa.gamma) of the converted dose; pass rate >= 95 %."""
 
     n = case["n"]
     r = gamma(standard["dose"], plan["dose"], Grid((n, n, n), (2.0, 2.0, 2.0)), interp_fraction=5)
@@ -109,7 +110,6 @@ def noop(*args, **kwargs):
 def demo_stages(work_s: float = 0.0, sleep_s: float = 0.0, n: int = 12, n_beams: int = 3,
                 bad_attempts: int = 0, fail_ids=()) -> Stages:
     """The demo stages with the given amount of work per case (see the functions)."""
-    from functools import partial
 
     return Stages(
         load=partial(demo_load, n=n, n_beams=n_beams, fail_ids=tuple(fail_ids)),

@@ -1,6 +1,6 @@
-"""The master of seed 001: decompose a batch into dask tasks, schedule, persist as results arrive.
+"""The master of patent 001: decompose a batch into dask tasks, schedule, persist as results arrive.
 
-Seed 001's master cloud server "decomposes a computation task and assigns it to a controlled
+Patent 001's master cloud server "decomposes a computation task and assigns it to a controlled
 computer" (claim 1), queues tasks "according to available computing resources or priority of
 computation tasks set by users" (claim 9), picks the target machine by congestion (claim 8),
 converts one standard plan for one or more machines (claim 13) and re-generates a converted
@@ -25,6 +25,7 @@ plan that fails QA (claim 7). Here the controlled computers are dask.distributed
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 import uuid
@@ -32,9 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from tqdm.auto import tqdm
+
+from .._lazy import load
+from ..methods.conversion import list_machines
 from .congestion import CongestionModel
 from .persist import check_id, completed_records, persist_record
-from .stages import Stages
+from .report import format_qa_table, qa_table, write_summary
+from .stages import CaseRef, Stages, rtlab_stages
+
+distributed = load("distributed", extra="dask", purpose="batch planning (patent 001)")
 
 __all__ = ["BatchPlanner", "run_batch", "run_batch_cli", "make_client", "dashboard_link"]
 
@@ -64,10 +72,8 @@ def make_client(scheduler: str | None = None, n_workers: int = 2, dashboard_addr
     (Client, LocalCluster or None)
         Close both when done (the cluster is None for a remote scheduler).
     """
-    from distributed import Client, LocalCluster
-
     if scheduler:
-        return Client(scheduler), None
+        return distributed.Client(scheduler), None
     if int(n_workers) < 1:
         raise ValueError(f"n_workers must be >= 1, got {n_workers!r}")
     if dashboard_address is None:
@@ -75,9 +81,9 @@ def make_client(scheduler: str | None = None, n_workers: int = 2, dashboard_addr
         skw = dict(cluster_kwargs.pop("scheduler_kwargs", None) or {})
         skw.setdefault("dashboard_address", ":0")
         cluster_kwargs["scheduler_kwargs"] = skw
-    cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
+    cluster = distributed.LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
                            dashboard_address=dashboard_address, silence_logs=silence_logs, **cluster_kwargs)
-    client = Client(cluster)
+    client = distributed.Client(cluster)
     client._rtlab_dashboard = dashboard_address is not None
     return client, cluster
 
@@ -89,7 +95,6 @@ def dashboard_link(client) -> str | None:
     environment (``pip install bokeh``); without it, or with ``dashboard_address=None``, this
     returns None.
     """
-    import importlib.util
 
     if getattr(client, "_rtlab_dashboard", True) is False:
         return None
@@ -116,13 +121,13 @@ class _CaseState:
 
 
 class BatchPlanner:
-    """Plan a batch of cases for a set of treatment machines on dask (seed 001).
+    """Plan a batch of cases for a set of treatment machines on dask (patent 001).
 
     Parameters
     ----------
     cases : list
         Case references handed to the ``load`` stage: ids (str) or objects with a ``.name``
-        (e.g. :class:`rtlab.case.Case`). Ids name the output files.
+        (e.g. :class:`rtlab.core.case.Case`). Ids name the output files.
     machines : list of str or MachineQueue, or dict name -> current load
         Treatment machines and the work already waiting on their queues (see
         :mod:`rtlab.batch.congestion`).
@@ -210,9 +215,7 @@ class BatchPlanner:
             widget). ``info`` holds ``case`` and, where they apply, ``machine``, ``attempt``,
             ``priority``, ``worker`` (address of the worker that computed the result) and ``qa``.
         """
-        from distributed import as_completed
-        from tqdm.auto import tqdm
-
+        as_completed = distributed.as_completed
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -404,7 +407,6 @@ def _parse_machines(machines, check_registry: bool) -> dict:
         except ValueError:
             raise ValueError(f"--machines: the load after '=' in {m!r} must be a number (plans waiting)") from None
     if check_registry:
-        from ..dose.machines import list_machines
 
         unknown = [n for n in out if n not in list_machines()]
         if unknown:
@@ -452,7 +454,7 @@ def run_batch_cli(cases: list[str], machines: list[str], scheduler: str | None, 
     machines : list of str
         Machine names, optionally ``NAME=LOAD`` (plans already waiting on its treatment queue,
         for the congestion model). With the default stages they must be in
-        :func:`rtlab.dose.machines.list_machines`.
+        :func:`rtlab.methods.conversion.list_machines`.
     scheduler, workers, out
         Scheduler address (None: a LocalCluster with ``workers`` processes) and output directory.
     stage_fns : Stages or dict, optional
@@ -472,8 +474,6 @@ def run_batch_cli(cases: list[str], machines: list[str], scheduler: str | None, 
         The :func:`run_batch` summary plus ``files`` (the summary JSON and QA CSV) and
         ``all_passed``. Prints the dashboard link, progress, the QA table and a one-line summary.
     """
-    from .report import format_qa_table, qa_table, write_summary
-    from .stages import CaseRef, rtlab_stages
 
     if not cases:
         raise ValueError("--cases: give at least one case id (e.g. a phantom name)")

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._util import atomic_path, atomic_write_text
 
-__all__ = ["record_stem", "persist_record", "load_record", "completed_records", "check_id"]
+__all__ = ["record_stem", "persist_record", "load_record", "completed_records", "check_id", "jsonable"]
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -57,11 +57,12 @@ def _split(plan) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """``obj`` with numpy scalars and arrays turned into Python numbers and lists (for JSON)."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.generic,)):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -98,8 +99,8 @@ def persist_record(out, case_id: str, machine: str, plan, meta: Mapping | None =
     with atomic_path(stem.with_suffix(".npz")) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-    doc = dict(case=case_id, machine=machine, arrays=sorted(arrays), plan=_jsonable(plan_meta),
-               **_jsonable(dict(meta or {})))
+    doc = dict(case=case_id, machine=machine, arrays=sorted(arrays), plan=jsonable(plan_meta),
+               **jsonable(dict(meta or {})))
     atomic_write_text(side, json.dumps(doc, indent=1, sort_keys=True))
     return True
 

@@ -11,10 +11,14 @@ atomically.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Mapping
 
+import pandas as pd
+
 from .._util import atomic_write_text
+from .persist import jsonable
 
 __all__ = ["qa_table", "dvh_table", "format_qa_table", "write_summary", "SUMMARY_JSON", "QA_CSV"]
 
@@ -59,7 +63,6 @@ def qa_table(source, cases=None):
         per criterion (e.g. ``gamma_3%/3mm_pct``), ``max_abs_dvh_diff_gy``, ``reasons``;
         sorted by case and machine.
     """
-    import pandas as pd
 
     rows = []
     for r in _records(source):
@@ -85,7 +88,6 @@ def qa_table(source, cases=None):
 
 def _crit_key(col: str):
     """'gamma_3%/3mm_pct' -> sorts the loosest criterion first (3%/3mm before 2%/2mm)."""
-    import re
 
     nums = [float(v) for v in re.findall(r"[0-9.]+", col)]
     return tuple(-v for v in nums) + (col,)
@@ -100,7 +102,6 @@ def dvh_table(source, cases=None):
         Columns ``case``, ``machine``, ``structure``, ``metric``, ``reference``, ``evaluated``,
         ``diff`` (Gy).
     """
-    import pandas as pd
 
     rows = []
     for r in _records(source):
@@ -114,7 +115,6 @@ def dvh_table(source, cases=None):
 
 def format_qa_table(df) -> str:
     """The QA table as fixed-width text (reasons cut to 60 characters)."""
-    import pandas as pd
 
     if len(df) == 0:
         return "(no persisted plans)"
@@ -132,12 +132,11 @@ def write_summary(out, summary: Mapping, cases=None) -> dict:
 
     Both are written atomically. Returns ``{'json': path, 'csv': path}``.
     """
-    from .persist import _jsonable
 
     out = Path(out)
     table = qa_table(out, cases)
-    doc = dict(_jsonable(dict(summary)))
-    doc["qa_table"] = _jsonable(table.to_dict("records"))
+    doc = dict(jsonable(dict(summary)))
+    doc["qa_table"] = jsonable(table.to_dict("records"))
     doc["all_passed"] = bool(len(table) and table["passed"].all() and not summary.get("failed"))
     jp, cp = out / SUMMARY_JSON, out / QA_CSV
     atomic_write_text(jp, json.dumps(doc, indent=1, sort_keys=True))

@@ -1,9 +1,9 @@
 """Stage functions of a batch, as data: :class:`Stages`, plus rtlab's default stages.
 
-A batch runs, per case (seed 001, steps 1-6):
+A batch runs, per case (patent 001, steps 1-6):
 
 ================  ====================================================  ==================
-stage             call                                                  seed 001
+stage             call                                                  patent 001
 ================  ====================================================  ==================
 ``load``          ``load(case_ref) -> case``                            step 1 (data in)
 ``n_beams``       ``n_beams(case) -> int``                              task decomposition
@@ -23,7 +23,7 @@ workers are separate processes, unless cloudpickle can ship it by value).
 rtlab's stages (:func:`rtlab_stages`, the defaults)
 ---------------------------------------------------
 ``load``
-    :func:`rtlab_load`: a :class:`~rtlab.case.Case` passes through; a :class:`CaseRef` or a
+    :func:`rtlab_load`: a :class:`~rtlab.core.case.Case` passes through; a :class:`CaseRef` or a
     string names a built-in phantom (:func:`rtlab.phantoms.get_phantom`, optionally at
     ``spacing``) or a case file (rtlab ``.npz``, matRad ``.mat``, DICOM directory) that the
     worker reads (workers need the path: a shared file system on a multi-node cluster).
@@ -45,7 +45,7 @@ rtlab's stages (:func:`rtlab_stages`, the defaults)
     ``escalate**attempt`` times the iterations and ``tighten**attempt`` times the constraint
     weights.
 ``qa``
-    :func:`rtlab.qa.qa_report` of the converted dose against the standard dose (gamma 3 %/3 mm
+    :func:`rtlab.evaluate.qa.qa_report` of the converted dose against the standard dose (gamma 3 %/3 mm
     >= 95 %, 2 %/2 mm >= 90 %, |DVH difference| <= 3 % of Rx by default): the report that
     ``convert_plan`` computed on the same doses with the same settings when there is one, else
     computed here (a plan used as is).
@@ -66,6 +66,17 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import scipy.sparse as sp
+
+from ..core.case import Case
+from ..dose import DEFAULT_CUTOFF_MM, build_influence
+from ..dose.influence import InfluenceMatrix
+from ..evaluate.qa import qa_report
+from ..io import load_dicom, load_matrad, load_npz
+from ..methods.conversion import METHODS, convert_plan, get_machine
+from ..phantoms import get_phantom, list_phantoms
+from ..planning import optimise_plan, prepare_plan
+from .persist import check_id
 
 __all__ = ["Stages", "default_stages", "rtlab_stages", "CaseRef", "merge_influences", "plan_from_influence",
            "rtlab_load", "rtlab_n_beams", "rtlab_influence", "rtlab_optimize", "rtlab_convert", "rtlab_qa"]
@@ -95,14 +106,12 @@ class CaseRef:
     @classmethod
     def parse(cls, text: str, spacing: float | None = None) -> "CaseRef":
         """A phantom name or a path; the id is the phantom name or the file's stem."""
-        from ..phantoms import list_phantoms
 
         text = str(text)
         if text in list_phantoms():
             return cls(text, text, spacing)
         p = Path(text)
         if p.is_dir() or (p.is_file() and p.suffix.lower() in _CASE_SUFFIXES):
-            from .persist import check_id
 
             return cls(check_id("case (file stem)", p.stem if p.is_file() else p.name), str(p.resolve()), None)
         if p.exists():
@@ -122,26 +131,21 @@ def rtlab_load(case_ref, spacing: float | None = None):
     spacing : float, optional
         Phantom voxel size (mm) when the reference does not give one.
     """
-    from ..case import Case
 
     if isinstance(case_ref, Case):
         return case_ref
     ref = case_ref if isinstance(case_ref, CaseRef) else CaseRef.parse(str(case_ref), spacing)
-    from ..phantoms import get_phantom, list_phantoms
 
     if ref.source in list_phantoms():
         sp = ref.spacing if ref.spacing is not None else spacing
         return get_phantom(ref.source, spacing=sp)
     p = Path(ref.source)
     if p.is_dir():
-        from ..io import load_dicom
 
         return load_dicom(p)
     if p.suffix.lower() == ".mat":
-        from ..io import load_matrad
 
         return load_matrad(p)
-    from ..io import load_npz
 
     c = load_npz(p).case
     if c is None:
@@ -179,13 +183,11 @@ def rtlab_influence(case, beam_index: int, angles: Sequence[float] | None = None
     bixel_mm, dose_grid_mm, cutoff_mm
         As in :func:`rtlab.planning.plan_case` (mm).
     standard : str
-        The standard machine (:mod:`rtlab.dose.machines`); its source computes the dose.
+        The standard machine (:mod:`rtlab.methods.conversion.machines`); its source computes the dose.
     """
-    from ..dose import DEFAULT_CUTOFF_MM, build_influence
-    from ..dose.machines import get_machine
 
     a = _angles(case, angles)
-    return build_influence(case, [a[int(beam_index)]], machine=get_machine(standard).source, dose_grid=dose_grid_mm,
+    return build_influence(case, [a[int(beam_index)]], machine=get_machine(standard).source, dose_grid_mm=dose_grid_mm,
                            cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm, progress=False,
                            bixel_mm=bixel_mm, gpu=False)
 
@@ -203,9 +205,6 @@ def merge_influences(parts):
     InfluenceMatrix
         Columns beam after beam, as :func:`rtlab.dose.influence.build_influence` of all beams.
     """
-    import scipy.sparse as sp
-
-    from ..dose.influence import InfluenceMatrix
 
     parts = list(parts)
     if not parts or not all(isinstance(p, InfluenceMatrix) for p in parts):
@@ -246,7 +245,6 @@ def plan_from_influence(case, im, objective: str = "conformity", falloff: float 
     -------
     rtlab.planning.PlanResult
     """
-    from ..planning import optimise_plan, prepare_plan
 
     problem = prepare_plan(case, objective=objective, falloff=falloff, control_points=control_points, rx=rx,
                            roi_mm=roi_mm, recipe=recipe, backend=backend, influence=im)
@@ -304,7 +302,7 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
         Retry ``attempt`` multiplies the iterations by ``escalate**attempt`` and the isodose,
         DVH and fidelity weights by ``tighten**attempt``.
     qa_kwargs : dict, optional
-        :func:`rtlab.qa.qa_report` settings (criteria, thresholds, max_dvh_diff_gy).
+        :func:`rtlab.evaluate.qa.qa_report` settings (criteria, thresholds, max_dvh_diff_gy).
 
     Returns
     -------
@@ -314,7 +312,6 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
         table, or None when used as is), ``recalc_pass_rates``, ``conversion_attempts`` (the
         internal attempt history), ``timings``, ``max_iter``, ``retry`` (= ``attempt``).
     """
-    from ..methods.conversion import convert_plan
 
     k = int(attempt)
     f = float(tighten) ** k
@@ -334,7 +331,7 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
 
 
 def rtlab_qa(case, standard, plan, machine: str, qa_kwargs: Mapping | None = None) -> dict:
-    """Default ``qa``: :func:`rtlab.qa.qa_report` of ``plan['dose']`` against ``standard['dose']``.
+    """Default ``qa``: :func:`rtlab.evaluate.qa.qa_report` of ``plan['dose']`` against ``standard['dose']``.
 
     When the convert stage already reported the QA of this dose with the same settings
     (``plan['qa']``, from :func:`rtlab_convert`) that report is returned; otherwise it is
@@ -342,7 +339,6 @@ def rtlab_qa(case, standard, plan, machine: str, qa_kwargs: Mapping | None = Non
     ``max_abs_dvh_diff_gy``, ``dvh`` (rows of D95/D50/D2/Dmean differences) and, for converted
     plans, the conversion's own ``reasons`` under ``conversion_reasons``.
     """
-    from ..qa import qa_report
 
     q = plan.get("qa") if isinstance(plan, Mapping) else None
     if isinstance(q, Mapping) and "passed" in q:
@@ -405,14 +401,12 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
     convert_method, convert_max_iter, attempts_per_task, escalate, tighten
         Conversion settings (:func:`rtlab_convert`).
     qa_kwargs : dict, optional
-        :func:`rtlab.qa.qa_report` settings for conversion and QA.
+        :func:`rtlab.evaluate.qa.qa_report` settings for conversion and QA.
     standard : str
         The standard machine's name.
     **plan_options
         Further :func:`plan_from_influence` options (``rx``, ``roi_mm``, ``recipe``, ``falloff``, ...).
     """
-    from ..dose.machines import get_machine
-    from ..methods.conversion import METHODS
 
     get_machine(standard)  # fail early on an unknown name
     if convert_method not in METHODS:

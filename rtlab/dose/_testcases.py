@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..case import Case
-from ..geometry import Grid, Structure, StructureSet
+from ..core.case import Case
+from ..core.geometry import Grid, Structure, StructureSet
 
 __all__ = ["water_box", "cshape_case"]
 

@@ -1,7 +1,8 @@
 """Optional GPU application of the influence matrix (CuPy/cuSPARSE, or a numba.cuda kernel).
 
 Nothing here is needed on a machine without CUDA, and importing this module never fails there:
-CuPy and numba.cuda are imported only inside the functions that use them, and the probes
+CuPy and numba.cuda are bound through :func:`rtlab._lazy.load` and imported only when a function
+uses them, and the probes
 (:func:`cuda_available`, :func:`cupy_available`, :func:`numba_cuda_available`) catch every
 error and return ``False``.
 
@@ -29,14 +30,24 @@ nothing when they are device arrays already.
 The numba-cuda trap: numba-cuda fails at its first kernel compile under numpy 2.5
 (``AttributeError: module 'numpy' has no attribute 'row_stack'``); rtlab pins ``numpy<2.5``.
 See ``docs/gpu.md``.
+
+Size: over 600 lines on purpose: this module is the one boundary to the optional CUDA
+stacks (cupy, numba.cuda): probes, device matrices and the kernels all live here so that no
+other module touches them.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import time
 
+import numba
 import numpy as np
+
+from .._lazy import load, resolve
+from .._util import check_finite
+from .csr import check_matrix
 
 __all__ = [
     "cuda_available",
@@ -54,10 +65,22 @@ __all__ = [
 
 WARP = 32
 
-#: ``numba.cuda``, imported on first kernel use. It is a module global (not a local) so that
-#: numba's CUDA simulator can swap in its fake module when the kernel runs under
-#: ``NUMBA_ENABLE_CUDASIM=1``.
+_numba_cuda = load("numba.cuda", purpose="the numba.cuda kernels")
+cupy = load("cupy", purpose="the CuPy backend")
+cupyx_sparse = load("cupyx.scipy.sparse", extra="gpu", purpose="the CuPy backend")
+
+#: The real ``numba.cuda`` module, bound on first kernel use (:func:`_bind_cuda`). It is a module
+#: global (not a local, not the lazy stand-in) so that numba's CUDA simulator can swap in its
+#: fake module when the kernel runs under ``NUMBA_ENABLE_CUDASIM=1``.
 cuda = None
+
+
+def _bind_cuda():
+    """Bind the module global :data:`cuda` to ``numba.cuda`` (imported here, on first use)."""
+    global cuda
+    if cuda is None:
+        cuda = resolve(_numba_cuda)
+    return cuda
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,28 +89,24 @@ cuda = None
 @functools.lru_cache(maxsize=None)
 def _probe_cupy() -> tuple[bool, str]:
     try:
-        import cupy
+        cp = resolve(cupy)
     except Exception as exc:  # ImportError, or a broken CUDA install raising anything else
         return False, f"CuPy is not importable ({type(exc).__name__}: {exc})"
     try:
-        n = int(cupy.cuda.runtime.getDeviceCount())
+        n = int(cp.cuda.runtime.getDeviceCount())
     except Exception as exc:
         return False, f"CuPy found no usable CUDA driver/device ({type(exc).__name__}: {exc})"
     if n < 1:
         return False, "CuPy sees no CUDA device"
-    return True, f"CuPy {cupy.__version__}, {n} CUDA device(s)"
+    return True, f"CuPy {cp.__version__}, {n} CUDA device(s)"
 
 
 @functools.lru_cache(maxsize=None)
 def _probe_numba_cuda() -> tuple[bool, str]:
     try:
-        import numba
-
         if getattr(numba.config, "ENABLE_CUDASIM", 0):
             return False, "numba's CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1), not a device"
-        from numba import cuda
-
-        if not cuda.is_available():
+        if not resolve(_numba_cuda).is_available():
             return False, "numba.cuda finds no CUDA driver/device"
         return True, "numba.cuda device available"
     except Exception as exc:
@@ -153,11 +172,7 @@ def _warp_kernel(acc: str, threads_per_block: int):
     row ``g * warps + w``; blocks stride over row groups. Every thread of a block runs the same
     number of loop trips, so the ``syncthreads`` barriers are uniform.
     """
-    global cuda
-    import numba
-
-    if cuda is None:
-        from numba import cuda
+    _bind_cuda()
     acc_t = getattr(numba, acc)
     tpb = int(threads_per_block)
     warps = tpb // WARP
@@ -265,16 +280,12 @@ class CupyMatrix:
     """
 
     def __init__(self, A):
-        from .sparse import _check_matrix
-
-        A = _check_matrix(A)
-        import cupy
-        import cupyx.scipy.sparse as csp
-
-        self._cp = cupy
+        A = check_matrix(A)
+        cp = resolve(cupy)
+        self._cp = cp
         self.shape = tuple(A.shape)
-        self.A = csp.csr_matrix(
-            (cupy.asarray(A.data), cupy.asarray(A.indices), cupy.asarray(A.indptr)), shape=A.shape
+        self.A = cupyx_sparse.csr_matrix(
+            (cp.asarray(A.data), cp.asarray(A.indices), cp.asarray(A.indptr)), shape=A.shape
         )
         self._AT = None
 
@@ -350,12 +361,8 @@ class NumbaCudaMatrix:
     """
 
     def __init__(self, A, threads_per_block: int = 256, max_blocks: int = 65535):
-        from .sparse import _check_matrix
-
-        self._host = _check_matrix(A)
-        from numba import cuda
-
-        self._cuda = cuda
+        self._host = check_matrix(A)
+        self._cuda = _bind_cuda()
         self.shape = tuple(self._host.shape)
         self.threads_per_block = int(threads_per_block)
         self.max_blocks = int(max_blocks)
@@ -369,9 +376,7 @@ class NumbaCudaMatrix:
 
     def prepare_transpose(self):
         if self._AT is None:
-            from .sparse import _check_matrix
-
-            AT = _check_matrix(self._host.T.tocsr(), "A.T")
+            AT = check_matrix(self._host.T.tocsr(), "A.T")
             self._AT = tuple(self._cuda.to_device(a) for a in (AT.indptr, AT.indices, AT.data))
         return self
 
@@ -387,8 +392,6 @@ class NumbaCudaMatrix:
         if check:
             host = v.copy_to_host()
             if not np.isfinite(np.add.reduce(host, dtype=np.float64)):
-                from .._util import check_finite
-
                 check_finite(name, host)
         return v
 
@@ -466,11 +469,7 @@ def _influence_kernels(G: int, M: int):
     storage), so the matrices agree to float32 rounding. ``G`` and ``M`` size the per-thread
     local arrays of the separable factors ``Fu_g``, ``Fv_g`` (compile-time constants).
     """
-    global cuda
-    import numba
-
-    if cuda is None:
-        from numba import cuda
+    _bind_cuda()
     f64 = numba.float64
     GM = G * M
 
@@ -623,16 +622,10 @@ def influence_csr_cuda(U, V, W, r0, c0, nr, nc, seg_ptr, seg_c0, seg_c1, seg_j0,
     ValueError
         Without a usable CUDA device (and outside numba's CUDA simulator).
     """
-    import time
-
-    import numba
-
     if not (getattr(numba.config, "ENABLE_CUDASIM", 0) or numba_cuda_available()):
         raise ValueError(f"build_influence(gpu=True) needs a CUDA device ({numba_cuda_unavailable_reason()}); "
                          "use gpu=False or gpu='auto'")
-    global cuda
-    if cuda is None:
-        from numba import cuda
+    _bind_cuda()
     n = int(U.shape[1])
     G = max(int(gsig.shape[1]), 1)
     M = int(2 * math.ceil(cut / h)) + 3

@@ -9,178 +9,41 @@ Voxel selection and dose grid
 -----------------------------
 Rows are the voxels that matter: ``voxels='body'`` (default; the body structure, or the
 union of all structures when there is none), ``'all'`` or a boolean mask on the CT grid.
-With a coarser ``dose_grid`` (mm or a :class:`~rtlab.geometry.Grid`) the rows are the
+With a coarser dose grid (``dose_grid_mm``: a spacing in mm or a :class:`~rtlab.core.geometry.Grid`) the rows are the
 dose-grid voxels needed to interpolate every selected CT voxel (the 2 x 2 x 2 dose voxels
 around it), and :meth:`InfluenceMatrix.dose` with ``on='ct'`` resamples the dose trilinearly
-(:func:`rtlab.geometry.resample`, order 1) back to the CT grid, zero outside the selection.
+(:func:`rtlab.core.geometry.resample`, order 1) back to the CT grid, zero outside the selection.
 
 Radiological depth: one fan of Siddon rays per beam (:func:`rtlab.dose.raytrace.fan_depth`)
-covering the beam's bixels plus the cut-off, interpolated trilinearly at each dose voxel.
+covering the beam's bixels plus the cut-off, interpolated trilinearly at each dose voxel
+(:func:`rtlab.dose.voxels.beam_voxels`, shared with the fluence engine).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
-from .._util import check_finite, check_positive
-from ..geometry import Grid
-from ..plan import Beam, BixelGrid, fit_bixel_grid
+from tqdm.auto import tqdm
+
+from .._util import NOT_GIVEN, check_finite, check_positive, renamed_argument
+from ..core.beams import prepare_beams
+from ..core.geometry import Grid, resample, trilinear_matrix
+from . import gpu as gpu_module
 from . import kernels as K
 from .machine import Machine, generic_6mv
-from .raytrace import fan_depth
+from .mu import beam_mu
+from .voxels import BeamVoxels, beam_voxels, resolve_dose_grid, select_voxels  # noqa: F401 (re-exported)
 
 __all__ = ["InfluenceMatrix", "build_influence", "prepare_beams", "DEFAULT_CUTOFF_MM", "select_voxels", "BeamVoxels",
-           "beam_voxels"]
+           "beam_voxels", "resolve_dose_grid"]
 
 #: Default lateral cut-off (mm), see docs/dose_engine.md for the accuracy/speed table.
 DEFAULT_CUTOFF_MM = 40.0
-
-
-def _target_mask(case) -> np.ndarray:
-    t = case.structures.targets
-    if not t:
-        raise ValueError("the case has no target structure to fit bixels to; give beams with explicit bixels "
-                         "(rtlab.plan.fit_bixel_grid) or add a target")
-    m = np.zeros(case.grid.shape, bool)
-    for s in t:
-        m |= s.mask
-    return m
-
-
-def prepare_beams(case, beams, bixel_mm: float = 5.0, margin: int = 1) -> list[Beam]:
-    """Normalise ``beams`` to :class:`~rtlab.plan.Beam` objects with bixel grids.
-
-    Accepts :class:`~rtlab.plan.Beam`, :class:`rtlab.case.BeamSpec` or plain gantry angles
-    (degrees; isocentre = ``case.isocenter()``). Bixels are fitted to the union of the
-    case's targets with ``margin`` bixels where a beam has none.
-
-    Raises
-    ------
-    ValueError
-        No beams, an isocentre outside the CT grid, or a zero field.
-    """
-    if beams is None or len(beams) == 0:
-        raise ValueError("beams is empty; pass at least one gantry angle or Beam")
-    out = []
-    tmask = None
-    for b in beams:
-        if isinstance(b, Beam):
-            beam = b
-        elif hasattr(b, "gantry"):
-            iso = case.isocenter() if getattr(b, "isocenter", None) is None else b.isocenter
-            beam = Beam(float(b.gantry), float(getattr(b, "couch", 0.0)), tuple(iso), bixel_mm)
-        elif np.isscalar(b):
-            beam = Beam(float(b), 0.0, tuple(case.isocenter()), bixel_mm)
-        else:
-            raise TypeError(f"beams entries must be Beam, BeamSpec or gantry angles, got {type(b).__name__}")
-        if not case.grid.contains(beam.isocenter):
-            raise ValueError(f"isocenter {beam.isocenter} mm lies outside the CT grid "
-                             f"(bounds z/y/x {case.grid.bounds.round(1).tolist()} mm); move it inside the patient")
-        if beam.bixels is None:
-            if tmask is None:
-                tmask = _target_mask(case)
-            beam = beam.with_bixels(fit_bixel_grid(beam, case.grid, tmask, margin))
-        out.append(beam)
-    return out
-
-
-def _dose_grid(case, dose_grid) -> Grid:
-    if dose_grid is None:
-        return case.grid
-    if isinstance(dose_grid, Grid):
-        return dose_grid
-    check_positive("dose_grid", dose_grid)
-    return case.grid.with_spacing(dose_grid)
-
-
-def select_voxels(case, grid: Grid, voxels="body"):
-    """Rows of the influence matrix: ``(flat indices on grid, mask on grid, mask on CT grid)``."""
-    if isinstance(voxels, str):
-        if voxels == "body":
-            ct_mask = case.structures.body_mask().astype(bool)
-        elif voxels == "all":
-            ct_mask = np.ones(case.grid.shape, bool)
-        else:
-            raise ValueError(f"voxels must be 'body', 'all' or a boolean mask on the CT grid, got {voxels!r}")
-    else:
-        ct_mask = case.grid.check_array("voxels", voxels).astype(bool)
-    if not ct_mask.any():
-        raise ValueError("no voxels selected (empty body/mask); pass voxels='all' or a non-empty mask")
-    if grid.is_same(case.grid):
-        mask = ct_mask
-    else:
-        pts = case.grid.index_to_world(np.argwhere(ct_mask))
-        f = grid.world_to_index(pts)
-        base = np.floor(f).astype(np.int64)
-        mask = np.zeros(grid.shape, bool)
-        shp = np.asarray(grid.shape)
-        for dz in (0, 1):
-            for dy in (0, 1):
-                for dx in (0, 1):
-                    idx = np.clip(base + [dz, dy, dx], 0, shp - 1)
-                    mask[idx[:, 0], idx[:, 1], idx[:, 2]] = True
-    return np.flatnonzero(mask.ravel()).astype(np.int64), mask, ct_mask
-
-
-def _ssd(case, beam) -> float:
-    """Source-surface distance (mm) along the central axis (first body voxel hit)."""
-    body = case.structures.body_mask()
-    _, _, eb = beam.frame()
-    s = np.arange(0.0, beam.sad + 0.5 * max(case.grid.extent_mm), 1.0)
-    p = beam.source[None] + s[:, None] * eb[None]
-    idx = np.rint(case.grid.world_to_index(p)).astype(int)
-    ok = np.all((idx >= 0) & (idx < np.asarray(case.grid.shape)), axis=1)
-    hit = np.zeros(len(s), bool)
-    hit[ok] = body[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
-    return float(s[np.argmax(hit)]) if hit.any() else beam.sad
-
-
-@dataclass
-class BeamVoxels:
-    """Per-beam geometry of the selected voxels (NaN ``u`` where the voxel is out of reach).
-
-    ``w[i, k] = (SAD/t)^2 D_k(d_rad)``; ``depth`` radiological depth (mm).
-    """
-
-    u: np.ndarray
-    v: np.ndarray
-    t: np.ndarray
-    depth: np.ndarray
-    w: np.ndarray
-    ssd: float
-
-
-def beam_voxels(case, beam: Beam, machine: Machine, points, margin_mm: float, ray_mm=None) -> BeamVoxels:
-    """Project ``points`` (n, 3) for ``beam``, trace its fan and evaluate the depth factors.
-
-    Voxels whose projection lies more than ``margin_mm`` outside the bixel grid's edges, or
-    behind the source, get NaN coordinates and zero factors. Projection, fan look-up and
-    depth factors run in parallel numba kernels (:func:`rtlab.dose.kernels.beam_geometry`,
-    :func:`rtlab.dose.kernels.lookup_depth_factors`).
-    """
-    pts = np.ascontiguousarray(points, dtype=np.float64)
-    n = len(pts)
-    u = np.empty(n)
-    v = np.empty(n)
-    t = np.empty(n)
-    depth = np.full(n, np.nan)
-    w = np.zeros((n, 3))
-    vmin, vmax, umin, umax = beam.bixels.extent_mm()
-    eu, ev, eb = beam.frame()
-    f64 = lambda a: np.ascontiguousarray(a, np.float64)  # noqa: E731
-    n_in, tmin, tmax = K.beam_geometry(pts, f64(beam.source), f64(eu), f64(ev), f64(eb), float(beam.sad),
-                                       umin - margin_mm, umax + margin_mm, vmin - margin_mm, vmax + margin_mm,
-                                       u, v, t)
-    if n_in:
-        fan = fan_depth(case.density, case.grid, beam, (umin - margin_mm, umax + margin_mm),
-                        (vmin - margin_mm, vmax + margin_mm), (tmin, tmax), ray_mm=ray_mm)
-        K.lookup_depth_factors(fan.fan, fan.u0, fan.du, fan.v0, fan.dv, fan.t0, fan.dt, u, v, t,
-                               f64(machine.betas), float(machine.mu), float(beam.sad), depth, w)
-    return BeamVoxels(u, v, t, depth, w, _ssd(case, beam))
 
 
 @dataclass
@@ -220,6 +83,7 @@ class InfluenceMatrix:
     ct_mask: np.ndarray
     timings: dict = field(default_factory=dict)
     backend: str = "cpu"
+    _ct_interp: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def shape(self):
@@ -250,15 +114,56 @@ class InfluenceMatrix:
             raise ValueError(f"on must be 'ct' or 'dose', got {on!r}")
         if self.grid.is_same(self.ct_grid):
             return out
-        from ..geometry import resample
-
         res = resample(out, self.grid, self.ct_grid, order=1)
         res[~self.ct_mask] = 0.0
         return res
 
     def dose(self, weights, on: str = "ct") -> np.ndarray:
-        """Dose ``(z, y, x)`` in Gy for beamlet ``weights`` on the CT grid (``'ct'``) or dose grid."""
+        """Dose ``(z, y, x)`` in Gy for beamlet ``weights`` on the CT grid (``'ct'``) or dose grid.
+
+        With :meth:`vjp` this is the :class:`~rtlab.dose.engine.DoseEngine` interface.
+        """
         return self.to_grid(self.dose_vector(weights), on=on)
+
+    def vjp(self, weights, g, on: str = "ct") -> np.ndarray:
+        """Gradient of ``sum(g * dose(weights, on))`` with respect to the beamlet weights (float64).
+
+        The dose is linear in the weights, so ``weights`` is not used: the result is
+        ``A^T g_rows`` with ``g_rows`` the rows' share of ``g`` (on the CT grid with a coarser
+        dose grid, through the transpose of the trilinear interpolation of :meth:`to_grid`).
+
+        Parameters
+        ----------
+        weights : array_like or None
+            Beamlet weights (unused; kept for the interface).
+        g : ndarray
+            ``dL/dD`` with the shape of :meth:`dose` on ``on``.
+        on : {'ct', 'dose'}
+        """
+        if on not in ("ct", "dose"):
+            raise ValueError(f"on must be 'ct' or 'dose', got {on!r}")
+        grid = self.ct_grid if on == "ct" else self.grid
+        g = np.asarray(grid.check_array("g", g), np.float64)
+        if on == "dose" or self.grid.is_same(self.ct_grid):
+            rows = g.ravel()[self.voxel_index]
+        else:
+            if self._ct_interp is None:
+                ct_index = np.flatnonzero(self.ct_mask.ravel())
+                self._ct_interp = (ct_index, trilinear_matrix(self.grid, self.voxel_index, self.ct_grid, ct_index))
+            ct_index, R = self._ct_interp
+            rows = R.T @ g.ravel()[ct_index]
+        return np.asarray(self.matrix.T @ rows, np.float64)
+
+    def fluence_maps(self, weights) -> list[np.ndarray]:
+        """Per-beam 2D fluence maps (rows v, columns u; one value per bixel) of beamlet ``weights``."""
+        w = np.asarray(weights, np.float64).ravel()
+        if w.size != self.matrix.shape[1]:
+            raise ValueError(f"weights has {w.size} entries, the matrix has {self.matrix.shape[1]} beamlets")
+        return [b.bixels.to_map(w[s]) for b, s in zip(self.beams, self.beamlet_slices)]
+
+    def beam_mu(self, weights) -> np.ndarray:
+        """Open-field-equivalent MU per beam of beamlet ``weights`` (:func:`rtlab.dose.mu.beam_mu`)."""
+        return beam_mu(self.fluence_maps(weights), self.machine)
 
 
 def _resolve_gpu(gpu) -> bool:
@@ -268,25 +173,24 @@ def _resolve_gpu(gpu) -> bool:
     if gpu is True:
         return True
     if gpu == "auto":
-        from .gpu import numba_cuda_available
-
-        return numba_cuda_available()
+        return gpu_module.numba_cuda_available()
     raise ValueError(f"gpu must be True, False or 'auto', got {gpu!r}")
 
 
-def build_influence(case, beams, machine: Machine | None = None, dose_grid=None, cutoff_mm: float = DEFAULT_CUTOFF_MM,
-                    voxels="body", progress: bool = True, ray_mm: float | None = None, bixel_mm: float = 5.0,
-                    n_chunks: int = 256, gpu="auto") -> InfluenceMatrix:
+def build_influence(case, beams, machine: Machine | None = None, dose_grid_mm=None,
+                    cutoff_mm: float = DEFAULT_CUTOFF_MM, voxels="body", progress: bool = True,
+                    ray_mm: float | None = None, bixel_mm: float = 5.0, n_chunks: int = 256, gpu="auto", *,
+                    dose_grid=NOT_GIVEN) -> InfluenceMatrix:
     """Build the beamlet influence matrix of ``beams`` on ``case``.
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     beams : sequence of Beam, BeamSpec or gantry angles (degrees)
     machine : Machine, optional
         Default :func:`rtlab.dose.generic_6mv`.
-    dose_grid : float (mm) or Grid, optional
-        Default the CT grid.
+    dose_grid_mm : float (mm) or Grid, optional
+        Dose-grid spacing; default the CT grid (:func:`resolve_dose_grid`).
     cutoff_mm : float
         Lateral cut-off (isocentre plane, radial, from the voxel's projection to the bixel
         centre), default :data:`DEFAULT_CUTOFF_MM`.
@@ -305,6 +209,8 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid=None,
         a device and falls back to the CPU kernels (with a warning) if the device path fails;
         ``True`` requires a device (``ValueError`` otherwise). The result equals the CPU
         matrix within float32 rounding.
+    dose_grid : float or Grid, optional
+        Old name of ``dose_grid_mm`` (kept for one release).
 
     Returns
     -------
@@ -313,6 +219,7 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid=None,
         ``backend`` is ``'cpu'`` or ``'cuda'`` (where the matrix was counted and filled).
     """
     t_start = time.perf_counter()
+    dose_grid_mm = renamed_argument("dose_grid", dose_grid, "dose_grid_mm", dose_grid_mm, where="build_influence")
     use_gpu = _resolve_gpu(gpu)
     machine = generic_6mv() if machine is None else machine
     if not isinstance(machine, Machine):
@@ -323,7 +230,7 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid=None,
     h = beams[0].bixel_mm
     if any(abs(b.bixel_mm - h) > 1e-9 for b in beams):
         raise ValueError("all beams must share one bixel size (bixel_mm)")
-    grid = _dose_grid(case, dose_grid)
+    grid = resolve_dose_grid(case, dose_grid_mm)
     vidx, _, ct_mask = select_voxels(case, grid, voxels)
     pts = np.ascontiguousarray(grid.index_to_world(np.stack(np.unravel_index(vidx, grid.shape), axis=1)), np.float64)
     nb_, n = len(beams), len(vidx)
@@ -332,8 +239,6 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid=None,
     W = np.empty((nb_, n, 3))
     it = beams
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(beams, desc="ray tracing", leave=False)
     t0 = time.perf_counter()
     ssds = []
@@ -366,16 +271,12 @@ def build_influence(case, beams, machine: Machine | None = None, dose_grid=None,
     backend = "cpu"
     arrays = None
     if use_gpu:
-        from . import gpu as G_
-
         try:
-            arrays, t_count, t_fill = G_.influence_csr_cuda(*geo, K.PHI_TABLE)
+            arrays, t_count, t_fill = gpu_module.influence_csr_cuda(*geo, K.PHI_TABLE)
             backend = "cuda"
         except Exception as exc:
             if gpu is True:
                 raise
-            import warnings
-
             warnings.warn(f"GPU influence build failed ({type(exc).__name__}: {exc}); using the CPU kernels",
                           RuntimeWarning, stacklevel=2)
     if arrays is None:

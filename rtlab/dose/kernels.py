@@ -2,7 +2,7 @@
 
 The influence of bixel ``(r, c)`` (a square of side ``h`` centred at ``(v_r, u_c)`` in the
 isocentre plane, unit fluence) on a point with projection ``(u, v)``, axial source distance
-``t`` and radiological depth ``d`` is (Bortfeld 1993; seed 004 eqs 4-5 with ``psi`` the
+``t`` and radiological depth ``d`` is (Bortfeld 1993; paper 004 eqs 4-5 with ``psi`` the
 bixel's indicator)::
 
     A = (SAD/t)^2 * sum_g c_g D_{i(g)}(d) * Fu_g * Fv_g
@@ -65,7 +65,7 @@ def bixel_runs(index_maps, colstart):
     Parameters
     ----------
     index_maps : list of (nr_b, nc_b) int arrays
-        :meth:`rtlab.plan.BixelGrid.index_map` of each beam (-1 where inactive, else the
+        :meth:`rtlab.core.beams.BixelGrid.index_map` of each beam (-1 where inactive, else the
         row-major column index within the beam).
     colstart : sequence of int
         First matrix column of each beam.
@@ -281,7 +281,7 @@ def beam_geometry(pts, src, eu, ev, eb, sad, umin, umax, vmin, vmax, out_u, out_
     """Project points onto a beam's isocentre plane and flag those in its band (numba).
 
     ``t = (p - S) . e_b`` (axial distance from the source), ``u = SAD (p - S) . e_u / t``,
-    ``v = SAD (p - S) . e_v / t`` (:meth:`rtlab.plan.Beam.project`). Points with ``t <= 0``
+    ``v = SAD (p - S) . e_v / t`` (:meth:`rtlab.core.beams.Beam.project`). Points with ``t <= 0``
     or ``(u, v)`` outside ``[umin, umax] x [vmin, vmax]`` get ``u = v = NaN``.
 
     Returns

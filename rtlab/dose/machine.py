@@ -2,7 +2,7 @@
 
 The dose at a point with radiological depth ``d`` (mm) whose projection onto the isocentre
 plane is ``(u, v)`` (mm), irradiated by a fluence ``psi(u, v)`` defined in the isocentre
-plane, is (seed 004, eqs 4-5)::
+plane, is (paper 004, eqs 4-5)::
 
     D(u, v, d) = (SAD / t)^2 * sum_{i=1..3} D_i(d) * C_i(u, v)
     C_i(u, v)  = integral psi(u', v') w_i(u - u', v - v') du' dv'
@@ -58,6 +58,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
+from scipy.optimize import nnls
+from scipy.special import erf
 
 from .._util import check_positive
 
@@ -240,8 +243,6 @@ def generic_6mv() -> Machine:
     )
     # norm: unit fluence, 10x10 cm, SSD 1000 mm -> 1 Gy at d_max (closed form on the axis)
     d = np.arange(0.0, 60.0, 0.1)
-    from scipy.special import erf
-
     c = np.array([erf(50.0 / (np.sqrt(2) * s)) ** 2 for s in p["sigmas"]])
     dd = (m.depth_dose(d) * np.asarray(p["weights"]) * c).sum(-1) * (1000.0 / (1000.0 + d)) ** 2
     m.norm = float(1.0 / dd.max())
@@ -271,8 +272,6 @@ def _fit_radial_kernel(pos, values, penumbra_sigma):
         s = _FIT_SIGMAS[:1]
     g = np.exp(-(r[:, None] ** 2) / (2 * s**2)) / (2 * np.pi * s**2)
     wr = np.sqrt(np.maximum(r, np.diff(r).mean() if r.size > 1 else 1.0))
-    from scipy.optimize import nnls
-
     sc = np.abs(k).max() or 1.0
     c, _ = nnls(g * wr[:, None] / sc, k * wr / sc)
     sig = np.sqrt(s**2 + penumbra_sigma**2)
@@ -319,8 +318,6 @@ def load_matrad_machine(path) -> Machine:
     ValueError
         If the file is not a readable ``.mat`` or lacks a photon ``machine`` struct.
     """
-    from scipy.io import loadmat
-
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"path {str(p)!r} does not exist; pass a matRad photon machine .mat file")

@@ -14,13 +14,18 @@ The result is cached per machine (:meth:`Machine.key`).
 MU of a modulated beam: a fluence map in units of the reference fluence converts to MU
 pixel-wise; the beam's MU reported here is the open-field-equivalent MU of its peak fluence,
 ``max(psi) * MU per unit fluence`` — a lower bound of the delivered MU; leaf sequencing
-(seed 003, TNMU) gives the delivered value.
+(paper 003, TNMU) gives the delivered value.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..core.beams import Beam, BixelGrid
+from ..core.case import Case
+from ..core.geometry import Grid, Structure, StructureSet
+from ._testcases import water_box
+from .fluence import FluenceDose
 from .machine import Machine, generic_6mv
 
 __all__ = ["reference_dose", "mu_per_unit_fluence", "fluence_to_mu", "beam_mu", "GY_PER_MU_REF"]
@@ -40,10 +45,6 @@ def reference_dose(machine: Machine | None = None, return_curve: bool = False):
     return_curve : bool
         Also return ``(depth_mm, dose_Gy)`` of the central axis.
     """
-    from ..plan import Beam, BixelGrid
-    from ._testcases import water_box
-    from .fluence import FluenceDose
-
     machine = generic_6mv() if machine is None else machine
     key = machine.key()
     if key in _CACHE and not return_curve:
@@ -55,11 +56,9 @@ def reference_dose(machine: Machine | None = None, return_curve: bool = False):
     bx = BixelGrid(5.0, -10, -10, np.ones((21, 21), bool))
     beam = Beam(0.0, 0.0, (0.0, 0.0, 0.0), 5.0, machine.sad, bx)
     fd = FluenceDose(case, [beam], machine, voxels="all", fluence_mm=0.5)
-    st = fd._states[0]
-    psi = np.zeros(st.shape)
+    psi = np.zeros(fd.map_shape(0))
     # exact 10 x 10 cm centred on the axis: pixels whose centre lies in [-50, 50]
-    uu = st.pu0 + np.arange(st.shape[1]) * st.f
-    vv = st.pv0 + np.arange(st.shape[0]) * st.f
+    vv, uu = fd.pixel_centres(0)
     psi[np.ix_(np.abs(vv) < 50, np.abs(uu) < 50)] = 1.0
     fd.set_fluence(0, psi)
     fd.compute()
@@ -75,9 +74,6 @@ def reference_dose(machine: Machine | None = None, return_curve: bool = False):
 
 def _shift(case):
     # grid centred so that y spans [-20, 320] mm: surface at y=0 is the isocentre plane (SSD = SAD)
-    from ..case import Case
-    from ..geometry import Grid, Structure, StructureSet
-
     g0 = case.grid
     g = Grid(g0.shape, g0.spacing, (g0.origin[0], -20.0, g0.origin[2]))
     ss = StructureSet(g)

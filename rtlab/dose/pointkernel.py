@@ -9,7 +9,7 @@ collimators ``c``::
 
 ``t[i, s, c]`` is the time sector ``s`` of shot ``i`` spends with collimator ``c``
 ("sector-duration" variables; a blocked sector contributes nothing). This module computes ``D``
-on a :class:`~rtlab.geometry.Grid` (optionally only at some voxels), its vector-Jacobian
+on a :class:`~rtlab.core.geometry.Grid` (optionally only at some voxels), its vector-Jacobian
 product with respect to the shot positions and the times (patent 002, eq. 10, chain rule
 ``dL/dtheta = sum_r dL/dD(r) dD(r)/dtheta``), and the influence matrix ``dD/dt`` for fixed
 shots. numba kernels (``cache=True``, parallel over voxels) do the work; ``backend='numpy'``
@@ -53,8 +53,12 @@ collimator    OF          FWHM x/y (mm)   kz       p     tail w      tail lam
 Tissue heterogeneity and depth (attenuation through the skull) are ignored, as in the
 patent's "dose-rate kernels pre-computed once and translated with the isocentre".
 
-Units: positions mm ``(z, y, x)`` in world coordinates (:class:`~rtlab.geometry.Grid`
+Units: positions mm ``(z, y, x)`` in world coordinates (:class:`~rtlab.core.geometry.Grid`
 convention), times in minutes, dose in Gy, dose rate Gy/min.
+
+Size: just over 600 lines: one dose model (parameters, numpy reference, numba kernels, the
+:class:`PointKernelDose` engine) whose three implementations must stay side by side to be
+checked against each other.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from ..geometry import Grid
+from ..core.geometry import Grid
 
 __all__ = [
     "COLLIMATORS_MM",
@@ -80,6 +84,9 @@ __all__ = [
     "influence_matrix",
     "beam_on_time",
     "check_shots",
+    "PointKernelDose",
+    "as_model",
+    "collimator_index",
 ]
 
 #: Collimator sizes (mm), in the order of the last axis of the time array.
@@ -179,7 +186,8 @@ def default_model() -> GammaKnifeModel:
     return GammaKnifeModel()
 
 
-def _model(model) -> GammaKnifeModel:
+def as_model(model) -> GammaKnifeModel:
+    """``model`` as a :class:`GammaKnifeModel` (None: the default model); ``TypeError`` otherwise."""
     if model is None:
         return GammaKnifeModel()
     if not isinstance(model, GammaKnifeModel):
@@ -202,7 +210,7 @@ def grid_points(grid: Grid, indices=None) -> np.ndarray:
         (C order).
     """
     if not isinstance(grid, Grid):
-        raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+        raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
     if indices is None:
         Z, Y, X = grid.mesh(sparse=False)
         return np.stack([Z.ravel(), Y.ravel(), X.ravel()], axis=1).astype(np.float64)
@@ -298,8 +306,8 @@ def kernel(u, collimator: int, sector: int, model: GammaKnifeModel | None = None
         Sector number 0..7.
     model : GammaKnifeModel, optional
     """
-    m = _model(model)
-    c = _col_index(collimator)
+    m = as_model(model)
+    c = collimator_index(collimator)
     if not (0 <= int(sector) < N_SECTORS):
         raise ValueError(f"sector must be 0..7, got {sector!r}")
     u = np.asarray(u, float)
@@ -313,8 +321,8 @@ def kernel_gradient(u, collimator: int, sector: int, model: GammaKnifeModel | No
 
     The gradient with respect to the isocentre position ``r'`` is its negative.
     """
-    m = _model(model)
-    c = _col_index(collimator)
+    m = as_model(model)
+    c = collimator_index(collimator)
     u = np.asarray(u, float)
     M = m.matrices()[c, int(sector)]
     Mu = u @ M
@@ -323,7 +331,8 @@ def kernel_gradient(u, collimator: int, sector: int, model: GammaKnifeModel | No
     return 2.0 * dq[..., None] * Mu
 
 
-def _col_index(collimator) -> int:
+def collimator_index(collimator) -> int:
+    """Position of a collimator size (4, 8 or 16 mm) in the last axis of the time array."""
     try:
         return COLLIMATORS_MM.index(int(collimator))
     except ValueError:
@@ -504,7 +513,7 @@ def dose(where, shots, times, model: GammaKnifeModel | None = None, indices=None
     Parameters
     ----------
     where : Grid or array_like (N, 3)
-        A :class:`~rtlab.geometry.Grid` (dose at voxel centres) or world points (z, y, x) mm.
+        A :class:`~rtlab.core.geometry.Grid` (dose at voxel centres) or world points (z, y, x) mm.
     shots : array_like, shape (S, 3)
         Isocentre positions (z, y, x) in mm.
     times : array_like, shape (S, 8, 3)
@@ -519,7 +528,7 @@ def dose(where, shots, times, model: GammaKnifeModel | None = None, indices=None
     ndarray of float64
         ``grid.shape`` for a whole Grid, else ``(N,)``.
     """
-    m = _model(model)
+    m = as_model(model)
     pts, shape = _resolve_points(where, indices)
     s, t = check_shots(shots, times)
     M, par = m.matrices(), m.params()
@@ -554,7 +563,7 @@ def dose_vjp(where, grad_dose, shots, times, model: GammaKnifeModel | None = Non
     grad_times : ndarray (S, 8, 3)
         Loss-unit per minute.
     """
-    m = _model(model)
+    m = as_model(model)
     pts, shape = _resolve_points(where, indices)
     s, t = check_shots(shots, times)
     g = np.ascontiguousarray(grad_dose, dtype=np.float64)
@@ -585,7 +594,7 @@ def influence_matrix(where, shots, model: GammaKnifeModel | None = None, indices
     ``phi_{c,s}(r - r'_i)`` (Gy/min), so that ``dose = A @ times.ravel()``. Used for inverse
     planning with the isocentres fixed (patent 002, FIG. 9, operation 950).
     """
-    m = _model(model)
+    m = as_model(model)
     pts, _ = _resolve_points(where, indices)
     s, _ = check_shots(shots)
     M, par = m.matrices(), m.params()
@@ -606,3 +615,38 @@ def beam_on_time(times) -> float:
     if t.ndim != 3 or t.shape[1:] != (N_SECTORS, 3):
         raise ValueError(f"times must have shape (n_shots, 8, 3), got {t.shape}")
     return float(t.sum(axis=2).max(axis=1).sum()) if t.size else 0.0
+
+
+class PointKernelDose:
+    """The point kernel as a :class:`~rtlab.dose.engine.DoseEngine` on fixed points.
+
+    Parameters
+    ----------
+    where : Grid or array_like (N, 3)
+        As in :func:`dose`.
+    model : GammaKnifeModel, optional
+    indices : array_like, optional
+        As in :func:`dose`.
+    backend : {'numba', 'numpy'}
+
+    Notes
+    -----
+    ``x = (shots, times)``: isocentres ``(S, 3)`` mm and minutes ``(S, 8, 3)``. :meth:`dose`
+    is :func:`dose`, :meth:`vjp` is :func:`dose_vjp` (returns ``(grad_shots, grad_times)``).
+    """
+
+    def __init__(self, where, model: GammaKnifeModel | None = None, indices=None, backend: str = "numba"):
+        self.where = where
+        self.model = as_model(model)
+        self.indices = indices
+        self.backend = _backend(backend)
+
+    def dose(self, x) -> np.ndarray:
+        """Dose (Gy) of ``x = (shots, times)`` at the engine's points (patent 002, eq. 7)."""
+        shots, times = x
+        return dose(self.where, shots, times, self.model, indices=self.indices, backend=self.backend)
+
+    def vjp(self, x, g) -> tuple[np.ndarray, np.ndarray]:
+        """``(dL/dshots, dL/dtimes)`` for ``g = dL/dD`` (patent 002, eq. 10)."""
+        shots, times = x
+        return dose_vjp(self.where, g, shots, times, self.model, indices=self.indices, backend=self.backend)

@@ -335,7 +335,7 @@ def fan_depth(density, grid, beam, u_range, v_range, t_range, ray_mm=None, step_
     ----------
     density : ndarray ``grid.shape``
     grid : Grid
-    beam : rtlab.plan.Beam
+    beam : rtlab.core.beams.Beam
     u_range, v_range : (float, float)
         Isocentre-plane extent (mm) to cover.
     t_range : (float, float)

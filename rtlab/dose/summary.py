@@ -6,8 +6,9 @@ import time
 
 import numpy as np
 
-from .influence import DEFAULT_CUTOFF_MM, build_influence
 from .fluence import FluenceDose
+from .influence import DEFAULT_CUTOFF_MM, build_influence
+from .sparse import DoseOperator
 
 __all__ = ["engine_summary"]
 
@@ -30,15 +31,13 @@ def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bo
         raises ``ValueError`` without a CUDA device).
     """
     cutoff = DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm
-    kw = dict(dose_grid=dose_grid_mm, cutoff_mm=cutoff, progress=False, bixel_mm=bixel_mm, gpu=bool(gpu))
+    kw = dict(dose_grid_mm=dose_grid_mm, cutoff_mm=cutoff, progress=False, bixel_mm=bixel_mm, gpu=bool(gpu))
     t0 = time.perf_counter()
     im = build_influence(case, list(angles), **kw)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     im = build_influence(case, list(angles), **kw)
     build = time.perf_counter() - t0
-    from .sparse import DoseOperator
-
     op = DoseOperator(im.matrix, backend="gpu" if gpu else "numba")
     x = np.ones(im.shape[1], dtype=np.float32)
 
@@ -52,7 +51,7 @@ def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bo
 
     matvec_ms = _median_ms(lambda: op.matvec(x))
     scipy_ms = _median_ms(lambda: im.matrix @ x)
-    fd = FluenceDose(case, im.beams, im.machine, dose_grid=dose_grid_mm)
+    fd = FluenceDose(case, im.beams, im.machine, dose_grid_mm=dose_grid_mm)
     fd.set_bixel_weights(x)
     pu = fd.time_patch_updates(patch_bixels)
     return {

@@ -1,4 +1,4 @@
-"""matRad ``.mat`` phantoms: read the ``ct`` and ``cst`` structures into a :class:`~rtlab.case.Case`.
+"""matRad ``.mat`` phantoms: read the ``ct`` and ``cst`` structures into a :class:`~rtlab.core.case.Case`.
 
 matRad conventions (https://github.com/e0404/matRad, the ``ct``/``cst`` data model)
 ----------------------------------------------------------------------------------
@@ -29,9 +29,9 @@ Conversion to rtlab
   ``IGNORED``) becomes ``'oar'``. The matRad type and objectives are kept in
   ``case.meta['matrad']``. Empty structures are skipped with a warning.
 * CT numbers: ``ct.cubeHU`` when present; otherwise HU are derived from the density cube with
-  :func:`rtlab.materials.density_to_hu`. The density cube is kept as ``Case.density``; when
-  only HU are present the density comes from :func:`rtlab.materials.hu_to_density`. Both use
-  ``hu_table`` (default :data:`rtlab.materials.DEFAULT_HU_TABLE`, a generic curve, not
+  :func:`rtlab.core.materials.density_to_hu`. The density cube is kept as ``Case.density``; when
+  only HU are present the density comes from :func:`rtlab.core.materials.hu_to_density`. Both use
+  ``hu_table`` (default :data:`rtlab.core.materials.DEFAULT_HU_TABLE`, a generic curve, not
   matRad's own HLUT).
 
 Both MAT v5 (``scipy.io.loadmat``) and v7.3 (HDF5, read with ``h5py``) files are supported.
@@ -44,11 +44,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat, savemat
+from scipy.io.matlab import MatlabFunction, MatlabOpaque
 
+from .._lazy import load, resolve
 from .._util import atomic_path
-from ..case import Case
-from ..geometry import Grid, Structure, StructureSet
-from ..materials import DEFAULT_HU_TABLE, density_to_hu, hu_to_density
+from ..core.case import Case
+from ..core.geometry import Grid, Structure, StructureSet
+from ..core.materials import DEFAULT_HU_TABLE, density_to_hu, hu_to_density
+
+h5py = load("h5py", extra="dicom", purpose="reading MATLAB v7.3 (HDF5) files")
 
 __all__ = ["load_matrad", "save_matrad", "read_mat", "is_body_name"]
 
@@ -76,8 +81,6 @@ class _Opaque:
 #   char -> str, numeric/logical -> ndarray with MATLAB shape.
 # ---------------------------------------------------------------------------------------
 def _from_scipy(x):
-    from scipy.io.matlab import MatlabFunction, MatlabOpaque
-
     if isinstance(x, (MatlabOpaque, MatlabFunction)):
         return _Opaque(type(x).__name__)
     if isinstance(x, np.ndarray):
@@ -108,8 +111,6 @@ def _h5_class(obj) -> str | None:
 
 
 def _from_h5(obj, f):
-    import h5py
-
     cls = _h5_class(obj)
     if isinstance(obj, h5py.Group):
         if cls not in (None, "struct"):
@@ -196,7 +197,7 @@ def read_mat(path, variables=None) -> dict:
         raise ValueError(f"path {str(p)!r} does not exist or is not a file; pass the path of a matRad .mat file")
     if _is_hdf5(p):
         try:
-            import h5py
+            resolve(h5py)
         except ImportError:
             raise ImportError(
                 f"{p.name} is a MATLAB v7.3 (HDF5) file; reading it needs the h5py package "
@@ -210,7 +211,6 @@ def read_mat(path, variables=None) -> dict:
                 return {k: _from_h5(f[k], f) for k in keys}
         except (OSError, KeyError) as e:
             raise ValueError(f"{p.name} looks like a MATLAB v7.3/HDF5 file but cannot be read: {e}") from None
-    from scipy.io import loadmat
 
     try:
         raw = loadmat(p, struct_as_record=True, squeeze_me=False, chars_as_strings=True,
@@ -347,7 +347,7 @@ def load_matrad(path, hu_table=None, name: str | None = None) -> Case:
         ``cst`` in matRad layout (see the module docstring).
     hu_table : array_like, shape (n, 2), optional
         (HU, relative electron density) calibration used to convert between the density cube
-        and HU; default :data:`rtlab.materials.DEFAULT_HU_TABLE`.
+        and HU; default :data:`rtlab.core.materials.DEFAULT_HU_TABLE`.
     name : str, optional
         Case name; default the file stem.
 
@@ -530,10 +530,9 @@ def save_matrad(case: Case, path, compress: bool = True):
     -------
     pathlib.Path
     """
-    from scipy.io import savemat
 
     if not isinstance(case, Case):
-        raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+        raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
     g = case.grid
     nz, ny, nx = g.shape
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .._util import atomic_path, check_finite
-from ..case import BeamSpec, Case, Goal
-from ..geometry import Grid, Structure, StructureSet
+from ..core.case import BeamSpec, Case, Goal
+from ..core.geometry import Grid, Structure, StructureSet
 
 __all__ = ["save_npz", "load_npz", "load_dose_npz", "NpzContents"]
 
@@ -96,7 +96,7 @@ def save_npz(path, case: Case | None = None, dose=None, grid: Grid | None = None
     meta: dict = {"format": _FORMAT, "version": _VERSION}
     if case is not None:
         if not isinstance(case, Case):
-            raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+            raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
         structs = []
         for i, s in enumerate(case.structures.values()):
             out[f"case_mask_{i}"] = np.asarray(s.mask, dtype=bool)
@@ -119,7 +119,7 @@ def save_npz(path, case: Case | None = None, dose=None, grid: Grid | None = None
             "structures": structs,
         }
     if grid is not None and not isinstance(grid, Grid):
-        raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+        raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
     if dose is not None:
         g = grid if grid is not None else (case.grid if case is not None else None)
         d = np.asarray(dose)
@@ -253,7 +253,7 @@ def load_dose_npz(path, expected_shape=None, allow_negative: bool = False) -> np
     if expected_shape is not None and tuple(d.shape) != tuple(int(s) for s in expected_shape):
         raise ValueError(
             f"{p.name}: 'dose' has shape {d.shape} but the grid is {tuple(expected_shape)} (z, y, x); "
-            "compute the dose on the case's grid or resample it (rtlab.geometry.resample)"
+            "compute the dose on the case's grid or resample it (rtlab.core.geometry.resample)"
         )
     try:
         check_finite(f"'dose' in {p.name}", d)

@@ -29,7 +29,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..optimize.terms import Term, _as_rows, rows_for
+from ..core.selection import as_rows, rows_for
+from ..optimize.terms import Term
 
 __all__ = [
     "sigmoid",
@@ -96,8 +97,8 @@ def conformity_parameters(dose, target_rows, d_ref: float, domain_rows=None,
     d = np.asarray(dose, np.float64)
     if d.ndim != 1:
         raise ValueError(f"dose must be a 1-D vector over the influence-matrix rows, got shape {d.shape}")
-    t = _as_rows(target_rows, "target_rows")
-    dom = np.arange(d.size) if domain_rows is None else np.union1d(_as_rows(domain_rows, "domain_rows"), t)
+    t = as_rows(target_rows, "target_rows")
+    dom = np.arange(d.size) if domain_rows is None else np.union1d(as_rows(domain_rows, "domain_rows"), t)
     if dom[-1] >= d.size:
         raise ValueError(f"row index {int(dom[-1])} is out of range for a dose vector of {d.size} entries")
     d_ref = float(d_ref)
@@ -159,7 +160,7 @@ class ConformityTerm(Term):
                  w1: float | None = None, w2: float | None = None, C: float = 1.0, C1: float = 1.0,
                  C2: float = 1.0, steepness: float = 50.0, voxel_volumes=None, n_rows: int | None = None,
                  name: str | None = None):
-        t = _as_rows(target_rows, "target_rows")
+        t = as_rows(target_rows, "target_rows")
         if domain_rows is None:
             if n_rows is None:
                 raise ValueError("pass domain_rows (e.g. rows_for(body_mask, voxel_index)) or n_rows = A.shape[0]")
@@ -167,7 +168,7 @@ class ConformityTerm(Term):
                 raise ValueError(f"target_rows reach row {int(t[-1])} but n_rows = {n_rows}")
             dom = np.arange(int(n_rows), dtype=np.int64)
         else:
-            dom = np.union1d(_as_rows(domain_rows, "domain_rows"), t).astype(np.int64)
+            dom = np.union1d(as_rows(domain_rows, "domain_rows"), t).astype(np.int64)
         super().__init__(dom, weight, name or f"conformity@{float(d_ref):g}Gy")
         self._in_target = np.isin(dom, t)
         self.target_rows = t
@@ -323,12 +324,12 @@ def conformity_terms(targets: Iterable, domain_rows=None, *, n_rows: int | None 
     return out
 
 
-def paddick_ci(dose_grid, target_mask, d_ref: float, domain_mask=None) -> float:
+def paddick_ci(dose, target_mask, d_ref: float, domain_mask=None) -> float:
     """Exact Paddick conformity index ``TV_RI^2 / (TV * V_RI)`` on a dose grid (eq 3).
 
     Parameters
     ----------
-    dose_grid : ndarray
+    dose : ndarray
         Dose in Gy, any shape.
     target_mask : ndarray of bool, same shape
     d_ref : float
@@ -336,10 +337,10 @@ def paddick_ci(dose_grid, target_mask, d_ref: float, domain_mask=None) -> float:
     domain_mask : ndarray of bool, optional
         Where the dose region is counted (default everywhere).
     """
-    d = np.asarray(dose_grid, np.float64)
+    d = np.asarray(dose, np.float64)
     t = np.asarray(target_mask, bool)
     if t.shape != d.shape:
-        raise ValueError(f"target_mask has shape {t.shape}, dose_grid {d.shape}; they must match")
+        raise ValueError(f"target_mask has shape {t.shape}, dose {d.shape}; they must match")
     if not t.any():
         raise ValueError("target_mask is empty")
     dom = np.ones_like(t) if domain_mask is None else (np.asarray(domain_mask, bool) | t)

@@ -5,7 +5,7 @@ An optimiser returns beamlet weights ``x`` (unit fluence per bixel, the columns 
 fluence maps delivers. :func:`sequence_plan` takes the plan the whole way:
 
 1. **Fluence maps.** Per beam, the weights are scattered onto the beam's bixel grid
-   (:meth:`rtlab.plan.BixelGrid.to_map`): rows are the beam's-eye-view ``v`` axis (across the
+   (:meth:`rtlab.core.beams.BixelGrid.to_map`): rows are the beam's-eye-view ``v`` axis (across the
    leaves; the gantry axis for a coplanar beam), columns the ``u`` axis (along the leaf
    travel), exactly the ``(n_rows, n_cols)`` convention of :mod:`rtlab.methods.sequencing`.
 2. **Monitor units.** The engine's calibration (:func:`rtlab.dose.mu_per_unit_fluence`: 1 MU =
@@ -38,12 +38,17 @@ per voxel (``step`` in weight units), which the tests check.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
-from ..mlc import MLC, get_mlc
+from ..core.mlc import MLC, get_mlc
+from ..dose.mu import mu_per_unit_fluence
+from ..evaluate import metrics as M
 from . import sequencing as sq
 
 __all__ = ["BeamDelivery", "DeliverableResult", "sequence_plan", "beam_fluence_maps", "METHODS"]
@@ -141,7 +146,7 @@ class DeliverableResult:
         Deliverable dose (Gy) on the CT grid (``on`` of :func:`sequence_plan`).
     dose_optimised : ndarray (z, y, x)
         Dose of the optimised weights on the same grid.
-    grid : rtlab.geometry.Grid
+    grid : rtlab.core.geometry.Grid
         The grid of ``dose``.
     timings : dict
         ``sequence_s`` per beam (list) and ``dose_s``.
@@ -167,7 +172,7 @@ class DeliverableResult:
 
     @property
     def mu(self) -> np.ndarray:
-        """Alias of :attr:`mu_per_beam` (what :func:`rtlab.compare.score` reads; it sums them)."""
+        """Alias of :attr:`mu_per_beam` (what :func:`rtlab.evaluate.compare.score` reads; it sums them)."""
         return self.mu_per_beam
 
     @property
@@ -204,7 +209,7 @@ class DeliverableResult:
 
         Parameters
         ----------
-        case : rtlab.case.Case
+        case : rtlab.core.case.Case
             Supplies the targets, their prescriptions (the isodose level of the CI) and the body.
         rx : float or mapping, optional
             Isodose level(s) in Gy overriding the prescriptions.
@@ -216,9 +221,6 @@ class DeliverableResult:
             ``ci_paddick_deliverable``, ``ci_loss`` (optimised - deliverable),
             ``d95_optimised``, ``d95_deliverable`` (Gy), ``d95_loss`` (Gy).
         """
-        import pandas as pd
-
-        from .. import metrics as M
 
         targets = [t for t in case.structures.targets if t.mask.any()]
         if not targets:
@@ -299,7 +301,7 @@ def sequence_plan(im, x, machine="generic_5mm_60", method: str = "sliding", *, f
     x : ndarray (n_beamlets,)
         Optimised beamlet weights (>= 0).
     machine : str or MLC
-        MLC model (:func:`rtlab.mlc.get_mlc`), e.g. ``'generic_5mm_60'``.
+        MLC model (:func:`rtlab.core.mlc.get_mlc`), e.g. ``'generic_5mm_60'``.
     method : {'sliding', 'step'}
         Dynamic sliding window or step-and-shoot.
     fractions : int
@@ -338,9 +340,6 @@ def sequence_plan(im, x, machine="generic_5mm_60", method: str = "sliding", *, f
     ValueError
         Bad weights, unknown method/alignment, a field larger than the MLC, or an all-zero plan.
     """
-    import time
-
-    from ..dose.mu import mu_per_unit_fluence
 
     w = _check_weights(im, x)
     mlc = get_mlc(machine)
@@ -361,7 +360,6 @@ def sequence_plan(im, x, machine="generic_5mm_60", method: str = "sliding", *, f
     it = list(zip(im.beams, im.beamlet_slices))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=len(it), desc=f"sequencing ({method})", leave=False)
     try:

@@ -8,7 +8,7 @@ Targets are sorted by target dose, high to low: ``T1 (D1) > T2 (D2) > ... > Tm (
 * falling distance ``L = D_diff / G`` (eq 17) with the dose falloff gradient ``G`` (the patent
   gives 100 or 200 cGy/mm, i.e. 1 or 2 Gy/mm);
 * extension region: the shell of thickness ``L`` (mm, Euclidean with the grid's anisotropic
-  spacing, via :func:`rtlab.geometry.signed_distance`) outside the higher-dose region;
+  spacing, via :func:`rtlab.core.geometry.signed_distance`) outside the higher-dose region;
 * adjusted ``T_j = (T_j U extension) minus the higher-dose regions`` (para. 118 combines them;
   what lies inside a higher-dose target belongs to that target).
 
@@ -38,8 +38,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..geometry import StructureSet, Structure, signed_distance
 from .._util import check_positive
+from ..core.geometry import Structure, StructureSet, signed_distance
+from ..optimize.terms import rows_for
+from .conformity import ConformityTerm
 
 __all__ = [
     "falling_distance",
@@ -81,7 +83,7 @@ def extension_region(mask, distance_mm: float, spacing, within=None) -> np.ndarr
 
     A voxel belongs to the shell when its centre lies at a Euclidean distance ``0 < r <= L``
     (mm, anisotropic ``spacing``) from the nearest voxel centre of ``mask``
-    (:func:`rtlab.geometry.signed_distance`).
+    (:func:`rtlab.core.geometry.signed_distance`).
 
     Parameters
     ----------
@@ -315,8 +317,6 @@ def falloff_conformity_terms(levels: Sequence[FalloffLevel], voxel_index=None, b
     list of ConformityTerm
         Named ``"conformity:<level name>"``.
     """
-    from ..optimize.terms import rows_for
-    from .conformity import ConformityTerm
 
     levels = list(levels)
     if not levels:

@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._util import check_finite, check_positive
-from ..mlc import MLC, get_mlc
+from ..core.mlc import MLC, get_mlc
+from .smoothing import split_maps
 
 __all__ = [
     "Segment",
@@ -551,8 +552,6 @@ class TNMUPenalty:
     """
 
     def __init__(self, shapes, tnmu0: float, mu_per_unit=1.0, s: float = 0.05, tau: float = 0.5, weight: float = 1.0):
-        from .smoothing import split_maps  # noqa: F401  (validates shapes lazily)
-
         self.shapes = [tuple(int(v) for v in sh) for sh in shapes]
         (self.tnmu0,) = check_positive("tnmu0", tnmu0)
         mpu = np.broadcast_to(np.asarray(mu_per_unit, float), (len(self.shapes),))
@@ -564,8 +563,6 @@ class TNMUPenalty:
         (self.weight,) = check_positive("weight", weight, allow_zero=True)
 
     def _maps(self, x):
-        from .smoothing import split_maps
-
         return split_maps(x, self.shapes)
 
     def smooth_tnmu(self, x) -> float:

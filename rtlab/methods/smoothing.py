@@ -395,7 +395,7 @@ class _Grids(tuple):
 
 
 def _grids_of(im) -> _Grids:
-    """The per-beam :class:`rtlab.plan.BixelGrid` of an influence matrix (or of a :class:`_Grids`)."""
+    """The per-beam :class:`rtlab.core.beams.BixelGrid` of an influence matrix (or of a :class:`_Grids`)."""
     if isinstance(im, _Grids):
         return im
     beams = getattr(im, "beams", None)

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import scipy.optimize
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from .terms import Objective, Term
 
@@ -92,7 +94,6 @@ class History:
 
     def to_dataframe(self):
         """A flat pandas DataFrame: one row per iteration, columns ``term`` and ``term.key``."""
-        import pandas as pd
 
         rows = []
         for r in self.records:
@@ -143,8 +144,8 @@ class OptimizationResult:
     def success(self) -> bool:
         return self.status in ("objective_threshold", "objective_change", "converged")
 
-    def dose_grid(self, shape, voxel_index=None, fill: float = 0.0) -> np.ndarray:
-        """Scatter the voxel dose into a grid of ``shape`` (z, y, x); unselected voxels get ``fill``."""
+    def dose_cube(self, shape, voxel_index=None, fill: float = 0.0) -> np.ndarray:
+        """Scatter the voxel dose (Gy) into an array of ``shape`` (z, y, x); unselected voxels get ``fill``."""
         out = np.full(int(np.prod(shape)), fill, np.float32)
         if voxel_index is None:
             if self.dose.size != out.size:
@@ -153,6 +154,10 @@ class OptimizationResult:
         else:
             out[np.asarray(voxel_index)] = self.dose
         return out.reshape(shape)
+
+    def dose_grid(self, shape, voxel_index=None, fill: float = 0.0) -> np.ndarray:
+        """Old name of :meth:`dose_cube` (kept for one release; ``dose_grid`` now names the grid, not a dose)."""
+        return self.dose_cube(shape, voxel_index, fill)
 
     def __repr__(self) -> str:
         return (f"OptimizationResult(status={self.status!r}, objective={self.objective:.6g}, "
@@ -379,7 +384,6 @@ class Solver:
         self._t0 = time.perf_counter()
         self._bar = None
         if self.progress:
-            from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.max_iter, desc=f"optimise ({self.method})", leave=False)
         status, message = "failed", ""

@@ -23,10 +23,11 @@ methods) set ``space = "beamlet"``; their ``value_and_gradient`` take ``x`` inst
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Iterable
 
 import numpy as np
+
+from ..core.selection import as_rows, rows_for
 
 __all__ = [
     "rows_for",
@@ -44,86 +45,8 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------
-# voxel subsets
+# voxel subsets: rows_for and as_rows live in rtlab.core.selection (re-exported here)
 # ----------------------------------------------------------------------------------------------
-def rows_for(mask, voxel_index=None, grid_shape=None, missing: str = "raise") -> np.ndarray:
-    """Rows of the influence matrix ``A`` that belong to a structure mask.
-
-    Parameters
-    ----------
-    mask : ndarray of bool, shape ``(nz, ny, nx)``, or a :class:`rtlab.geometry.Structure`
-        The structure on the dose grid.
-    voxel_index : ndarray of int, shape ``(n_rows,)``, optional
-        Flat (C-order) index into the grid of each row of ``A``, as given by the dose engine.
-        ``None`` means ``A`` has one row per grid voxel in C order.
-    grid_shape : tuple of int, optional
-        Checked against ``mask.shape`` when given.
-    missing : {'raise', 'warn', 'ignore'}
-        What to do when mask voxels have no row in ``A`` (not selected by the dose engine).
-
-    Returns
-    -------
-    ndarray of int64
-        Sorted, unique row indices.
-    """
-    if hasattr(mask, "mask") and hasattr(mask, "grid"):
-        mask = mask.mask
-    m = np.asarray(mask)
-    if m.dtype != bool:
-        raise TypeError(f"mask must be a boolean array (z, y, x), got dtype {m.dtype}")
-    if grid_shape is not None and tuple(m.shape) != tuple(grid_shape):
-        raise ValueError(f"mask has shape {m.shape}, expected the dose grid shape {tuple(grid_shape)}")
-    if missing not in ("raise", "warn", "ignore"):
-        raise ValueError(f"missing must be 'raise', 'warn' or 'ignore', got {missing!r}")
-    flat = np.flatnonzero(m.ravel())
-    if flat.size == 0:
-        raise ValueError("mask is empty; a term needs at least one voxel")
-    if voxel_index is None:
-        return flat.astype(np.int64)
-    vi = np.asarray(voxel_index)
-    if vi.ndim != 1 or vi.dtype.kind not in "iu":
-        raise TypeError("voxel_index must be a 1-D integer array (flat grid index of each row of A)")
-    if vi.size and (vi.min() < 0 or vi.max() >= m.size):
-        raise ValueError(f"voxel_index holds values outside [0, {m.size}); it does not match the mask's grid")
-    order = np.argsort(vi, kind="stable")
-    pos = np.searchsorted(vi[order], flat)
-    pos = np.minimum(pos, vi.size - 1)
-    found = vi[order][pos] == flat
-    n_missing = int((~found).sum())
-    if n_missing:
-        msg = (f"{n_missing} of {flat.size} mask voxels have no row in the influence matrix "
-               "(the dose engine did not select them); enlarge the dose engine's voxel "
-               "selection or pass missing='ignore'")
-        if missing == "raise":
-            raise ValueError(msg)
-        if missing == "warn":
-            warnings.warn(msg, stacklevel=2)
-    rows = np.unique(order[pos[found]]).astype(np.int64)
-    if rows.size == 0:
-        raise ValueError("no voxel of the mask has a row in the influence matrix")
-    return rows
-
-
-def _as_rows(rows, what: str = "rows") -> np.ndarray | None:
-    if rows is None:
-        return None
-    if hasattr(rows, "mask") and hasattr(rows, "grid"):
-        raise TypeError(f"{what}: pass row indices, not a Structure; convert with rtlab.optimize.rows_for(structure, voxel_index)")
-    r = np.asarray(rows)
-    if r.dtype == bool:
-        r = np.flatnonzero(r)
-    if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
-        raise TypeError(f"{what} must be a 1-D integer array of influence-matrix rows (or a boolean row mask)")
-    if r.size == 0:
-        raise ValueError(f"{what} is empty; a term needs at least one voxel")
-    if r.min() < 0:
-        raise ValueError(f"{what} holds negative indices")
-    u = np.unique(r).astype(np.int64)
-    if u.size != r.size:
-        raise ValueError(f"{what} holds duplicate indices; pass each row once")
-    return u
-
-
 def _level(name, value, allow_zero=True):
     v = float(value)
     if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
@@ -154,7 +77,7 @@ class Term:
     space = "dose"
 
     def __init__(self, rows=None, weight: float = 1.0, name: str | None = None):
-        self.rows = _as_rows(rows)
+        self.rows = as_rows(rows)
         self.weight = weight
         self.name = name or type(self).__name__
 

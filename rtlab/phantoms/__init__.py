@@ -1,10 +1,10 @@
-"""Phantom generators: the AAPM TG-119 set, the seed-004 horseshoe, spheres/ellipsoids, a head.
+"""Phantom generators: the AAPM TG-119 set, the paper-004 horseshoe, spheres/ellipsoids, a head.
 
-Every generator returns an :class:`rtlab.case.Case`: CT in HU (air -1000 outside the body,
+Every generator returns an :class:`rtlab.core.case.Case`: CT in HU (air -1000 outside the body,
 water-equivalent body 0 HU, bone 1000 HU where stated), structures as voxel-centre-inclusion
 masks (targets ``kind='target'`` with their prescription, organs ``'oar'``, the body
-``'body'``), planning goals as :class:`rtlab.case.Goal` data and suggested beams as
-:class:`rtlab.case.BeamSpec` (equispaced coplanar, isocentre at the targets' centroid).
+``'body'``), planning goals as :class:`rtlab.core.case.Goal` data and suggested beams as
+:class:`rtlab.core.case.BeamSpec` (equispaced coplanar, isocentre at the targets' centroid).
 Any voxel size works: ``spacing`` is one number (isotropic, mm) or ``(dz, dy, dx)`` mm.
 Where a phantom's geometry is ours rather than its source's, the generator's docstring,
 ``Case.meta['approximations']`` and ``docs/phantoms.md`` say so.
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..case import Case
+from ..core.case import Case
 from ._shapes import (
     distance_to_ellipsoid,
     equispaced_beams,
@@ -119,7 +119,7 @@ _REGISTRY: dict[str, _Entry] = {
     ),
     "horseshoe": _Entry(
         horseshoe, HORSESHOE_SPACING, 60.0,
-        "Interactive-dose-shaping horseshoe (seed 004). 120 mm C-shaped target around a spherical OAR",
+        "Interactive-dose-shaping horseshoe (paper 004). 120 mm C-shaped target around a spherical OAR",
         _const(HORSESHOE_BODY_HALF), ("Body", "PTV", "OAR"), 9,
     ),
     "sphere": _Entry(

@@ -31,8 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from .._util import check_positive, is_int
-from ..case import BeamSpec, Case, Goal
-from ..geometry import Grid, Structure, StructureSet
+from ..core.case import BeamSpec, Case, Goal
+from ..core.geometry import Grid, Structure, StructureSet
 
 __all__ = [
     "parse_spacing",
@@ -356,7 +356,7 @@ def assemble_case(
     meta: dict,
     prescription: float | None = None,
 ) -> Case:
-    """Turn masks into a :class:`~rtlab.case.Case`, checking that no structure is empty.
+    """Turn masks into a :class:`~rtlab.core.case.Case`, checking that no structure is empty.
 
     Parameters
     ----------

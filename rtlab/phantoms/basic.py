@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._util import check_positive
-from ..case import Case, Goal
+from ..core.case import Case, Goal
 from ._shapes import (
     HU_AIR,
     HU_BONE,
@@ -37,7 +37,7 @@ __all__ = [
     "ellipsoid_body_half",
 ]
 
-#: Seed 004's voxel size 1.952 x 1.952 x 2 mm (y, x, z), as (dz, dy, dx).
+#: Paper 004's voxel size 1.952 x 1.952 x 2 mm (y, x, z), as (dz, dy, dx).
 HORSESHOE_SPACING = (2.0, 1.952, 1.952)
 #: Default voxel size (mm) of the sphere / ellipsoid phantoms.
 SIMPLE_SPACING = (2.0, 2.0, 2.0)
@@ -48,13 +48,13 @@ HORSESHOE_BODY_HALF = (70.0, 100.0, 140.0)
 #: Outer (skin) semi-axes (rz, ry, rx) of the head phantom in mm.
 HEAD_OUTER_RADII = (90.0, 97.0, 75.0)
 
-_SEED004 = "seed 004 (Ziegenhein et al. 2016, interactive dose shaping), section 2.2 and figure 2"
+_PAPER004 = "paper 004 (Ziegenhein et al. 2016, interactive dose shaping), section 2.2 and figure 2"
 
 
-# -- horseshoe (seed 004) --------------------------------------------------------------------------
+# -- horseshoe (paper 004) --------------------------------------------------------------------------
 
 HORSESHOE_APPROXIMATIONS = [
-    "seed 004 states only: horseshoe-shaped target about 12 cm in diameter encompassing a "
+    "paper 004 states only: horseshoe-shaped target about 12 cm in diameter encompassing a "
     "spherical organ at risk, voxels 1.952 x 1.952 x 2 mm, 9 equispaced coplanar beams; "
     "every other dimension here is ours",
     "target: the cylindrical shell 35 <= r < 60 mm (120 mm outer diameter), 70 mm long "
@@ -67,18 +67,18 @@ HORSESHOE_APPROXIMATIONS = [
 
 
 def horseshoe(spacing=None, n_beams: int = 9, prescription: float = 60.0, margin: float = 5.0) -> Case:
-    """The horseshoe phantom of interactive dose shaping (seed 004, section 2.2, figure 2).
+    """The horseshoe phantom of interactive dose shaping (paper 004, section 2.2, figure 2).
 
     Geometry: a horseshoe (C-shaped) target of outer diameter 120 mm ("about 12 cm",
-    seed 004) encompassing a spherical organ at risk. Ours: ``PTV`` = shell
+    paper 004) encompassing a spherical organ at risk. Ours: ``PTV`` = shell
     ``35 <= r < 60 mm`` around the z axis, ``z`` in [-35, 35) mm, opening anterior
     (``y < 0`` and ``|x| < 20 mm`` removed); ``OAR`` = sphere of radius 25 mm at the origin;
     body = elliptical water cylinder 280 (x) x 200 (y) mm, 140 mm long.
 
     Default voxels 1.952 x 1.952 x 2 mm in (y, x, z), i.e. ``spacing = (2.0, 1.952, 1.952)``
-    in (z, y, x); 9 equispaced coplanar beams at 0:40:320 deg (seed 004).
+    in (z, y, x); 9 equispaced coplanar beams at 0:40:320 deg (paper 004).
 
-    Goals (our reading of seed 004's reported result, relative to the prescription ``Rx``):
+    Goals (our reading of paper 004's reported result, relative to the prescription ``Rx``):
     PTV Dmin >= 0.95 Rx, PTV Dmax <= 1.07 Rx, OAR Dmax <= 0.55 Rx.
 
     Parameters
@@ -109,15 +109,15 @@ def horseshoe(spacing=None, n_beams: int = 9, prescription: float = 60.0, margin
         Goal("OAR", "Dmax", "<=", round(0.55 * rx, 6)),
     ]
     desc = (
-        f"Interactive-dose-shaping horseshoe (seed 004): C-shaped target 120 mm across (radii 35-60 mm, "
+        f"Interactive-dose-shaping horseshoe (paper 004): C-shaped target 120 mm across (radii 35-60 mm, "
         f"70 mm long, opening anterior) around a 25 mm radius spherical OAR; {rx:g} Gy; 9 beams 0:40:320. "
         "Approximation: the paper gives only the overall size; radii, length, opening and body are ours."
     )
     meta = {
-        "phantom": "horseshoe", "reference": _SEED004, "spacing": sp,
+        "phantom": "horseshoe", "reference": _PAPER004, "spacing": sp,
         "approximations": HORSESHOE_APPROXIMATIONS,
         "isodose_levels_percent": [55, 95, 107],
-        "beams_note": f"{n_beams} equispaced coplanar beams (seed 004: 9 equispaced)",
+        "beams_note": f"{n_beams} equispaced coplanar beams (paper 004: 9 equispaced)",
     }
     parts = [("Body", body, "body", None), ("PTV", ptv, "target", rx), ("OAR", oar, "oar", None)]
     return assemble_case("horseshoe", grid, ct, parts, goals, n_beams, desc, meta, prescription=rx)

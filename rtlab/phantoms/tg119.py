@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..case import Case, Goal
+from ..core.case import Case, Goal
 from ._shapes import (
     HU_AIR,
     HU_WATER,

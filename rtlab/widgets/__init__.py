@@ -1,6 +1,6 @@
 """rtlab's widget library: views and controls over the library (needs the ``[lab]`` extra).
 
-Widgets hold no algorithm: they cut slices, call :mod:`rtlab.metrics` and
+Widgets hold no algorithm: they cut slices, call :mod:`rtlab.evaluate.metrics` and
 :func:`skimage.measure` functions, and draw.
 
 * :class:`SliceViewer` - CT, structure contours, dose colourwash and isodose lines on a canvas
@@ -8,7 +8,9 @@ Widgets hold no algorithm: they cut slices, call :mod:`rtlab.metrics` and
 * :class:`View3D` - structure surfaces, dose isosurfaces and beam axes (ipyvolume figure).
 * :class:`DVHPlot` - DVHs that redraw on ``update(dose)``.
 
-Panels (thin layers over library calls, imported on first use):
+Panels (thin layers over library calls, imported on first use), all :class:`Panel` objects
+(:mod:`rtlab.widgets.panel`: ``on(event, fn)``, one background-job runner, ``status``, ``out``,
+and one meaning of ``wait()``):
 
 * :class:`DoseEnginePanel`, :class:`OptimizerPanel`, :class:`ReviewPanel`,
   :class:`FalloffPanel`, :class:`ControlPointsPanel` and :class:`PlanLab`, which composes them
@@ -20,6 +22,7 @@ Panels (thin layers over library calls, imported on first use):
 See ``docs/widgets.md``.
 """
 
+from .._lazy import attach
 from .dvh import DVHPlot
 from .slice_viewer import ORIENTATIONS, SliceViewer, asset_path, slice_of, slice_to_index
 from .view3d import Mesh, View3D, beam_source, isodose_mesh, structure_mesh
@@ -38,31 +41,22 @@ __all__ = [
     "ORIENTATIONS",
 ]
 
-#: Panel name -> submodule; loaded lazily so ``import rtlab.widgets`` stays quick.
-_LAZY = {
-    "DoseEnginePanel": "dose_panel",
-    "OptimizerPanel": "optimizer_panel",
-    "ReviewPanel": "review_panel",
-    "FalloffPanel": "falloff_panel",
-    "ControlPointsPanel": "control_points_panel",
-    "PlanLab": "planlab",
-    "IDSPanel": "ids_panel",
-    "SequencingPanel": "sequencing_panel",
-    "BeamAnglePanel": "beam_angle_panel",
-    "GKPanel": "gk_panel",
-    "RegionPanel": "region_panel",
-    "BatchPanel": "batch_panel",
+#: Panel submodule -> the panel it defines; imported on first use so ``import rtlab.widgets`` stays quick.
+PANELS = {
+    "dose_panel": ["DoseEnginePanel"],
+    "optimizer_panel": ["OptimizerPanel"],
+    "review_panel": ["ReviewPanel"],
+    "falloff_panel": ["FalloffPanel"],
+    "control_points_panel": ["ControlPointsPanel"],
+    "planlab": ["PlanLab"],
+    "ids_panel": ["IDSPanel"],
+    "sequencing_panel": ["SequencingPanel"],
+    "beam_angle_panel": ["BeamAnglePanel"],
+    "gk_panel": ["GKPanel"],
+    "region_panel": ["RegionPanel"],
+    "batch_panel": ["BatchPanel"],
+    "panel": ["Panel"],
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__, _lazy_names = attach(__name__, PANELS, PANELS)
+__all__ += [n for names in PANELS.values() for n in names]

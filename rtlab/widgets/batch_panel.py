@@ -1,4 +1,4 @@
-"""BatchPanel: a live queue of a seed-001 batch (case x machine) and its QA table.
+"""BatchPanel: a live queue of a patent-001 batch (case x machine) and its QA table.
 
 The panel runs :func:`rtlab.batch.run_batch` in a background thread and shows one row per
 (case, machine) - before the congestion model has chosen the machines, one row per case for
@@ -21,7 +21,10 @@ import threading
 import time
 from typing import Mapping
 
-import ipywidgets
+import pandas as pd
+
+from ..batch import BatchPlanner, format_qa_table, make_client, qa_table
+from .panel import Panel, ipywidgets
 
 __all__ = ["BatchPanel", "STATES"]
 
@@ -33,8 +36,8 @@ _COLORS = {"done": "#1a7f37", "QA failed": "#b35900", "error": "#cf222e", "runni
            "retrying": "#8250df"}
 
 
-class BatchPanel(ipywidgets.VBox):
-    """Live queue view and QA table of a batch planned on dask (seed 001).
+class BatchPanel(Panel):
+    """Live queue view and QA table of a batch planned on dask (patent 001).
 
     Parameters
     ----------
@@ -69,15 +72,16 @@ class BatchPanel(ipywidgets.VBox):
     rows : dict
         ``(case, machine) -> dict(state, worker, priority, attempts, gamma_3mm, gamma_2mm, note)``.
     summary : dict or None
-        The :func:`run_batch` summary once the batch finished.
-    error : BaseException or None
-        What stopped the batch, if anything.
+        The :func:`run_batch` summary once the batch finished (also :attr:`result`, what
+        :meth:`wait` returns).
+    error : Exception or None
+        What stopped the batch, if anything (:meth:`wait` raises it as the cause of a
+        ``RuntimeError``).
     """
 
     def __init__(self, cases, machines, out, stages=None, client=None, scheduler: str | None = None,
                  n_workers: int = 2, poll_s: float = 0.5, **planner_kwargs):
-        from rtlab.batch import BatchPlanner
-
+        self._init_panel(out_height="160px")
         self.planner = BatchPlanner(cases, machines, stages=stages, **planner_kwargs)  # validates now
         self.out_dir = out
         self.client = client
@@ -92,7 +96,6 @@ class BatchPanel(ipywidgets.VBox):
         self.error = None
         self.dashboard = None
         self._lock = threading.RLock()
-        self._thread = None
         self._client_live = client
         self._t0 = None
         self._elapsed = 0.0
@@ -100,10 +103,8 @@ class BatchPanel(ipywidgets.VBox):
             self.rows[(cid, STANDARD_ROW)] = self._row(self.planner.priorities.get(cid, 0))
         self.run_button = ipywidgets.Button(description="Run batch", button_style="primary", icon="play")
         self.run_button.on_click(lambda _b: self.run())
-        self.status = ipywidgets.HTML()
         self.queue_html = ipywidgets.HTML()
         self.qa_html = ipywidgets.HTML()
-        self.out = ipywidgets.Output(layout=ipywidgets.Layout(max_height="160px", overflow="auto"))
         super().__init__([ipywidgets.HBox([self.run_button, self.status]), self.queue_html, self.qa_html, self.out])
         self._render()
 
@@ -213,18 +214,17 @@ class BatchPanel(ipywidgets.VBox):
     # ------------------------------------------------------------------------------------------
     def run(self):
         """Start the batch in a background thread (no-op while one runs); returns the thread."""
-        if self._thread is not None and self._thread.is_alive():
-            return self._thread
-        self.summary, self.error = None, None
+        if self.running:
+            return self._jobs[-1]
+        self.summary, self.error, self.result = None, None, None
         self.run_button.disabled = True
         self._t0 = time.perf_counter()
-        self._thread = threading.Thread(target=self._work, name="BatchPanel", daemon=True)
-        self._thread.start()
-        return self._thread
+        return self._start_job(self._work, "batch", done=self._enable, when_busy="ignore")
+
+    def _enable(self):
+        self.run_button.disabled = False
 
     def _work(self):
-        from rtlab.batch import make_client
-
         own = self.client is None
         cluster = None
         try:
@@ -239,9 +239,11 @@ class BatchPanel(ipywidgets.VBox):
             finally:
                 stop.set()
                 poller.join(timeout=5)
-        except BaseException as e:  # noqa: BLE001 - shown in the panel, re-raised by wait()
+            return self.summary
+        except Exception as e:  # logged here; the job runner shows it and wait() re-raises it
             self.error = e
             self.out.append_stdout(f"batch stopped: {type(e).__name__}: {e}\n")
+            raise
         finally:
             if own and self._client_live is not None:
                 self._client_live.close()
@@ -249,7 +251,6 @@ class BatchPanel(ipywidgets.VBox):
                     cluster.close()
                 self._client_live = None
             self._elapsed = time.perf_counter() - self._t0
-            self.run_button.disabled = False
             with self._lock:
                 self._render(final=True)
 
@@ -257,25 +258,9 @@ class BatchPanel(ipywidgets.VBox):
         while not stop.wait(self.poll_s):
             self.refresh()
 
-    def wait(self, timeout: float | None = None) -> dict | None:
-        """Join the batch thread; returns the summary (re-raises what stopped the batch)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError(f"the batch is still running after {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self.summary
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     # ------------------------------------------------------------------------------------------
     def table(self):
         """The queue as a pandas DataFrame (one row per case x machine, in insertion order)."""
-        import pandas as pd
-
         with self._lock:
             rows = [dict(case=c, machine=m, **r) for (c, m), r in self.rows.items()]
         return pd.DataFrame(rows, columns=["case", "machine", "state", "worker", "priority", "attempts",
@@ -283,8 +268,6 @@ class BatchPanel(ipywidgets.VBox):
 
     def qa_table(self):
         """:func:`rtlab.batch.qa_table` of the output directory, for this batch's cases."""
-        from rtlab.batch import qa_table
-
         return qa_table(self.out_dir, self.planner.ids)
 
     def counts(self) -> dict:
@@ -316,6 +299,4 @@ class BatchPanel(ipywidgets.VBox):
         link = f" &middot; <a href='{html.escape(self.dashboard)}' target='_blank'>dask dashboard</a>" if self.dashboard else ""
         self.status.value = f"{', '.join(parts)} &middot; {el:.1f} s{link}"
         if final and self.error is None and self.summary is not None:
-            from rtlab.batch import format_qa_table
-
             self.qa_html.value = "<pre style='font-size:12px'>" + html.escape(format_qa_table(self.qa_table())) + "</pre>"

@@ -21,22 +21,24 @@ import html
 import io
 import threading
 
-import ipywidgets
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from ._panel import PanelEvents, PanelJob
+from ..methods import beam_angles as ba
+from .panel import Panel, ipywidgets
 
 __all__ = ["BeamAnglePanel"]
 
 _WEIGHT_NAMES = ("alpha (eta)", "beta (theta)", "gamma (objective)", "lambda (TNMU)")
 
 
-class BeamAnglePanel(PanelEvents, PanelJob, ipywidgets.VBox):
+class BeamAnglePanel(Panel):
     """Ant-colony beam-angle selection with re-weighable pheromone.
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     im : InfluenceMatrix, optional
         Candidate influence matrix (:func:`rtlab.methods.beam_angles.candidate_influence`);
         built on the first run from ``candidates`` when not given.
@@ -60,14 +62,12 @@ class BeamAnglePanel(PanelEvents, PanelJob, ipywidgets.VBox):
     EVENTS = ("iteration", "finished", "reweighed")
 
     def __init__(self, case, im=None, result=None, n_beams: int = 5, candidates=20, max_iter: int = 15):
-        from ..methods import beam_angles as ba
-
         self.case, self.im, self.result = case, im, result
         self.candidates = candidates
         self.max_iter = int(max_iter)
         self.ranking = None
         self._stop = threading.Event()
-        self._init_events()
+        self._init_panel()
 
         w0 = tuple(result.weights) if result is not None and hasattr(result, "weights") else ba.PAPER_WEIGHTS
         self.weights = [ipywidgets.FloatSlider(value=float(v), min=0.0, max=1.0, step=0.05, description=name,
@@ -79,10 +79,8 @@ class BeamAnglePanel(PanelEvents, PanelJob, ipywidgets.VBox):
         self.seed = ipywidgets.IntText(value=0, description="seed", layout=ipywidgets.Layout(width="160px"))
         self.run_button = ipywidgets.Button(description="Run colony", button_style="primary", icon="play")
         self.stop_button = ipywidgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
-        self.status = ipywidgets.HTML()
         self.table = ipywidgets.HTML()
         self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(width="300px"))
-        self.out = ipywidgets.Output(layout=ipywidgets.Layout(max_height="160px", overflow="auto"))
         for s in self.weights:
             s.observe(lambda ch: self.reweigh() if self.result is not None else None, names="value")
         self.run_button.on_click(lambda _: self.run())
@@ -107,8 +105,6 @@ class BeamAnglePanel(PanelEvents, PanelJob, ipywidgets.VBox):
 
         Returns the ranking (pandas DataFrame: ``angles``, ``cost``, ``equispaced``).
         """
-        from ..methods import beam_angles as ba
-
         if self.result is None:
             raise RuntimeError("no colony result yet: run() the colony first or pass result=")
         w = self.weight_values() if weights is None else tuple(weights)
@@ -121,9 +117,10 @@ class BeamAnglePanel(PanelEvents, PanelJob, ipywidgets.VBox):
         return self.ranking
 
     def run(self, block: bool = False):
-        """Run the colony with the panel's settings in a background thread (``block`` to wait)."""
-        from ..methods import beam_angles as ba
+        """Run the colony with the panel's settings in a background thread (``block`` to wait).
 
+        :meth:`wait` returns :attr:`result` (the colony's result); ``"finished"`` carries it too.
+        """
         if self.running:
             raise RuntimeError("the colony is running; stop() or wait() first")
         self._stop.clear()
@@ -153,11 +150,12 @@ class BeamAnglePanel(PanelEvents, PanelJob, ipywidgets.VBox):
                                             + (" (stopped)" if self._stop.is_set() else ""))
             self.reweigh()
             self._emit("finished", self.result)
+            return self.result
 
         def done():
             self.run_button.disabled, self.stop_button.disabled = False, True
 
-        return self._start_job(work, "colony", done, block)
+        return self._start_job(work, "colony", done=done, block=block)
 
     def stop(self) -> None:
         """Stop the colony after its current iteration; the best set so far is kept."""
@@ -165,9 +163,6 @@ class BeamAnglePanel(PanelEvents, PanelJob, ipywidgets.VBox):
 
     # -- drawing ------------------------------------------------------------------------------
     def _render(self):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         top = self.ranking.head(5)
         body = "".join(f"<tr><td>{html.escape(str(r.angles))}</td><td style='text-align:right'>{r.cost:.4f}</td>"
                        f"<td>{'yes' if r.equispaced else ''}</td></tr>" for r in top.itertuples())

@@ -22,13 +22,15 @@ import html
 import threading
 import time
 
-import ipywidgets
 import numpy as np
 
-from ..geometry import Structure
-from ._panel import PanelEvents
-from .falloff_panel import _middle_target_slice, case_targets, replace_overlay
-from .slice_viewer import SliceViewer
+from ..core.geometry import Structure
+from ..methods.control_points import (ControlPointTerm, RingFilter, Thresholds, control_point_targets,
+                                      find_control_points)
+from ..planning import control_point_find_options
+from .falloff_panel import case_targets, replace_overlay
+from .panel import Panel, ipywidgets
+from .slice_viewer import SliceViewer, largest_target_slice
 
 __all__ = ["ControlPointsPanel"]
 
@@ -41,12 +43,12 @@ def _mm(value, description, vmax=50.0):
                                        style={"description_width": "initial"}, layout={"width": "11em"})
 
 
-class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
+class ControlPointsPanel(Panel):
     """Find, draw and count dose control points (patent 000, FIGs 11-18, para. 154-197).
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         Needs at least one target with a prescription (Gy).
     dose : ndarray, shape ``case.grid.shape``, optional
         Dose (Gy) on the CT grid; see :meth:`set_dose`.
@@ -82,7 +84,9 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
         ``sampling``, ``control``, ``inside``, ``outside`` and, with a dose,
         ``inside_below_d1``, ``outside_above_d2``, ``rms_violation_gy`` (else None).
     error : Exception or None
-        The error of the last background run.
+        The error of the last background run (also raised by :meth:`wait`).
+    result : ControlPoints or None
+        What :meth:`wait` returns: the points of the last finished run.
     out : ipywidgets.Output
     status : ipywidgets.HTML
 
@@ -114,21 +118,19 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
             raise TypeError(f"viewer must be an rtlab SliceViewer or None, got {type(viewer).__name__}")
         if viewer is not None:
             viewer.grid.require_same(case.grid, "viewer")
-        self._init_events()
+        self._init_panel("press <b>Compute</b> (or tick the box) to find the control points", out_height="8em")
         self._dose = None if dose is None else self._check_dose(dose)
         self._own_viewer = viewer is None
         if viewer is None:
             viewer = SliceViewer(case.ct, case.grid, case.structures, dose=self._dose,
-                                 slice_index=_middle_target_slice(self._structs[target].mask), display_size=420)
+                                 slice_index=largest_target_slice(self._structs[target].mask), display_size=420)
         self.viewer = viewer
         self.points = None
         self.counts: dict = {}
         self.error: BaseException | None = None
         self._drawn: list[str] = []
-        self._lock = threading.Lock()          # guards _serial
-        self._compute_lock = threading.Lock()  # one computation at a time
+        self._lock = threading.Lock()  # guards _serial (jobs run one at a time, queued)
         self._serial = 0
-        self._threads: list[threading.Thread] = []
 
         st = {"description_width": "initial"}
         self.enable = ipywidgets.Checkbox(value=bool(enabled), description="use control points in the plan",
@@ -155,8 +157,6 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
         self.button = ipywidgets.Button(description="Compute", icon="crosshairs", button_style="primary")
         self.button.on_click(lambda _b: self._guarded(self.update))
         self.table = ipywidgets.HTML()
-        self.status = ipywidgets.HTML("press <b>Compute</b> (or tick the box) to find the control points")
-        self.out = ipywidgets.Output(layout={"max_height": "8em", "overflow": "auto"})
         kids = [
             ipywidgets.HBox([self.enable, self.target]),
             self.mode,
@@ -241,18 +241,11 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
         ValueError
             For invalid find settings (as :meth:`find_kwargs`).
         """
-        from ..planning import control_point_find_options
-
         rec = {"control_point_outside": float(self.outside.value), "control_point_weight": float(self.weight.value)}
         kw = self.find_kwargs()
         if control_point_find_options(kw) != control_point_find_options(None):
             rec["control_point_find"] = kw
         return rec
-
-    @property
-    def running(self) -> bool:
-        """True while a background computation is under way."""
-        return any(th.is_alive() for th in self._threads)
 
     def find_kwargs(self) -> dict:
         """Keyword arguments of :func:`~rtlab.methods.control_points.find_control_points` set in the panel.
@@ -262,8 +255,6 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
         ValueError
             For invalid filter radii (inner >= outer) or when no threshold test is enabled.
         """
-        from ..methods.control_points import RingFilter, Thresholds
-
         kw = {"r_in": float(self.r_in.value), "r_out": float(self.r_out.value), "mode": self.mode.value}
         if kw["r_in"] == 0 and kw["r_out"] == 0:
             raise ValueError("band inside and band outside are both 0 mm; widen at least one (e.g. 10 mm)")
@@ -280,12 +271,13 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
             raise ValueError(f"thresholds: {exc}; tick 'chord ratio' or '|bulge|'") from None
         return kw
 
-    def update(self) -> None:
+    def update(self) -> threading.Thread:
         """Find the control points at the current settings in a background thread.
 
-        Returns at once; :meth:`wait` joins. When the run ends the points are drawn on the
-        viewer, the counts are refreshed and ``"changed"`` is emitted. A newer call supersedes
-        an older one that has not finished.
+        Returns the job's thread at once; :meth:`wait` joins and returns the points
+        (:attr:`result`, a :class:`~rtlab.methods.control_points.ControlPoints`). When the run
+        ends the points are drawn on the viewer, the counts are refreshed and ``"changed"`` is
+        emitted. Runs are queued; a newer call supersedes an older one that has not started.
 
         Raises
         ------
@@ -298,25 +290,8 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
             self._serial += 1
             serial = self._serial
             self.error = None
-        self._threads = [th for th in self._threads if th.is_alive()]
-        th = threading.Thread(target=self._run, args=(serial, target, kw), daemon=True,
-                              name="rtlab-control-points")
-        self._threads.append(th)
         self.status.value = f"finding control points of <b>{html.escape(target.name)}</b> ..."
-        th.start()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Join the background computations; True when none is left running.
-
-        Raises the error of the last run, if it failed.
-        """
-        end = None if timeout is None else time.monotonic() + timeout
-        for th in list(self._threads):
-            th.join(None if end is None else max(0.0, end - time.monotonic()))
-        done = not self.running
-        if done and self.error is not None:
-            raise self.error
-        return done
+        return self._start_job(lambda: self._run(serial, target, kw), "control-point search", when_busy="queue")
 
     def set_dose(self, dose) -> None:
         """Use ``dose`` (Gy, CT grid; None to drop it) for the bound-violation counts.
@@ -361,42 +336,33 @@ class ControlPointsPanel(PanelEvents, ipywidgets.VBox):
         else:
             self._emit("changed", self.points)
 
-    def _run(self, serial, target, kw) -> None:
-        from ..methods.control_points import find_control_points
-
-        with self._compute_lock:
+    def _run(self, serial, target, kw):
+        """The job: find, draw, count, emit; returns the points (None when superseded)."""
+        if serial != self._serial:
+            return None  # superseded before it started
+        t0 = time.perf_counter()
+        try:
+            pts = find_control_points(target.mask, self.case.grid.spacing, **kw)
+        except Exception as exc:
             if serial != self._serial:
-                return  # superseded before it started
-            t0 = time.perf_counter()
-            try:
-                pts = find_control_points(target.mask, self.case.grid.spacing, **kw)
-            except Exception as exc:  # noqa: BLE001 - reported through status and wait()
-                if serial == self._serial:
-                    self.error = exc
-                    self.status.value = f'<span style="color:#c00">{html.escape(str(exc))}</span>'
-                    self.out.append_stderr(f"control points failed: {exc}\n")
-                return
-            if serial != self._serial:
-                return
-            dt = time.perf_counter() - t0
-            try:
-                self.points = pts
-                self._drawn = replace_overlay(self.viewer, self._drawn, self.overlay_structures())
-                self._refresh_counts()
-                c = self.counts
-                self.status.value = (f"<b>{html.escape(target.name)}</b>: {c['control']} control points "
-                                     f"({c['inside']} inside, {c['outside']} outside) of {c['sampling']} "
-                                     f"sampling points, {kw['mode']}")
-                self.out.append_stdout(f"{target.name}: {c['control']} control points ({kw['mode']}) in {dt:.2f} s\n")
-                self._emit("changed", pts)
-            except Exception as exc:  # noqa: BLE001 - e.g. a failing "changed" callback
-                self.error = exc
-                self.status.value = f'<span style="color:#c00">{html.escape(str(exc))}</span>'
-                self.out.append_stderr(f"{type(exc).__name__}: {exc}\n")
+                return None  # a newer run will report
+            self.error = exc
+            raise
+        if serial != self._serial:
+            return None
+        dt = time.perf_counter() - t0
+        self.points = pts
+        self._drawn = replace_overlay(self.viewer, self._drawn, self.overlay_structures())
+        self._refresh_counts()
+        c = self.counts
+        self.status.value = (f"<b>{html.escape(target.name)}</b>: {c['control']} control points "
+                             f"({c['inside']} inside, {c['outside']} outside) of {c['sampling']} "
+                             f"sampling points, {kw['mode']}")
+        self.out.append_stdout(f"{target.name}: {c['control']} control points ({kw['mode']}) in {dt:.2f} s\n")
+        self._emit("changed", pts)
+        return pts
 
     def _refresh_counts(self) -> None:
-        from ..methods.control_points import ControlPointTerm, control_point_targets
-
         p = self.points
         if p is None:
             self.counts = {}

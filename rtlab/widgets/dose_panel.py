@@ -22,10 +22,13 @@ from __future__ import annotations
 import threading
 import time
 
-import ipywidgets
 import numpy as np
 
-from ._panel import PanelEvents
+from .. import planning
+from ..core.case import Case
+from ..dose import DEFAULT_CUTOFF_MM
+from ..planning import PlanSettings
+from .panel import Panel, esc, ipywidgets
 
 __all__ = ["DoseEnginePanel", "parse_angles", "DOSE_GRID_CHOICES"]
 
@@ -74,18 +77,16 @@ def _fmt_angles(angles) -> str:
 
 
 def _prepare(case, **kw):
-    """:func:`rtlab.planning.prepare_plan` (looked up at call time)."""
-    from .. import planning
-
+    """:func:`rtlab.planning.prepare_plan` (looked up at call time, so that tests can replace it)."""
     return planning.prepare_plan(case, **kw)
 
 
-class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
+class DoseEnginePanel(Panel):
     """Beam and dose-engine settings with a Compute button (background thread).
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         The patient / phantom.
     viewer : SliceViewer, optional
         Shows the open-field dose when a computation finishes.
@@ -106,8 +107,8 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
         Gantry angles, comma list in degrees (IEC 61217).
     bixel : ipywidgets.BoundedFloatText
         Bixel size (mm).
-    dose_grid : ipywidgets.Dropdown
-        Dose-grid spacing: value ``None`` (CT grid) or mm.
+    dose_grid_mm : ipywidgets.Dropdown
+        Dose-grid spacing: value ``None`` (CT grid) or mm (``dose_grid`` is its old name).
     cutoff : ipywidgets.BoundedFloatText
         Lateral cut-off (mm).
     compute_button : ipywidgets.Button
@@ -124,6 +125,8 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
         Open-field dose of ``problem.x0`` on the CT grid (Gy, ``(z, y, x)``).
     error : Exception or None
         The exception of the last computation, if it failed.
+    result : PlanProblem or None
+        What :meth:`wait` returns: :attr:`problem`.
     timings : dict
         ``build_s`` and ``dose_s`` (seconds) of the last computation.
 
@@ -137,32 +140,24 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
 
     def __init__(self, case, viewer=None, angles=None, bixel_mm: float = 5.0, dose_grid_mm: float | None = None,
                  cutoff_mm: float | None = None):
-        from ..case import Case
-        from ..dose import DEFAULT_CUTOFF_MM
-
         if not isinstance(case, Case):
-            raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), "
+            raise TypeError(f"case must be an rtlab.core.case.Case (e.g. rtlab.phantoms.get_phantom(...)), "
                             f"got {type(case).__name__}")
         self.case = case
         self.viewer = viewer
         if angles is None:
             angles = case.gantry_angles() or [0.0, 72.0, 144.0, 216.0, 288.0]
         angles = parse_angles(angles)
-        if not (np.isfinite(bixel_mm) and bixel_mm > 0):
-            raise ValueError(f"bixel_mm must be a positive size in mm, got {bixel_mm!r}")
         cutoff_mm = DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm
-        if not (np.isfinite(cutoff_mm) and cutoff_mm > 0):
-            raise ValueError(f"cutoff_mm must be a positive distance in mm, got {cutoff_mm!r}")
-        if dose_grid_mm is not None and not (np.isfinite(dose_grid_mm) and dose_grid_mm > 0):
-            raise ValueError(f"dose_grid_mm must be a positive spacing in mm or None (the CT grid), got {dose_grid_mm!r}")
+        s = PlanSettings(bixel_mm=bixel_mm, dose_grid_mm=dose_grid_mm, cutoff_mm=cutoff_mm)  # checks them
 
         self.problem = None
         self.dose: np.ndarray | None = None
         self.error: Exception | None = None
         self.timings: dict = {}
-        self._init_events()
-        self._thread: threading.Thread | None = None
+        self._init_panel("Set the beams and press <b>Compute dose</b>.")
         self._lock = threading.Lock()
+        bixel_mm, dose_grid_mm, cutoff_mm = s.bixel_mm, s.dose_grid_mm, s.cutoff_mm
 
         style = {"description_width": "150px"}
         lay = ipywidgets.Layout(width="420px")
@@ -175,7 +170,7 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
         choices = [(ct_label, None)] + [(f"{v:g} mm", float(v)) for v in DOSE_GRID_CHOICES]
         if dose_grid_mm is not None and float(dose_grid_mm) not in DOSE_GRID_CHOICES:
             choices.append((f"{float(dose_grid_mm):g} mm", float(dose_grid_mm)))
-        self.dose_grid = ipywidgets.Dropdown(options=choices,
+        self.dose_grid_mm = ipywidgets.Dropdown(options=choices,
                                              value=None if dose_grid_mm is None else float(dose_grid_mm),
                                              description="dose grid", style=style, layout=lay)
         self.cutoff = ipywidgets.BoundedFloatText(value=float(cutoff_mm), min=5.0, max=200.0, step=5.0,
@@ -184,20 +179,27 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
                                                 tooltip="build the beamlet influence matrix (runs in the background)")
         self.progress = ipywidgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="",
                                                  layout=ipywidgets.Layout(width="260px"))
-        self.status = ipywidgets.HTML(value="Set the beams and press <b>Compute dose</b>.")
-        self.out = ipywidgets.Output(layout=ipywidgets.Layout(max_height="160px", overflow="auto"))
         self.compute_button.on_click(lambda _b: self.compute())
         help_ = ipywidgets.HTML(
             "<small>Beamlet influence matrix with the SVD pencil-beam engine. A coarser dose grid and a "
             "smaller cut-off are faster; the plan is always scored on the CT grid.</small>")
-        super().__init__([help_, self.angles_text, self.bixel, self.dose_grid, self.cutoff,
+        super().__init__([help_, self.angles_text, self.bixel, self.dose_grid_mm, self.cutoff,
                           ipywidgets.HBox([self.compute_button, self.progress]), self.status, self.out])
 
     # ------------------------------------------------------------------ state
     @property
-    def running(self) -> bool:
-        """Whether a computation is in progress."""
-        return self._thread is not None and self._thread.is_alive()
+    def dose_grid(self):
+        """Old name of :attr:`dose_grid_mm` (the dropdown; kept for one release)."""
+        return self.dose_grid_mm
+
+    @property
+    def result(self):
+        """What :meth:`wait` returns: the last computed :attr:`problem`."""
+        return self.problem
+
+    @result.setter
+    def result(self, value):
+        self.problem = value
 
     def settings(self) -> dict:
         """The current widget values as ``prepare_plan`` keyword arguments.
@@ -214,13 +216,9 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
             Unparseable angles or a non-positive size.
         """
         angles = parse_angles(self.angles_text.value)
-        bixel = float(self.bixel.value)
-        cut = float(self.cutoff.value)
-        if not bixel > 0:
-            raise ValueError(f"bixel size must be positive (mm), got {bixel!r}")
-        if not cut > 0:
-            raise ValueError(f"lateral cut-off must be positive (mm), got {cut!r}")
-        return {"angles": angles, "bixel_mm": bixel, "dose_grid_mm": self.dose_grid.value, "cutoff_mm": cut}
+        s = PlanSettings(bixel_mm=float(self.bixel.value), dose_grid_mm=self.dose_grid_mm.value,
+                         cutoff_mm=float(self.cutoff.value))  # checks them
+        return {"angles": angles, "bixel_mm": s.bixel_mm, "dose_grid_mm": s.dose_grid_mm, "cutoff_mm": s.cutoff_mm}
 
     # ------------------------------------------------------------------ work
     def compute(self, block: bool = False) -> threading.Thread | None:
@@ -235,7 +233,7 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
         Parameters
         ----------
         block : bool
-            Run in the calling thread instead (returns ``None`` when done; raises on error).
+            Wait for the computation (as :meth:`wait`: raises if it failed).
 
         Raises
         ------
@@ -245,51 +243,21 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
         with self._lock:
             if self.running:
                 self.status.value = "<b>Busy</b>: a dose computation is already running."
-                return self._thread
+                return self._jobs[-1]
             try:
                 kw = self.settings()
             except ValueError as e:
                 self.error = e
-                self.status.value = f'<span style="color:#b00">{_esc(e)}</span>'
+                self._set_status(esc(e), error=True)
                 raise
             self.error = None
-            if block:
-                self._work(kw)
-                if self.error is not None:
-                    raise self.error
-                return None
-            self._thread = threading.Thread(target=self._work, args=(kw,), daemon=True, name="rtlab-dose")
-            self._thread.start()
-            return self._thread
+            self.compute_button.disabled = True
+            return self._start_job(lambda: self._work(kw), "dose computation", block=block,
+                                   done=lambda: setattr(self.compute_button, "disabled", False))
 
-    def wait(self, timeout: float | None = None, raise_error: bool = True) -> bool:
-        """Join the running computation.
-
-        Parameters
-        ----------
-        timeout : float, optional
-            Seconds to wait at most.
-        raise_error : bool
-            Re-raise the computation's exception (as ``RuntimeError`` from it).
-
-        Returns
-        -------
-        bool
-            ``True`` when no computation is running any more.
-        """
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-            if t.is_alive():
-                return False
-        if raise_error and self.error is not None:
-            raise RuntimeError(f"the dose computation failed: {type(self.error).__name__}: {self.error}") from self.error
-        return True
-
-    def _work(self, kw: dict) -> None:
+    def _work(self, kw: dict):
         done = threading.Event()
         t0 = time.perf_counter()
-        self.compute_button.disabled = True
         self.progress.bar_style = "info"
         self.progress.value = 0.02
         n = len(kw["angles"])
@@ -329,22 +297,14 @@ class DoseEnginePanel(PanelEvents, ipywidgets.VBox):
             self.status.value = (f"<b>Done</b>: {im.shape[1]} beamlets, {n} beams, built in {build_s:.1f} s. "
                                  "The viewer shows the open-field dose; go on to the <b>Optimiser</b>.")
             self._emit("computed", problem)
-        except Exception as e:  # noqa: BLE001 - reported in the status line, re-raised by wait()
-            done.set()
+            return problem
+        except Exception as e:  # the job runner reports it in the status line and re-raises it in wait()
             self.error = e
             self.progress.bar_style = "danger"
-            self.status.value = f'<span style="color:#b00"><b>Failed</b>: {_esc(type(e).__name__)}: {_esc(e)}</span>'
-            self.out.append_stderr(f"{type(e).__name__}: {e}\n")
+            raise
         finally:
             done.set()
-            self.compute_button.disabled = False
 
     def __repr__(self) -> str:
         state = "running" if self.running else ("computed" if self.problem is not None else "idle")
         return f"DoseEnginePanel({self.case.name!r}, angles=[{self.angles_text.value}], {state})"
-
-
-def _esc(x) -> str:
-    import html
-
-    return html.escape(str(x))

@@ -1,6 +1,6 @@
 """DVHPlot: a dose-volume histogram plot that redraws when the dose changes.
 
-The DVHs come from :func:`rtlab.metrics.dvh` (this module computes nothing itself); the plot is
+The DVHs come from :func:`rtlab.evaluate.metrics.dvh` (this module computes nothing itself); the plot is
 drawn with matplotlib's Agg renderer into a PNG and shown by an ``ipywidgets.Image``, so it
 needs no matplotlib notebook backend and updates in place on :meth:`DVHPlot.update`.
 """
@@ -10,11 +10,16 @@ from __future__ import annotations
 import io
 import time
 
-import ipywidgets
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from ..geometry import Grid
+from .._lazy import load
+from ..core.geometry import Grid
+from ..evaluate.metrics import dvh
 from .slice_viewer import PALETTE, structure_list
+
+ipywidgets = load("ipywidgets", extra="lab", purpose="rtlab's DVH plot")
 
 __all__ = ["DVHPlot"]
 
@@ -31,7 +36,7 @@ class DVHPlot(ipywidgets.Image):
     dose : ndarray, optional
         Gy, on ``grid`` (or on ``dose_grid``).
     dose_grid : Grid, optional
-        Grid of the dose when it differs from ``grid`` (:func:`rtlab.metrics.dvh` resamples).
+        Grid of the dose when it differs from ``grid`` (:func:`rtlab.evaluate.metrics.dvh` resamples).
     bins : int
         Dose points per curve (``bins + 1`` from 0 to the structure's maximum dose); each
         point's volume is exact.
@@ -43,7 +48,7 @@ class DVHPlot(ipywidgets.Image):
 
     Attributes
     ----------
-    dvhs : dict name -> rtlab.metrics.DVH
+    dvhs : dict name -> rtlab.evaluate.metrics.DVH
         The curves of the latest dose.
     reference_dvhs : dict name -> DVH
         The dashed reference curves (``keep_reference``).
@@ -54,7 +59,7 @@ class DVHPlot(ipywidgets.Image):
     def __init__(self, grid: Grid, structures, dose=None, dose_grid: Grid | None = None, bins: int = 200,
                  keep_reference: bool = False, size=(6.0, 3.5), title: str = ""):
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+            raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
         if int(bins) != bins or bins < 1:
             raise ValueError(f"bins must be a positive integer, got {bins!r}")
         structs = [s for s in structure_list(structures, grid) if s.mask.any()]
@@ -86,12 +91,10 @@ class DVHPlot(ipywidgets.Image):
         return list(self._structures)
 
     def update(self, dose) -> None:
-        """Recompute the DVHs of ``dose`` (Gy) with :func:`rtlab.metrics.dvh` and redraw.
+        """Recompute the DVHs of ``dose`` (Gy) with :func:`rtlab.evaluate.metrics.dvh` and redraw.
 
         Suitable as (part of) an optimiser's per-iteration callback.
         """
-        from ..metrics import dvh
-
         t0 = time.perf_counter()
         d = np.asarray(dose)
         grid = self._dose_grid or self._grid
@@ -104,9 +107,6 @@ class DVHPlot(ipywidgets.Image):
         self.last_draw_s = time.perf_counter() - t0
 
     def _draw(self) -> None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         fig = Figure(figsize=self._size, dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import html
 
-import ipywidgets
 import numpy as np
 
-from ..geometry import Structure
-from .slice_viewer import SliceViewer
-from ._panel import PanelEvents  # noqa: F401  (re-exported for older imports)
+from ..core.case import Case
+from ..core.geometry import Structure
+from ..methods.falloff import adjust_targets
+from .panel import Panel, ipywidgets
+from .slice_viewer import SliceViewer, largest_target_slice
 
-__all__ = ["FalloffPanel", "case_targets", "PanelEvents"]
+__all__ = ["FalloffPanel", "case_targets", "replace_overlay"]
 
 #: Contour colours (RGB 0-1) of the lower levels, cycled.
 LEVEL_COLORS = ((0.10, 0.45, 1.00), (1.00, 0.55, 0.00), (0.70, 0.20, 0.95), (0.00, 0.75, 0.65))
@@ -41,10 +42,8 @@ def case_targets(case) -> list[tuple[Structure, float]]:
     ValueError
         When the case has no non-empty target, or a target has no prescription.
     """
-    from ..case import Case
-
     if not isinstance(case, Case):
-        raise TypeError(f"case must be an rtlab.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
+        raise TypeError(f"case must be an rtlab.core.case.Case (e.g. rtlab.phantoms.get_phantom(...)), got {type(case).__name__}")
     ts = [t for t in case.structures.targets if t.mask.any()]
     if not ts:
         raise ValueError(
@@ -73,16 +72,12 @@ def replace_overlay(viewer: SliceViewer, old_names, new_structures) -> list[str]
     return [s.name for s in new]
 
 
-def _middle_target_slice(mask: np.ndarray) -> int:
-    return int(np.argmax(mask.sum(axis=(1, 2))))
-
-
-class FalloffPanel(PanelEvents, ipywidgets.VBox):
+class FalloffPanel(Panel):
     """Live dose-falloff regions (patent 000, eqs 16-17, para. 80 and 106-123).
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         Needs at least one target with a prescription (Gy).
     viewer : SliceViewer, optional
         Viewer to draw the regions on (as extra structure contours). Default: the panel makes
@@ -115,6 +110,8 @@ class FalloffPanel(PanelEvents, ipywidgets.VBox):
         ``extension_cc``, ``delineated_cc``).
     out : ipywidgets.Output
     status : ipywidgets.HTML
+    result : list of FalloffLevel or None
+        :attr:`levels` (the panel computes in the calling thread: :meth:`wait` returns at once).
 
     Events
     ------
@@ -136,11 +133,11 @@ class FalloffPanel(PanelEvents, ipywidgets.VBox):
             raise TypeError(f"viewer must be an rtlab SliceViewer or None, got {type(viewer).__name__}")
         if viewer is not None:
             viewer.grid.require_same(case.grid, "viewer")
-        self._init_events()
+        self._init_panel(out_height="8em")
         self._own_viewer = viewer is None
         if viewer is None:
             viewer = SliceViewer(case.ct, case.grid, case.structures,
-                                 slice_index=_middle_target_slice(self._targets[0][0].mask), display_size=420)
+                                 slice_index=largest_target_slice(self._targets[0][0].mask), display_size=420)
         self.viewer = viewer
         self._body = case.structures.body_mask().astype(bool)
         self._drawn: list[str] = []
@@ -158,8 +155,6 @@ class FalloffPanel(PanelEvents, ipywidgets.VBox):
         self.show = ipywidgets.ToggleButtons(options=[("adjusted regions", "regions"), ("extension shells", "extensions")],
                                              value=show, style={"button_width": "auto"})
         self.table = ipywidgets.HTML()
-        self.status = ipywidgets.HTML()
-        self.out = ipywidgets.Output(layout={"max_height": "8em", "overflow": "auto"})
         kids = [self.enable, ipywidgets.HBox([self.gradient, self.ring]), self.show]
         if self._own_viewer:
             kids.append(self.viewer)
@@ -227,8 +222,6 @@ class FalloffPanel(PanelEvents, ipywidgets.VBox):
         -------
         list of FalloffLevel
         """
-        from ..methods.falloff import adjust_targets
-
         g = self._check_gradient(self.gradient.value if gradient is None else gradient, "gradient")
         items = [(t.name, t.mask, d) for t, d in self._targets]
         return adjust_targets(items, gradient=g, spacing=self.case.grid.spacing, body=self._body,
@@ -240,6 +233,7 @@ class FalloffPanel(PanelEvents, ipywidgets.VBox):
             self.levels = self.compute()
         else:
             self.levels = None
+        self.result = self.levels
         self.rows = self._rows(self.levels)
         self._draw()
         self._render_table()
@@ -265,7 +259,7 @@ class FalloffPanel(PanelEvents, ipywidgets.VBox):
         try:
             self.update()
         except (ValueError, TypeError) as exc:  # shown in the status line, then raised
-            self.status.value = f'<span style="color:#c00">{html.escape(str(exc))}</span>'
+            self._set_status(html.escape(str(exc)), error=True)
             raise
 
     def _rows(self, levels) -> list[dict]:

@@ -10,15 +10,15 @@ or blocked) and the shot's time, and see at once
   (an :class:`ipywidgets.Image`),
 * the read-out: coverage, selectivity, Paddick CI, GI, beam-on time and the loss.
 
-"Optimise" runs the projected (sub)gradient descent of :mod:`rtlab.methods.isocentres`
+"Optimise" runs the projected (sub)gradient descent of :mod:`rtlab.methods.gk`
 (eq. 9) from the current plan in a background thread, then normalises the plan to the coverage
 goal; :meth:`GKPanel.wait` joins it.
 
 The panel holds no algorithm: dose from :func:`rtlab.dose.pointkernel.dose`, loss and gradient
-from :func:`rtlab.methods.isocentres.plan_loss`, metrics from
-:func:`rtlab.methods.isocentres.evaluate_plan`, optimisation from
-:func:`~rtlab.methods.isocentres.optimize_pgd` and
-:func:`~rtlab.methods.isocentres.normalize_coverage`.
+from :func:`rtlab.methods.gk.plan_loss`, metrics from
+:func:`rtlab.methods.gk.evaluate_plan`, optimisation from
+:func:`~rtlab.methods.gk.optimize_pgd` and
+:func:`~rtlab.methods.gk.normalize_coverage`.
 
 Editing rules (so that an optimised plan survives small edits):
 
@@ -31,13 +31,16 @@ Editing rules (so that an optimised plan survives small edits):
 from __future__ import annotations
 
 import io
-import threading
 
-import ipywidgets
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
-from ..geometry import Grid
-from ..methods.isocentres import _target_mask
+from ..core.geometry import Grid
+from ..dose import pointkernel as pk
+from ..methods import gk as iso
+from ..methods.gk.problem import target_as_mask
+from .panel import Panel, ipywidgets
 from .slice_viewer import SliceViewer
 
 __all__ = ["GKPanel", "BLOCKED"]
@@ -46,7 +49,7 @@ __all__ = ["GKPanel", "BLOCKED"]
 BLOCKED = "blocked"
 
 
-class GKPanel(ipywidgets.VBox):
+class GKPanel(Panel):
     """Shot editor with live dose, loss gradient arrows and conformity read-out.
 
     Parameters
@@ -59,8 +62,8 @@ class GKPanel(ipywidgets.VBox):
         Prescription (Gy).
     shots : array_like (S, 3), optional
         Shot positions (z, y, x) mm. Default: the heuristic shots of
-        :func:`rtlab.methods.isocentres.initial_shots` with times from
-        :func:`~rtlab.methods.isocentres.optimize_times`, normalised to ``coverage_goal``.
+        :func:`rtlab.methods.gk.initial_shots` with times from
+        :func:`~rtlab.methods.gk.optimize_times`, normalised to ``coverage_goal``.
     times : array_like (S, 8, 3), optional
         Minutes per shot, sector and collimator (4, 8, 16 mm). Required with ``shots``.
     body : ndarray of bool, optional
@@ -69,7 +72,7 @@ class GKPanel(ipywidgets.VBox):
         Organs at risk of the loss (eq. 8).
     model : rtlab.dose.pointkernel.GammaKnifeModel, optional
     problem_kw : dict, optional
-        Passed to :func:`rtlab.methods.isocentres.build_problem` (loss weights, shell...).
+        Passed to :func:`rtlab.methods.gk.build_problem` (loss weights, shell...).
     coverage_goal : float
         Coverage the "optimise" result is normalised to.
     ct : ndarray, optional
@@ -105,20 +108,16 @@ class GKPanel(ipywidgets.VBox):
     gradient : ndarray (S, 3)
         ``dL/dr'_i`` (per mm) of the current plan: what the arrows show (negated).
     metrics : dict
-        :func:`rtlab.methods.isocentres.evaluate_plan` of the current plan plus ``loss``.
+        :func:`rtlab.methods.gk.evaluate_plan` of the current plan plus ``loss``.
     """
 
     def __init__(self, grid: Grid, target, rx: float, shots=None, times=None, body=None, oars=(), model=None,
                  problem_kw=None, coverage_goal: float = 0.96, ct=None, display_size: int = 320,
                  draw: bool = True):
-        from ..dose import pointkernel as pk
-        from ..methods import isocentres as iso
-
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
-        self._pk, self._iso = pk, iso
+            raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
         self.grid = grid
-        self.target = np.asarray(_target_mask(target, grid), bool)
+        self.target = np.asarray(target_as_mask(target, grid), bool)
         (self.rx,) = (float(rx),)
         if not (np.isfinite(self.rx) and self.rx > 0):
             raise ValueError(f"rx must be a positive dose in Gy, got {rx!r}")
@@ -126,7 +125,7 @@ class GKPanel(ipywidgets.VBox):
             raise ValueError(f"coverage_goal must lie in (0, 1], got {coverage_goal!r}")
         self.coverage_goal = float(coverage_goal)
         self.body = None if body is None else grid.check_array("body", body).astype(bool)
-        self.model = pk._model(model)
+        self.model = pk.as_model(model)
         self.problem = iso.build_problem(grid, self.target, self.rx, oars=oars, **(problem_kw or {}))
         self._tidx = np.flatnonzero(self.target.ravel())
         if shots is None:
@@ -144,7 +143,7 @@ class GKPanel(ipywidgets.VBox):
             raise ValueError("the plan has no shots")
         self.draw = bool(draw)
         self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._init_panel(out_height="120px")
         self._busy = False  # widget callbacks are ignored while the panel sets widget values
         self.dose = None
         self.loss = float("nan")
@@ -169,7 +168,6 @@ class GKPanel(ipywidgets.VBox):
                                                  tooltip="projected gradient descent on eq. 8 (background thread)")
         self.readout = ipywidgets.HTML()
         self.arrows = ipywidgets.Image(format="png")
-        self.out = ipywidgets.Output(layout=ipywidgets.Layout(max_height="120px", overflow="auto"))
         self.viewer = SliceViewer(np.zeros(grid.shape, np.float32) if ct is None else ct, grid,
                                   structures={"Target": self.target}, dose=None, reference_dose=self.rx,
                                   isodose_levels=(50.0, 100.0), dose_max=None, display_size=int(display_size))
@@ -182,7 +180,7 @@ class GKPanel(ipywidgets.VBox):
             ipywidgets.HBox(self.sector_select[:4]), ipywidgets.HBox(self.sector_select[4:]),
             self.time_slider,
             ipywidgets.HBox([self.viewer, self.arrows]),
-            self.readout, self.out,
+            self.readout, self.status, self.out,
         ]
         self.shot_select.observe(lambda ch: self._guard(self._sync_controls, redraw=True), names="value")
         for ax, sl in enumerate((self.z_slider, self.y_slider, self.x_slider)):
@@ -207,14 +205,14 @@ class GKPanel(ipywidgets.VBox):
         """Per sector of shot ``i``: the collimator (mm) carrying most of its time, or ``'blocked'``."""
         i = self.selected if i is None else int(i)
         out = []
-        for s in range(self._pk.N_SECTORS):
+        for s in range(pk.N_SECTORS):
             row = self.times[i, s]
-            out.append(BLOCKED if row.sum() <= 0 else int(self._pk.COLLIMATORS_MM[int(np.argmax(row))]))
+            out.append(BLOCKED if row.sum() <= 0 else int(pk.COLLIMATORS_MM[int(np.argmax(row))]))
         return out
 
     def set_plan(self, shots, times) -> None:
         """Replace the whole plan (validated by :func:`rtlab.dose.pointkernel.check_shots`) and refresh."""
-        s, t = self._pk.check_shots(shots, times)
+        s, t = pk.check_shots(shots, times)
         if s.shape[0] == 0:
             raise ValueError("the plan has no shots")
         self.shots, self.times = s.copy(), t.copy()
@@ -246,13 +244,13 @@ class GKPanel(ipywidgets.VBox):
         """Give sector ``sector`` of shot ``i`` one collimator (4, 8, 16 mm) or ``'blocked'`` (see module docstring)."""
         i = self.selected if i is None else self._check_shot(i)
         s = int(sector)
-        if not 0 <= s < self._pk.N_SECTORS:
+        if not 0 <= s < pk.N_SECTORS:
             raise ValueError(f"sector must be 0..7, got {sector!r}")
         t = self.times.copy()
         total = float(t[i, s].sum())
         t[i, s] = 0.0
         if collimator != BLOCKED:
-            c = self._pk._col_index(collimator)
+            c = pk.collimator_index(collimator)
             t[i, s, c] = total if total > 0 else self.shot_duration(i)
         self.times = t
         if i == self.selected:
@@ -279,7 +277,6 @@ class GKPanel(ipywidgets.VBox):
     # ------------------------------------------------------------------ evaluation (library calls)
     def update(self) -> dict:
         """Recompute dose, loss, gradient and metrics of the current plan and redraw; returns the metrics."""
-        pk, iso = self._pk, self._iso
         self.dose = pk.dose(self.grid, self.shots, self.times, self.model)
         self.loss, self.gradient, _ = iso.plan_loss(self.problem, self.shots, self.times, self.model)
         mt = iso.evaluate_plan(iso.GKPlan(self.shots, self.times), self.grid, self.target, self.rx, body=self.body,
@@ -301,11 +298,7 @@ class GKPanel(ipywidgets.VBox):
 
     def render_arrows(self) -> bytes:
         """PNG bytes of the axial dose slice through the selected shot, shots and descent arrows."""
-        import matplotlib
-
         matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure
-
         g = self.grid
         k = int(np.clip(np.rint(g.world_to_index(self.shots[self.selected])[0]), 0, g.shape[0] - 1))
         z0 = g.index_to_world(np.array([k, 0, 0]))[0]
@@ -348,17 +341,18 @@ class GKPanel(ipywidgets.VBox):
         }
 
     # ------------------------------------------------------------------ optimisation (background)
-    def optimise(self, n_iter: int = 40, normalise: bool = True, block: bool = False) -> None:
+    def optimise(self, n_iter: int = 40, normalise: bool = True, block: bool = False):
         """Projected gradient descent (eq. 9) from the current plan in a background thread.
 
-        Runs :func:`rtlab.methods.isocentres.optimize_pgd` (``n_iter`` iterations), then, if
+        Runs :func:`rtlab.methods.gk.optimize_pgd` (``n_iter`` iterations), then, if
         ``normalise``, scales the times to ``coverage_goal``
-        (:func:`~rtlab.methods.isocentres.normalize_coverage`), and installs the plan. Progress
-        goes to :attr:`out`. ``block=True`` waits for it.
+        (:func:`~rtlab.methods.gk.normalize_coverage`), and installs the plan. Progress
+        goes to :attr:`out`. Returns the job's thread; :meth:`wait` (or ``block=True``) joins it and
+        returns :attr:`metrics` of the new plan. A call while one runs is ignored (``out`` says so).
         """
-        if self._thread is not None and self._thread.is_alive():
+        if self.running:
             self.out.append_stdout("optimisation already running\n")
-            return
+            return self._jobs[-1]
         if int(n_iter) < 1:
             raise ValueError(f"n_iter must be a positive number of iterations, got {n_iter!r}")
         self.error = None
@@ -371,7 +365,6 @@ class GKPanel(ipywidgets.VBox):
                 self.out.append_stdout(f"  iteration {k}: loss {L:.5f}\n")
 
         def work():
-            iso, pk = self._iso, self._pk
             try:
                 with iso.blas_single_thread():
                     s, t, hist = iso.optimize_pgd(self.problem, shots, times, model=self.model, n_iter=int(n_iter),
@@ -384,28 +377,13 @@ class GKPanel(ipywidgets.VBox):
                 self.history = list(hist)
                 self.set_plan(s, t)
                 self.out.append_stdout(f"done: loss {hist[0]:.5f} -> {min(hist):.5f}; CI {self.metrics['ci_paddick']:.3f}\n")
-            except BaseException as exc:  # noqa: BLE001 - reported, re-raised by wait()
+                return self.metrics
+            except Exception as exc:  # reported by the job runner, re-raised by wait()
                 self.error = exc
-                self.out.append_stdout(f"optimisation failed: {type(exc).__name__}: {exc}\n")
-            finally:
-                self.optimise_button.disabled = False
+                raise
 
-        self._thread = threading.Thread(target=work, daemon=True, name="GKPanel.optimise")
-        self._thread.start()
-        if block:
-            self.wait()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Join the background optimisation; re-raise its error. Returns True when nothing is running."""
-        th = self._thread
-        if th is not None:
-            th.join(timeout)
-            if th.is_alive():
-                return False
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
-        return True
+        return self._start_job(work, "optimisation", block=block,
+                               done=lambda: setattr(self.optimise_button, "disabled", False))
 
     # ------------------------------------------------------------------ internals
     def _check_shot(self, i) -> int:

@@ -1,11 +1,11 @@
-"""IDSPanel: interactive dose shaping in the notebook (seed 004, Ziegenhein et al. 2016).
+"""IDSPanel: interactive dose shaping in the notebook (paper 004, Ziegenhein et al. 2016).
 
 A thin layer over :class:`rtlab.methods.ids.IDSSession`. The planner clicks a voxel on the
 :class:`~rtlab.widgets.SliceViewer`, types a dose (Gy or % of the prescription) and presses
 *Apply to selected voxel*, or drags an isodose line on the slice; the session's modification
 (Algorithm 1, eqs 1-3) and recovery (section 2.3) run in a background thread, then the dose
 colourwash and isodose lines, the :class:`~rtlab.widgets.DVHPlot` and the score table
-(:func:`rtlab.compare.score`: Paddick CI, coverage, D95, organ mean ...) are redrawn.
+(:func:`rtlab.evaluate.compare.score`: Paddick CI, coverage, D95, organ mean ...) are redrawn.
 Undo / redo step through the session's history; *export plan* writes the fluence maps, the
 bixel weights of :meth:`IDSSession.to_plan` and the dose to an ``.npz`` file.
 
@@ -14,44 +14,49 @@ The panel holds no algorithm: every button is a public method (:meth:`IDSPanel.r
 :meth:`IDSPanel.redo`, :meth:`IDSPanel.export_plan`) that checks its input with the session's
 own checks (so a bad request raises the library's error at once, and the status line shows
 it), then queues the library call. Jobs run one after another in a daemon thread, in the
-order they were asked for; :meth:`IDSPanel.wait` joins them.
+order they were asked for; :meth:`IDSPanel.wait` joins them and returns the dose they left
+(:attr:`IDSPanel.result`), as every panel's ``wait()`` does (:mod:`rtlab.widgets.panel`).
 """
 
 from __future__ import annotations
 
-import html
 import threading
 import time
+import warnings
 from pathlib import Path
 
-import ipywidgets
 import numpy as np
 
+from ..core.case import Case
+from ..evaluate.compare import score
+from ..io.npz import save_npz
+from ..methods.ids import IDSSession
 from .dvh import DVHPlot
+from .panel import Panel, esc, ipywidgets
 from .slice_viewer import SliceViewer
 
 __all__ = ["IDSPanel", "SCORE_ROWS"]
 
-#: Rows of the score table: (structure kind, metric of :func:`rtlab.compare.score`).
+#: Rows of the score table: (structure kind, metric of :func:`rtlab.evaluate.compare.score`).
 SCORE_ROWS = (
     ("target", "CI_paddick"), ("target", "coverage"), ("target", "D98"), ("target", "D95"),
     ("target", "Dmean"), ("oar", "Dmean"), ("oar", "D2"), ("oar", "Dmax"),
 )
 
 
-class IDSPanel(ipywidgets.VBox):
+class IDSPanel(Panel):
     """Slice view, DVH, scores and request controls over an interactive dose shaping session.
 
     Parameters
     ----------
-    session : rtlab.methods.ids.IDSSession or rtlab.case.Case
-        The session to drive; a :class:`~rtlab.case.Case` starts a new one with
+    session : rtlab.methods.ids.IDSSession or rtlab.core.case.Case
+        The session to drive; a :class:`~rtlab.core.case.Case` starts a new one with
         ``IDSSession(case, **session_kwargs)``.
     slice_index : int, optional
         Axial slice shown first (default: the slice through the centre of the organs at
         risk, else of the targets).
     isodose_levels_pct : sequence of float
-        Isodose lines in % of ``session.reference_gy`` (seed 004: 55, 95, 107 %).
+        Isodose lines in % of ``session.reference_gy`` (paper 004: 55, 95, 107 %).
     request_pct : float
         Initial value of the requested-dose field (in %).
     score_level_pct : float
@@ -74,7 +79,7 @@ class IDSPanel(ipywidgets.VBox):
     dose : ndarray
         The displayed dose cube (Gy), a copy of ``session.dose`` after the latest job.
     scores : pandas.DataFrame
-        :func:`rtlab.compare.score` of the current dose (all rows); ``scores_start`` the same
+        :func:`rtlab.evaluate.compare.score` of the current dose (all rows); ``scores_start`` the same
         for the dose the panel started with.
     dose_input : ipywidgets.FloatText
         Requested dose, in the unit of ``unit_input`` (``'%'`` of ``reference_gy`` or ``'Gy'``).
@@ -82,18 +87,19 @@ class IDSPanel(ipywidgets.VBox):
         Recovery steps after a request (and for *Recover more*).
     status : ipywidgets.HTML
         One status line; errors in red. ``last_error`` holds the latest error text.
-    output : ipywidgets.Output
-        One line per finished job.
-    plan : rtlab.plan.Plan or None
+    out : ipywidgets.Output
+        One line per finished job (``output`` is its old name).
+    result : ndarray
+        What :meth:`wait` returns: :attr:`dose` after the latest job.
+    running : bool
+        True while a job is queued or running (``busy`` is its old name).
+    plan : rtlab.dose.Plan or None
         The latest exported plan (:meth:`export_plan`).
     """
 
     def __init__(self, session, *, slice_index: int | None = None, isodose_levels_pct=(55.0, 95.0, 107.0),
                  request_pct: float = 55.0, score_level_pct: float = 95.0, display_size: int = 420,
                  dvh_bins: int = 200, **session_kwargs):
-        from ..case import Case
-        from ..methods.ids import IDSSession
-
         if isinstance(session, Case):
             session = IDSSession(session, **session_kwargs)
         elif session_kwargs:
@@ -109,11 +115,8 @@ class IDSPanel(ipywidgets.VBox):
         if not (np.isfinite(score_level_pct) and score_level_pct > 0):
             raise ValueError(f"score_level_pct must be a positive percentage, got {score_level_pct!r}")
         self.score_level_gy = score_level_pct / 100.0 * ref
+        self._init_panel("ready", out_height="160px")
         self._lock = threading.Lock()  # held while a job runs the session
-        self._state = threading.Lock()  # guards the job bookkeeping below
-        self._thread: threading.Thread | None = None
-        self._pending = 0
-        self._errors: list[BaseException] = []
         self._step_total = 0
         self.last_error = ""
         self.plan = None
@@ -149,8 +152,6 @@ class IDSPanel(ipywidgets.VBox):
         self.progress = ipywidgets.IntProgress(value=0, min=0, max=1, description="recovery",
                                                layout=ipywidgets.Layout(width="320px"),
                                                style={"description_width": "initial"})
-        self.status = ipywidgets.HTML("ready")
-        self.output = ipywidgets.Output(layout=ipywidgets.Layout(max_height="160px", overflow="auto"))
 
         self.apply_button.on_click(lambda _b: self._from_ui(self.request_voxel))
         self.recover_button.on_click(lambda _b: self._from_ui(self.recover))
@@ -173,10 +174,10 @@ class IDSPanel(ipywidgets.VBox):
             ipywidgets.HTML("<small>drag an isodose line on the slice to move it "
                             "(its voxels get the line's dose)</small>"),
         ], layout=ipywidgets.Layout(min_width="330px"))
-        title = ipywidgets.HTML(f"<b>Interactive dose shaping</b> (seed 004) &mdash; {html.escape(case.name)}, "
+        title = ipywidgets.HTML(f"<b>Interactive dose shaping</b> (paper 004) &mdash; {esc(case.name)}, "
                                 f"100 % = {ref:g} Gy, {session.n_beams} beams")
         super().__init__([title, ipywidgets.HBox([self.viewer, controls]),
-                          ipywidgets.HBox([self.dvh, self.score_table]), self.output])
+                          ipywidgets.HBox([self.dvh, self.score_table]), self.out])
         self._show_scores()
         self._update_buttons()
 
@@ -187,9 +188,21 @@ class IDSPanel(ipywidgets.VBox):
         return self.session.reference_gy
 
     @property
+    def result(self) -> np.ndarray:
+        """What :meth:`wait` returns: the displayed dose (Gy) after the latest job (:attr:`dose`)."""
+        return self.dose
+
+    @property
     def busy(self) -> bool:
-        """True while a job is queued or running."""
-        return self._pending > 0
+        """Old name of :attr:`running` (kept for one release)."""
+        warnings.warn("IDSPanel.busy is now IDSPanel.running", DeprecationWarning, stacklevel=2)
+        return self.running
+
+    @property
+    def output(self):
+        """Old name of :attr:`out` (kept for one release)."""
+        warnings.warn("IDSPanel.output is now IDSPanel.out", DeprecationWarning, stacklevel=2)
+        return self.out
 
     @property
     def selected_index(self) -> tuple | None:
@@ -209,16 +222,15 @@ class IDSPanel(ipywidgets.VBox):
             raise TypeError(f"dose must be a number, got {value!r}") from None
         return v / 100.0 * self.reference_gy if unit == "%" else v
 
-    def _set_status(self, text: str, error: bool = False) -> None:
-        if error:
-            self.last_error = text
-            self.status.value = f'<span style="color:#c00000"><b>error:</b> {html.escape(text)}</span>'
-        else:
-            self.status.value = html.escape(text)
-
     def _fail(self, exc: BaseException):
-        self._set_status(str(exc), error=True)
+        """Show a refused request in the status line (and :attr:`last_error`); returns ``exc``."""
+        self.last_error = str(exc)
+        self._set_status(f"<b>error:</b> {esc(exc)}", error=True)
         return exc
+
+    def _job_failed(self, name: str, exc: Exception) -> None:
+        self.last_error = str(exc)
+        super()._job_failed(name, exc)
 
     def _from_ui(self, method) -> None:
         """Run a button's method; its error is already shown in the status line."""
@@ -228,7 +240,7 @@ class IDSPanel(ipywidgets.VBox):
             pass
 
     def _update_buttons(self) -> None:
-        busy = self.busy
+        busy = self.running
         s = self.session
         self.apply_button.disabled = busy
         self.recover_button.disabled = busy or not s.has_request
@@ -236,8 +248,6 @@ class IDSPanel(ipywidgets.VBox):
         self.redo_button.disabled = busy or not s.can_redo
 
     def _score(self, dose):
-        from ..compare import score
-
         plan = {"dose": dose, "grid": self.session.grid}  # the table shows no MU
         return score({"IDS": plan}, self.session.case, rx=self.score_level_gy)
 
@@ -259,7 +269,7 @@ class IDSPanel(ipywidgets.VBox):
         rows = []
         for (name, met), (a, b) in self.score_summary().items():
             unit = "Gy" if met.startswith("D") else ""
-            rows.append(f"<tr><td>{html.escape(name)}</td><td>{met}</td><td>{a:.3f}</td><td><b>{b:.3f}</b></td>"
+            rows.append(f"<tr><td>{esc(name)}</td><td>{met}</td><td>{a:.3f}</td><td><b>{b:.3f}</b></td>"
                         f"<td>{unit}</td></tr>")
         cov = self.session.target_coverage(95.0)
         rows.append(f"<tr><td>targets</td><td>&ge; 95 % (tracked)</td><td></td><td><b>{100 * cov:.1f}</b></td>"
@@ -270,54 +280,24 @@ class IDSPanel(ipywidgets.VBox):
 
     # ------------------------------------------------------------------ jobs
     def _submit(self, label: str, fn) -> threading.Thread:
-        prev = self._thread
-
-        def run():
-            if prev is not None:
-                prev.join()
+        """Queue ``fn()`` (returns a message) after the pending jobs; redraw when it is done."""
+        def work():
             t0 = time.perf_counter()
-            try:
-                self._set_status(f"{label} ...")
-                with self._lock:
-                    msg = fn()
-                    self._refresh()
-                dt = time.perf_counter() - t0
-                self._set_status(f"{label}: {msg} ({dt:.2f} s)")
-                self.output.append_stdout(f"{label}: {msg}\n")
-            except Exception as exc:  # noqa: BLE001 - shown in the status line, re-raised by wait()
-                with self._state:
-                    self._errors.append(exc)
-                self._fail(exc)
-                self.output.append_stderr(f"{label} failed: {exc}\n")
-            finally:
-                with self._state:
-                    self._pending -= 1
-                    self.n_jobs += 1
-                self._update_buttons()
+            self._set_status(esc(f"{label} ..."))
+            with self._lock:
+                msg = fn()
+                self._refresh()
+            dt = time.perf_counter() - t0
+            self._set_status(esc(f"{label}: {msg} ({dt:.2f} s)"))
+            self.out.append_stdout(f"{label}: {msg}\n")
 
-        th = threading.Thread(target=run, daemon=True, name=f"rtlab-ids-{label}")
-        with self._state:
-            self._pending += 1
-            self._thread = th
+        def done():
+            self.n_jobs += 1
+            self._update_buttons()
+
+        th = self._start_job(work, label, done=done, when_busy="queue")
         self._update_buttons()
-        th.start()
         return th
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Join the queued jobs; ``True`` when all finished (``False`` after ``timeout`` s).
-
-        Re-raises (once) the first error a job met, after all jobs finished.
-        """
-        th = self._thread
-        if th is not None:
-            th.join(timeout)
-            if th.is_alive():
-                return False
-        with self._state:
-            errs, self._errors = self._errors, []
-        if errs:
-            raise errs[0]
-        return True
 
     def _refresh(self) -> None:
         """Redraw viewer, DVH and scores from the session's current dose (worker thread)."""
@@ -363,7 +343,7 @@ class IDSPanel(ipywidgets.VBox):
     # ------------------------------------------------------------------ actions (public)
     def request_voxel(self, index=None, dose=None, unit: str | None = None,
                       recover: int | None = None) -> threading.Thread:
-        """Ask for a new dose in one voxel (seed 004 section 2.2 + recovery), in the background.
+        """Ask for a new dose in one voxel (paper 004 section 2.2 + recovery), in the background.
 
         Parameters
         ----------
@@ -414,7 +394,7 @@ class IDSPanel(ipywidgets.VBox):
         return self._submit("request", job)
 
     def request_isodose(self, level, path, unit: str = "Gy", recover: int | None = None) -> threading.Thread:
-        """Move an isodose line: the voxels along ``path`` get ``level`` (seed 004 section 2.2), in the background.
+        """Move an isodose line: the voxels along ``path`` get ``level`` (paper 004 section 2.2), in the background.
 
         Parameters
         ----------
@@ -454,7 +434,7 @@ class IDSPanel(ipywidgets.VBox):
         try:
             n = int(self.steps_input.value) if n_steps is None else self.session.validate_request(n_steps=n_steps)[
                 "n_steps"]
-            if not self.session.has_request and not self.busy:
+            if not self.session.has_request and not self.running:
                 raise ValueError("no request to recover from; make a request first (Apply to selected voxel)")
         except (ValueError, TypeError) as exc:
             raise self._fail(exc)
@@ -467,7 +447,7 @@ class IDSPanel(ipywidgets.VBox):
 
     def undo(self) -> threading.Thread:
         """Return to the state before the latest request / recovery (exactly), in the background."""
-        if not self.busy and not self.session.can_undo:
+        if not self.running and not self.session.can_undo:
             raise self._fail(ValueError("nothing to undo"))
 
         def job():
@@ -478,7 +458,7 @@ class IDSPanel(ipywidgets.VBox):
 
     def redo(self) -> threading.Thread:
         """Re-apply the latest undone action (exactly), in the background."""
-        if not self.busy and not self.session.can_redo:
+        if not self.running and not self.session.can_redo:
             raise self._fail(ValueError("nothing to redo"))
 
         def job():
@@ -504,8 +484,6 @@ class IDSPanel(ipywidgets.VBox):
                                         "give a file name like ids_plan.npz"))
 
         def job():
-            from ..io.npz import save_npz
-
             s = self.session
             self.plan = s.to_plan()
             if path is None:

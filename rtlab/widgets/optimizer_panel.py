@@ -20,10 +20,13 @@ import io
 import threading
 import time
 
-import ipywidgets
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from ._panel import PanelEvents
+from ..core.case import Case
+from ..planning import CONFORMITY_RECIPE, OBJECTIVES, PlanProblem, optimise_plan, prepare_plan
+from .panel import Panel, ipywidgets
 
 __all__ = ["OptimizerPanel"]
 
@@ -36,9 +39,6 @@ TABLE_KEYS = ("F", "S", "f_C", "f_C_exact")
 
 def _objective_png(iterations, values, size=(4.0, 2.4)) -> bytes:
     """PNG of the objective against the iteration (log scale when positive)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=size, dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -85,12 +85,12 @@ def history_table(records, terms, last: int = 8) -> str:
     return f"<table style='{style}'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-class OptimizerPanel(PanelEvents, ipywidgets.VBox):
+class OptimizerPanel(Panel):
     """Settings, Run/Stop and a live view of the plan optimisation.
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
     problem : rtlab.planning.PlanProblem, optional
         The problem to optimise (e.g. from the DoseEnginePanel). Without one, :meth:`run`
         first builds it with :func:`rtlab.planning.prepare_plan` from ``prepare_options``.
@@ -147,11 +147,8 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
 
     def __init__(self, case, problem=None, viewer=None, dvh=None, *, prepare_options: dict | None = None,
                  update_interval: float = 0.2, report_every: int = 1):
-        from ..case import Case
-        from ..planning import CONFORMITY_RECIPE, OBJECTIVES
-
         if not isinstance(case, Case):
-            raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+            raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
         if not update_interval >= 0:
             raise ValueError(f"update_interval must be >= 0 seconds, got {update_interval!r}")
         if int(report_every) < 1:
@@ -167,8 +164,7 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
         self.result = None
         self.history: list[dict] = []
         self.error = None
-        self._init_events()
-        self._thread: threading.Thread | None = None
+        self._init_panel("no problem yet", out_height="120px")
         self._cancel = threading.Event()
         self._last_ui = 0.0
         self._x_last = None
@@ -197,10 +193,8 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
         self.run_button = ipywidgets.Button(description="Run", button_style="success", icon="play")
         self.stop_button = ipywidgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.progress = ipywidgets.IntProgress(value=0, min=0, max=100, description="iterations")
-        self.status = ipywidgets.HTML("no problem yet")
         self.table = ipywidgets.HTML("")
         self.plot = ipywidgets.Image(format="png", value=_objective_png([], []))
-        self.out = ipywidgets.Output(layout=ipywidgets.Layout(max_height="120px", overflow="auto"))
 
         self.run_button.on_click(lambda _b: self.run())
         self.stop_button.on_click(lambda _b: self.stop())
@@ -219,15 +213,9 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
             self.set_problem(problem)
 
     # -- settings -----------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def set_problem(self, problem) -> None:
         """Use ``problem`` (a PlanProblem) as the base of the next runs; the widgets take its
         objective, per-target weights, ``w1``/``w2`` and steepness."""
-        from ..planning import PlanProblem
-
         if not isinstance(problem, PlanProblem):
             raise TypeError(f"problem must be an rtlab.planning.PlanProblem (prepare_plan), got {type(problem).__name__}")
         if self.running:
@@ -236,16 +224,16 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
         self.problem = problem
         s = problem.settings
         with self.objective.hold_trait_notifications():
-            self.objective.value = s["objective"]
+            self.objective.value = s.objective
         self._rebuild_weights(problem)
-        if s["objective"] == "conformity":
-            self.steepness.value = float(s["recipe"]["steepness"])
-        self.split.value = s.get("w1") is not None or s.get("w2") is not None
+        if s.objective == "conformity":
+            self.steepness.value = float(s.recipe["steepness"])
+        self.split.value = s.w1 is not None or s.w2 is not None
         if self.split.value:
-            self.w1.value = 1.0 if s.get("w1") is None else s["w1"]
-            self.w2.value = 1.0 if s.get("w2") is None else s["w2"]
+            self.w1.value = 1.0 if s.w1 is None else s.w1
+            self.w2.value = 1.0 if s.w2 is None else s.w2
         self._set_status(f"ready: {len(problem.angles)} beams, {problem.operator.shape[1]} beamlets, "
-                         f"objective {s['objective']!r}")
+                         f"objective {s.objective!r}")
 
     def _rebuild_weights(self, problem):
         lay = ipywidgets.Layout(width="210px")
@@ -257,7 +245,7 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
         self.weights_box.children = tuple(self.weights.values())
 
     def _on_objective(self, change):
-        if self.problem is not None and change["new"] != self.problem.settings["objective"]:
+        if self.problem is not None and change["new"] != self.problem.settings.objective:
             self._rebuild_weights(self.problem.with_objective(objective=change["new"]))
         elif self.problem is not None:
             self._rebuild_weights(self.problem)
@@ -281,15 +269,13 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
         weights, ``w1``/``w2`` and steepness (:meth:`PlanProblem.with_objective`, no rebuild of
         the influence matrix). Builds the base problem with ``prepare_plan`` when there is none.
         """
-        from ..planning import CONFORMITY_RECIPE, prepare_plan
-
         if self.problem is None:
             self._set_status("building the influence matrix ...")
             self.set_problem(prepare_plan(self.case, objective=self.objective.value, **self.prepare_options))
         base = self.problem
         obj = self.objective.value
-        same = obj == base.settings["objective"]
-        recipe = dict(base.settings.get("recipe_overrides") or {}) if same else {}
+        same = obj == base.settings.objective
+        recipe = dict(base.settings.recipe_overrides or {}) if same else {}
         if obj == "conformity":
             k = float(self.steepness.value)
             if k != CONFORMITY_RECIPE["steepness"] or "steepness" in recipe:
@@ -299,15 +285,15 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
         kw = {}
         if not same:  # falloff and control points follow the base problem when they apply
             conf = obj == "conformity"
-            kw = {"falloff": base.settings["falloff_gy_per_mm"] if conf else None,
-                  "control_points": base.settings["control_points"] if conf else False}
+            kw = {"falloff": base.settings.falloff_gy_per_mm if conf else None,
+                  "control_points": base.settings.control_points if conf else False}
         return base.with_objective(objective=obj, recipe=recipe or None, weights=weights or None,
                                    w1=float(self.w1.value) if split else None,
                                    w2=float(self.w2.value) if split else None, **kw)
 
     # -- running ------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Start an optimisation in a background thread and return at once.
+    def run(self) -> threading.Thread:
+        """Start an optimisation in a background thread and return it at once (:meth:`wait` joins).
 
         The problem is :meth:`build_problem` (errors in the settings raise here, before the
         thread starts); the solver settings are :meth:`solver_settings`. ``'iteration'`` fires
@@ -329,31 +315,21 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
         self.stop_button.disabled = False
         self._t_start = time.perf_counter()
         self._last_ui = 0.0
-        self.out.append_stdout(f"run: objective {problem.settings['objective']!r}, "
+        self.out.append_stdout(f"run: objective {problem.settings.objective!r}, "
                                f"max_iter {opts['max_iter']}\n")
         self._set_status("running ...")
-        self._thread = threading.Thread(target=self._work, args=(problem, opts, self._cancel), daemon=True,
-                                        name="rtlab-optimizer")
-        self._thread.start()
+        cancel = self._cancel
+        return self._start_job(lambda: self._work(problem, opts, cancel), "optimisation", done=self._buttons_idle)
+
+    def _buttons_idle(self) -> None:
+        self.run_button.disabled = False
+        self.stop_button.disabled = True
 
     def stop(self) -> None:
         """Ask the run to stop; it ends with the best plan so far (status ``'cancelled'``)."""
         self._cancel.set()
         if self.running:
             self._set_status("stopping ...")
-
-    def wait(self, timeout: float | None = None):
-        """Join the run; return :attr:`result` (``None`` if still running after ``timeout`` s).
-
-        Raises the run's exception (wrapped in RuntimeError) if it failed.
-        """
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                return None
-        if self.error is not None:
-            raise RuntimeError(f"the optimisation failed: {self.error!r}") from self.error
-        return self.result
 
     def current_dose(self):
         """Dose (Gy, CT grid) of the latest iterate of the run, else of the result, else None."""
@@ -365,18 +341,12 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
         return None if self.result is None else self.result.dose
 
     def _work(self, problem, opts, cancel):
-        from ..planning import optimise_plan
-
         try:
             res = optimise_plan(problem, callback=self._on_record, cancel_event=cancel,
                                 report_every=self.report_every, **opts)
-        except BaseException as e:  # reported through .error / wait()
+        except Exception as e:  # reported by the job runner (status, out) and wait()
             self.error = e
-            self.out.append_stderr(f"optimisation failed: {e!r}\n")
-            self._set_status(f"<span style='color:#b00'>failed: {html.escape(str(e))}</span>")
-            self.run_button.disabled = False
-            self.stop_button.disabled = True
-            return
+            raise
         self.result = res
         self.history = list(res.history.records)
         self._x_last = None
@@ -387,9 +357,8 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
                f"CI {ci:.3f}" if ci is not None else f"{t['status']} after {t['iterations']} iterations")
         self.out.append_stdout(msg + f" ({t['optimize_s']:.1f} s)\n")
         self._set_status(msg)
-        self.run_button.disabled = False
-        self.stop_button.disabled = True
         self._emit("finished", res)
+        return res
 
     def _on_record(self, rec):
         x = rec.get("x")
@@ -421,6 +390,3 @@ class OptimizerPanel(PanelEvents, ipywidgets.VBox):
                     self.viewer.set_dose(dose)
                 if self.dvh is not None:
                     self.dvh.update(dose)
-
-    def _set_status(self, text):
-        self.status.value = text

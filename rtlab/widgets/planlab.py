@@ -6,7 +6,7 @@
   **Quick plan** button (compute the dose, optimise, score -- with the current settings);
 * a **status line** that says what to do next and what just happened;
 * the :class:`SliceViewer` (CT, contours, dose), the :class:`DVHPlot` (dashed: open fields,
-  solid: the latest plan) and the **score table** (:func:`rtlab.compare.score`: Paddick and
+  solid: the latest plan) and the **score table** (:func:`rtlab.evaluate.compare.score`: Paddick and
   RTOG CI, GI, HI, coverage and the case's goals, open fields against the optimised plan);
 * tabs with the five panels: **Dose engine** (:class:`DoseEnginePanel`), **Falloff**
   (:class:`FalloffPanel`), **Control points** (:class:`ControlPointsPanel`), **Optimiser**
@@ -20,22 +20,29 @@ to the review panel; falloff / control-point changes re-derive the optimiser's p
 rebuilding the influence matrix. Changing the phantom starts over with fresh panels.
 
 Everything is reachable from Python: ``lab.quick_plan()`` runs compute + optimise + wait and
-returns the :class:`~rtlab.planning.PlanResult`; ``lab.load_phantom(name, spacing_mm)``
+returns the :class:`~rtlab.planning.PlanResult`; ``lab.wait()`` joins a background quick plan
+and the panels' jobs and returns :attr:`PlanLab.result`; ``lab.load_phantom(name, spacing_mm)``
 switches the case; the panels are ``lab.dose_panel``, ``lab.falloff_panel``,
 ``lab.control_points_panel``, ``lab.optimizer``, ``lab.review``.
 """
 
 from __future__ import annotations
 
-import html
-import threading
 import time
 
-import ipywidgets
 import numpy as np
+import pandas as pd
 
+from .. import phantoms
+from ..core.case import Case
+from ..evaluate.compare import score
+from .control_points_panel import ControlPointsPanel
 from .dose_panel import DoseEnginePanel
 from .dvh import DVHPlot
+from .falloff_panel import FalloffPanel
+from .optimizer_panel import OptimizerPanel
+from .panel import Panel, esc, ipywidgets
+from .review_panel import ReviewPanel
 from .slice_viewer import SliceViewer
 
 __all__ = ["PlanLab", "TAB_TITLES", "SPACING_CHOICES", "summary_table"]
@@ -54,7 +61,7 @@ _ALIASES = {"tg119_c_easy": "tg119_cshape_easy", "tg119_c_hard": "tg119_cshape_h
 
 
 def summary_table(table):
-    """Condense a :func:`rtlab.compare.score` table to the rows a planner looks at first.
+    """Condense a :func:`rtlab.evaluate.compare.score` table to the rows a planner looks at first.
 
     Parameters
     ----------
@@ -68,8 +75,6 @@ def summary_table(table):
         ``passed: <plan>`` column per plan for the goal rows; a last row ``MU`` when known.
         Rows: for every target the metrics :data:`_SUMMARY_METRICS`, then every goal.
     """
-    import pandas as pd
-
     targets = [s for s in dict.fromkeys(table.loc[table["metric"] == "CI_paddick", "structure"])]
     keep = table["goal"].astype(str).ne("") | (table["structure"].isin(targets) & table["metric"].isin(_SUMMARY_METRICS))
     t = table.loc[keep].copy()
@@ -102,7 +107,7 @@ _PAD = ' style="padding:1px 8px"'
 
 def _table_html(df) -> str:
     plans = [c for c in df.columns if not str(c).startswith("passed: ")]
-    head = "".join(f"<th{_PAD}>{html.escape(str(p))}</th>" for p in plans)
+    head = "".join(f"<th{_PAD}>{esc(str(p))}</th>" for p in plans)
     rows = []
     for (s, m, g), r in df.iterrows():
         cells = []
@@ -116,8 +121,8 @@ def _table_html(df) -> str:
             elif ok is False or ok is np.False_:
                 colour, txt = "color:#b00;", txt + " &#10007;"
             cells.append(f'<td style="{colour}padding:1px 8px">{txt}</td>')
-        rows.append(f"<tr><td{_PAD}>{html.escape(str(s))}</td><td{_PAD}>{html.escape(str(m))}</td>"
-                    f"<td{_PAD}>{html.escape(str(g))}</td>{''.join(cells)}</tr>")
+        rows.append(f"<tr><td{_PAD}>{esc(str(s))}</td><td{_PAD}>{esc(str(m))}</td>"
+                    f"<td{_PAD}>{esc(str(g))}</td>{''.join(cells)}</tr>")
     th = "".join(f"<th{_PAD}>{h}</th>" for h in ("structure", "metric", "goal"))
     return ('<table class="rtlab-score-table" style="border-collapse:collapse;font-size:12px">'
             f"<thead><tr>{th}{head}</tr></thead>"
@@ -131,12 +136,12 @@ def _target_slice(case) -> int:
     return int(np.argmax(ts[0].mask.sum(axis=(1, 2))))
 
 
-class PlanLab(ipywidgets.VBox):
+class PlanLab(Panel):
     """Phantom, viewer, DVH, score table and the five planning panels, wired together.
 
     Parameters
     ----------
-    case : rtlab.case.Case, optional
+    case : rtlab.core.case.Case, optional
         A case to plan (e.g. from :func:`rtlab.io.load_matrad`); default: build ``phantom``.
     phantom : str
         Built-in phantom (:func:`rtlab.phantoms.list_phantoms`) when ``case`` is None.
@@ -165,7 +170,7 @@ class PlanLab(ipywidgets.VBox):
     dose_panel, falloff_panel, control_points_panel, optimizer, review
         The panels.
     result : PlanResult or None
-        The latest finished plan.
+        The latest finished plan (what :meth:`wait` and :meth:`quick_plan` return).
     status : ipywidgets.HTML
         The status line.
     out : ipywidgets.Output
@@ -174,11 +179,8 @@ class PlanLab(ipywidgets.VBox):
 
     def __init__(self, case=None, phantom: str = "tg119_cshape_easy", spacing_mm: float = 3.0, n_beams: int = 5,
                  bixel_mm: float = 5.0, dose_grid_mm: float | None = 5.0, display_size: int = 420):
-        from .. import phantoms
-        from ..case import Case
-
         if case is not None and not isinstance(case, Case):
-            raise TypeError(f"case must be an rtlab.case.Case or None (then `phantom` is built), got {type(case).__name__}")
+            raise TypeError(f"case must be an rtlab.core.case.Case or None (then `phantom` is built), got {type(case).__name__}")
         phantom = _ALIASES.get(phantom, phantom)
         if case is None and phantom not in phantoms.list_phantoms():
             raise ValueError(f"unknown phantom {phantom!r}; choose one of {', '.join(phantoms.list_phantoms())}")
@@ -194,7 +196,7 @@ class PlanLab(ipywidgets.VBox):
         self._gen = 0
         self._last_live = 0.0
         self.live_interval_s = 2.0  # s between live viewer / DVH updates while optimising
-        self._quick_thread: threading.Thread | None = None
+        self._init_panel(out_height="120px")
         self.result = None
         self.scores = None
         self.open_dose = None
@@ -211,8 +213,6 @@ class PlanLab(ipywidgets.VBox):
         self.quick_button = ipywidgets.Button(description="Quick plan", icon="bolt", button_style="success",
                                               tooltip="compute the dose, optimise and score with the current settings")
         self.quick_button.on_click(lambda _b: self.quick_plan(block=False))
-        self.status = ipywidgets.HTML()
-        self.out = ipywidgets.Output(layout=ipywidgets.Layout(max_height="120px", overflow="auto"))
         self.score_html = ipywidgets.HTML("<i>No plan yet: the score table appears after an optimisation.</i>")
         intro = ipywidgets.HTML(
             "<b>rtlab PlanLab</b> &mdash; 1. pick a phantom; 2. <b>Dose engine</b> tab: set beams, "
@@ -236,21 +236,17 @@ class PlanLab(ipywidgets.VBox):
 
         Stops a running optimisation; the panels, viewer, DVH and score table are rebuilt.
         """
-        from .. import phantoms
-
         name = _ALIASES.get(name, name)
         sp = float(self.spacing_select.value if spacing_mm is None else spacing_mm)
-        self._set_status(f"Building phantom <b>{html.escape(name)}</b> at {sp:g} mm...")
+        self._set_status(f"Building phantom <b>{esc(name)}</b> at {sp:g} mm...")
         case = phantoms.get_phantom(name, spacing=sp, n_beams=self._n_beams)
         self._quiet_pick(name, sp)
         self._set_case(case)
 
     def set_case(self, case) -> None:
-        """Plan another :class:`~rtlab.case.Case` (starts over, like picking a phantom)."""
-        from ..case import Case
-
+        """Plan another :class:`~rtlab.core.case.Case` (starts over, like picking a phantom)."""
         if not isinstance(case, Case):
-            raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+            raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
         self._user_case = case
         opts = [o for o in self.phantom_select.options if o[1] != "__case__"]
         self._quiet = True
@@ -283,15 +279,10 @@ class PlanLab(ipywidgets.VBox):
             else:
                 self.load_phantom(v, self.spacing_select.value)
         except (ValueError, TypeError) as e:
-            self._set_status(f'<span style="color:#b00">{html.escape(str(e))}</span>')
+            self._set_status(esc(e), error=True)
             self.out.append_stderr(f"{e}\n")
 
     def _set_case(self, case) -> None:
-        from .control_points_panel import ControlPointsPanel
-        from .falloff_panel import FalloffPanel
-        from .optimizer_panel import OptimizerPanel
-        from .review_panel import ReviewPanel
-
         old = getattr(self, "optimizer", None)
         if old is not None and getattr(old, "running", False):
             old.stop()
@@ -331,7 +322,7 @@ class PlanLab(ipywidgets.VBox):
             self.tabs.set_title(i, t)
         self.tabs.selected_index = 0
         n = len(self.dose_panel.settings()["angles"])
-        self._set_status(f"Loaded <b>{html.escape(case.name)}</b> ({' x '.join(map(str, case.grid.shape))} voxels "
+        self._set_status(f"Loaded <b>{esc(case.name)}</b> ({' x '.join(map(str, case.grid.shape))} voxels "
                          f"of {' x '.join(f'{s:g}' for s in case.grid.spacing)} mm, {n} beams). Next: "
                          "<b>Compute dose</b> in the Dose engine tab, or <b>Quick plan</b>.")
 
@@ -343,7 +334,7 @@ class PlanLab(ipywidgets.VBox):
         operator); returns ``problem`` itself when nothing changes.
         """
         s = problem.settings
-        if s.get("objective", "conformity") != "conformity":
+        if s.objective != "conformity":
             return problem
         fo = self.falloff_panel.falloff
         cp = bool(self.control_points_panel.enabled)
@@ -352,14 +343,14 @@ class PlanLab(ipywidgets.VBox):
         # base problem's values of them are dropped, the panel's (incl. control_point_find) used
         cp_keys = set(getattr(self.control_points_panel, "RECIPE_KEYS", ()))
         cp_rec = dict(getattr(self.control_points_panel, "recipe", {}) or {}) if cp else {}
-        rec = {k: v for k, v in (s.get("recipe_overrides") or {}).items()
+        rec = {k: v for k, v in (s.recipe_overrides or {}).items()
                if k not in fo_rec and k not in cp_rec and k not in cp_keys}
         if fo is not None:
             rec.update(fo_rec)
         if cp:
             rec.update(cp_rec)
-        same = (fo == s.get("falloff_gy_per_mm") and cp == bool(s.get("control_points"))
-                and rec == dict(s.get("recipe_overrides") or {}))
+        same = (fo == s.falloff_gy_per_mm and cp == bool(s.control_points)
+                and rec == dict(s.recipe_overrides or {}))
         if same:
             return problem
         return problem.with_objective(falloff=fo, control_points=cp, recipe=rec or None)
@@ -385,7 +376,7 @@ class PlanLab(ipywidgets.VBox):
                              + ("on" if self.control_points_panel.enabled else "off")
                              + "); no dose rebuild needed. Run the optimiser again.")
         except (ValueError, TypeError, RuntimeError) as e:
-            self._set_status(f'<span style="color:#b00">{html.escape(str(e))}</span>')
+            self._set_status(esc(e), error=True)
 
     def _on_iteration(self, rec) -> None:
         it, f = rec.get("iteration"), rec.get("objective")
@@ -425,8 +416,6 @@ class PlanLab(ipywidgets.VBox):
                          "with the optimised plan. <b>Accept</b> it in the Review tab.")
 
     def _update_scores(self, dose, mu=None, name: str = "optimised", keep_optimised: bool = False) -> None:
-        from ..compare import score
-
         plans = {}
         if self.open_dose is not None:
             plans["open fields"] = {"dose": self.open_dose}
@@ -438,7 +427,10 @@ class PlanLab(ipywidgets.VBox):
         self.scores = summary_table(table)
         self.score_html.value = _table_html(self.scores)
 
-    def _set_status(self, text: str) -> None:
+    def _set_status(self, text: str, error: bool = False) -> None:
+        """The status line (``text`` is HTML; ``error=True``: in red)."""
+        if error:
+            text = f'<span style="color:#b00">{text}</span>'
         self.status.value = f'<div class="rtlab-planlab-status">{text}</div>'
 
     # ------------------------------------------------------------------ one-call workflow
@@ -449,7 +441,8 @@ class PlanLab(ipywidgets.VBox):
         ----------
         block : bool
             Wait for the plan (notebooks, tests). ``False`` runs it in a background thread
-            (the **Quick plan** button) and returns None.
+            (the **Quick plan** button; a second request while one runs is ignored) and
+            returns None; :meth:`wait` joins it.
         timeout : float, optional
             Seconds to wait for each of the two steps.
 
@@ -464,59 +457,56 @@ class PlanLab(ipywidgets.VBox):
             The dose computation or the optimisation failed (the status line says why).
         """
         if not block:
-            if self._quick_thread is not None and self._quick_thread.is_alive():
-                self._set_status("<b>Busy</b>: a quick plan is already running.")
-                return None
-            self._quick_thread = threading.Thread(target=self._quick, args=(timeout,), daemon=True,
-                                                  name="rtlab-quick-plan")
-            self._quick_thread.start()
+            self._start_job(lambda: self._quick(timeout), "quick plan", when_busy="ignore")
             return None
-        return self._quick(timeout, raise_error=True)
+        if self.running:
+            raise RuntimeError("a quick plan is in progress; wait() for it first")
+        try:
+            return self._quick(timeout)
+        except Exception as e:
+            self._job_failed("quick plan", e)
+            raise
 
-    def _quick(self, timeout=None, raise_error=False):
+    def _quick(self, timeout=None):
         try:
             self.quick_button.disabled = True
             self.tabs.selected_index = 0
             self.dose_panel.compute()
-            if not self.dose_panel.wait(timeout):
-                raise RuntimeError(f"the dose computation did not finish in {timeout} s")
+            self.dose_panel.wait(timeout)  # TimeoutError, or RuntimeError when it failed
             if self.dose_panel.problem is None:
                 raise RuntimeError("the dose computation produced no problem")
             self.tabs.selected_index = 3
             self.optimizer.run()
-            self.optimizer.wait(timeout)  # raises RuntimeError when the run failed
-            if self.optimizer.running:
-                raise RuntimeError(f"the optimisation did not finish in {timeout} s")
+            self.optimizer.wait(timeout)  # TimeoutError, or RuntimeError when the run failed
             if self.optimizer.result is not None and self.result is not self.optimizer.result:
                 self._on_finished(self.optimizer.result)  # in case the event fired after wait()
             return self.result
-        except Exception as e:  # noqa: BLE001 - shown in the status line; re-raised when blocking
-            self._set_status(f'<span style="color:#b00"><b>Quick plan failed</b>: {html.escape(str(e))}</span>')
-            self.out.append_stderr(f"{type(e).__name__}: {e}\n")
-            if raise_error:
-                raise
-            return None
         finally:
             self.quick_button.disabled = False
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Join a background quick plan (the button), the dose computation and the optimisation."""
+    def wait(self, timeout: float | None = None, raise_error: bool = True):
+        """Join a background quick plan, then the dose panel's and the optimiser's jobs.
+
+        Returns :attr:`result` (the latest finished plan, or None), as every panel's
+        ``wait()`` does; ``timeout`` (s) bounds the three waits together.
+
+        Raises
+        ------
+        TimeoutError
+            Something still runs after ``timeout`` seconds.
+        RuntimeError
+            A quick plan, dose computation or optimisation failed since the last ``wait()``
+            (``raise_error=True``).
+        """
         t0 = time.monotonic()
 
         def left():
             return None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
 
-        if self._quick_thread is not None:
-            self._quick_thread.join(left())
-            if self._quick_thread.is_alive():
-                return False
-        if not self.dose_panel.wait(left(), raise_error=False):
-            return False
-        try:
-            self.optimizer.wait(left())
-        except RuntimeError:
-            pass  # the failure is in the optimiser's status line and .error
-        return not self.optimizer.running
+        super().wait(left(), raise_error=raise_error)
+        self.dose_panel.wait(left(), raise_error=raise_error)
+        self.optimizer.wait(left(), raise_error=raise_error)
+        return self.result
 
     def __repr__(self) -> str:
         ci = None if self.result is None else self.result.scores.get("ci_paddick")

@@ -21,10 +21,12 @@ import threading
 from pathlib import Path
 from typing import Mapping
 
-import ipywidgets
 import numpy as np
 
-from .slice_viewer import SliceViewer
+from ..core.geometry import Structure
+from ..methods import region_model as rm
+from .panel import Panel, ipywidgets
+from .slice_viewer import SliceViewer, rgb_hex
 
 __all__ = ["RegionPanel", "COLORS"]
 
@@ -37,12 +39,11 @@ def _level_label(level: float) -> str:
     return f"{100.0 * level:g} %"
 
 
-def _hex(c) -> str:
-    return "#" + "".join(f"{int(round(255 * v)):02x}" for v in c)
-
-
-class RegionPanel(ipywidgets.VBox):
+class RegionPanel(Panel):
     """Case / level / threshold chooser, slice view and score read-out for dose-region predictions.
+
+    Its background job (:meth:`evaluate`) produces :attr:`table`, which :meth:`wait` returns
+    (``RESULT = "table"``); :attr:`result` is the read-out of the shown case.
 
     Parameters
     ----------
@@ -80,19 +81,23 @@ class RegionPanel(ipywidgets.VBox):
         The read-out of :attr:`result`.
     out : ipywidgets.Output
         Live text of :meth:`evaluate`.
+    status : ipywidgets.HTML
+        What the last evaluation did (or why it failed).
     result : dict
-        The shown case: ``index``, ``seed``, ``level``, ``threshold``, ``slice_index``,
+        The shown case (what :meth:`show` returns): ``index``, ``seed``, ``level``, ``threshold``, ``slice_index``,
         ``dice`` (prediction vs optimised region, whole volume), ``asd_mm``, ``hd95_mm``
         (surface distances, NaN when a mask is empty), ``dice_target`` (target vs optimised
         region), ``n_region``, ``n_predicted`` (voxels).
     table : pandas.DataFrame or None
-        Per-case scores of the last :meth:`evaluate` (``evaluate_model`` columns plus ``level``).
+        Per-case scores of the last :meth:`evaluate` (``evaluate_model`` columns plus ``level``);
+        what :meth:`wait` returns.
     """
+
+    RESULT = "table"
 
     def __init__(self, data, models: Mapping[float, object], split: str = "test", indices=None,
                  threshold: float = 0.5, display_size: int = 384):
-        from ..methods import region_model as rm
-
+        self._init_panel(out_height=None)
         if not isinstance(models, Mapping) or not models:
             raise TypeError("models must be a non-empty dict level -> RegionModel, e.g. {1.0: model_100, 0.8: model_80}")
         for lv, m in models.items():
@@ -109,7 +114,6 @@ class RegionPanel(ipywidgets.VBox):
             base = rm.load_dataset(Path(data))
         else:
             raise TypeError(f"data must be a RegionDataset or a data-set directory, got {type(data).__name__}")
-        self._rm = rm
         self._models = {float(lv): m for lv, m in models.items()}
         self._data = {lv: base if base.level == lv else rm.load_dataset(base.path, lv) for lv in self._models}
         idx = base.split(split) if indices is None else [int(i) for i in indices]
@@ -123,10 +127,8 @@ class RegionPanel(ipywidgets.VBox):
         self._quiet = False
         self._proba: dict = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self.result: dict = {}
         self.table = None
-        self.error: BaseException | None = None
         recs = base.manifest["cases"]
         self.case_select = ipywidgets.Dropdown(
             options=[(f"case {i} (seed {recs[i]['seed']}, {recs[i]['params']['n_beams']} beams)", i) for i in idx],
@@ -139,7 +141,6 @@ class RegionPanel(ipywidgets.VBox):
         self.evaluate_button = ipywidgets.Button(description="Evaluate split", icon="table",
                                                  tooltip="Dice / ASD / HD95 of every offered case at this level")
         self.score = ipywidgets.HTML()
-        self.out = ipywidgets.Output()
         self.viewer: SliceViewer | None = None
         super().__init__()
         self._controls = ipywidgets.HBox([self.case_select, self.level_select, self.threshold_slider,
@@ -215,51 +216,39 @@ class RegionPanel(ipywidgets.VBox):
         return self.result
 
     def evaluate(self, level: float | None = None, background: bool = True):
-        """Score every offered case at ``level`` (default: the selected one) with
-        :func:`~rtlab.methods.region_model.evaluate_model`; the table goes to :attr:`table`
-        and a summary to :attr:`out`. Runs in a daemon thread unless ``background=False``;
-        join it with :meth:`wait`."""
+        """Score every offered case at ``level`` (default: the selected one).
+
+        Runs :func:`~rtlab.methods.region_model.evaluate_model`; the table goes to :attr:`table`
+        and a summary to :attr:`out`. Runs in a daemon thread unless ``background=False``; join
+        it with :meth:`wait` (which returns the table and re-raises a failure).
+
+        Returns
+        -------
+        threading.Thread or pandas.DataFrame
+            The thread, or with ``background=False`` the table.
+        """
         lv = self._check_level(self.level_select.value if level is None else level)
         thr = float(self.threshold_slider.value)
-        if self._thread is not None and self._thread.is_alive():
+        if self.running:
             raise RuntimeError("an evaluation is still running; call wait() first")
-        self.error = None
+        self.evaluate_button.disabled = True
 
         def work():
-            try:
-                self.evaluate_button.disabled = True
-                df = self._rm.evaluate_model(self._models[lv], self._data[lv], indices=self.indices, threshold=thr)
-                df.insert(1, "level", lv)
-                self.table = df
-                m = df.mean(numeric_only=True)
-                self.out.append_stdout(
-                    f"level {_level_label(lv)}, threshold {thr:g}, {len(df)} cases: Dice {m['dice']:.3f} "
-                    f"(region = target {m['dice_target']:.3f}), ASD {m['asd_mm']:.2f} mm "
-                    f"({m['asd_target_mm']:.2f}), HD95 {m['hd95_mm']:.2f} mm ({m['hd95_target_mm']:.2f})\n")
-            except Exception as e:  # reported, and re-raised by wait()
-                self.error = e
-                self.out.append_stderr(f"evaluation failed: {type(e).__name__}: {e}\n")
-            finally:
-                self.evaluate_button.disabled = False
+            df = rm.evaluate_model(self._models[lv], self._data[lv], indices=self.indices, threshold=thr)
+            df.insert(1, "level", lv)
+            m = df.mean(numeric_only=True)
+            self._set_status(f"Evaluated {len(df)} cases at level {_level_label(lv)}.")
+            self.out.append_stdout(
+                f"level {_level_label(lv)}, threshold {thr:g}, {len(df)} cases: Dice {m['dice']:.3f} "
+                f"(region = target {m['dice_target']:.3f}), ASD {m['asd_mm']:.2f} mm "
+                f"({m['asd_target_mm']:.2f}), HD95 {m['hd95_mm']:.2f} mm ({m['hd95_target_mm']:.2f})\n")
+            return df  # -> self.table
 
-        if background:
-            self._thread = threading.Thread(target=work, daemon=True, name="RegionPanel.evaluate")
-            self._thread.start()
-            return self._thread
-        work()
-        if self.error is not None:
-            raise self.error
-        return self.table
+        def done():
+            self.evaluate_button.disabled = False
 
-    def wait(self, timeout: float | None = None):
-        """Join the running evaluation (if any); re-raise its error; return :attr:`table`."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError(f"the evaluation did not finish within {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self.table
+        thread = self._start_job(work, "evaluation", done=done, block=not background)
+        return thread if background else self.table
 
     # ------------------------------------------------------------------ view
     def _on_change(self, _change) -> None:
@@ -267,7 +256,6 @@ class RegionPanel(ipywidgets.VBox):
             self._show()
 
     def _show(self) -> None:
-        rm = self._rm
         i, lv = int(self.case_select.value), float(self.level_select.value)
         thr = float(self.threshold_slider.value)
         m = self.masks(i, lv, thr)
@@ -292,14 +280,12 @@ class RegionPanel(ipywidgets.VBox):
         self.result = {"index": i, "seed": int(seed), "level": lv, "threshold": thr, "slice_index": k,
                        "dice": d, "asd_mm": asd, "hd95_mm": hd95, "dice_target": dt,
                        "n_region": int(m["region"].sum()), "n_predicted": int(m["predicted"].sum())}
-        sw = "".join(f'<span style="color:{_hex(c)}">&#9632; {n}</span> ' for n, c in COLORS.items())
+        sw = "".join(f'<span style="color:{rgb_hex(c)}">&#9632; {n}</span> ' for n, c in COLORS.items())
         self.score.value = (f"<b>case {i}</b>, level {_level_label(lv)}, threshold {thr:g}: "
                             f"Dice (predicted vs optimised) <b>{d:.3f}</b>, ASD {asd:.2f} mm, HD95 {hd95:.2f} mm; "
                             f"region = target: Dice {dt:.3f} &nbsp; {sw}")
-        self.children = [self._controls, self.viewer, self.score, self.out]
+        self.children = [self._controls, self.viewer, self.score, self.status, self.out]
 
     @staticmethod
     def _structures(masks: dict, grid):
-        from ..geometry import Structure
-
         return [Structure(n, v, grid, "oar", color=COLORS[n], allow_empty=True) for n, v in masks.items()]

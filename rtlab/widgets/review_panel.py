@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import datetime
 import html
-import threading
 from typing import Mapping
 
-import ipywidgets
-from ._panel import PanelEvents
+from ..planning import PlanResult
+from .panel import Panel, ipywidgets
 
 __all__ = ["ReviewPanel"]
 
@@ -38,7 +37,7 @@ def log_table(log) -> str:
             f"{''.join(rows)}</table>")
 
 
-class ReviewPanel(PanelEvents, ipywidgets.VBox):
+class ReviewPanel(Panel):
     """Accept / Edit / Re-optimise buttons, term-weight editor and the decision log.
 
     Parameters
@@ -80,8 +79,7 @@ class ReviewPanel(PanelEvents, ipywidgets.VBox):
         self.current = None
         self.accepted = None
         self.error = None
-        self._thread: threading.Thread | None = None
-        self._init_events()
+        self._init_panel("no plan to review", out_height="120px")
         self.weights: dict[str, ipywidgets.BoundedFloatText] = {}
         self.weights_box = ipywidgets.VBox()
         self.start = ipywidgets.ToggleButtons(options=["optimised", "preliminary"], value="optimised",
@@ -89,10 +87,8 @@ class ReviewPanel(PanelEvents, ipywidgets.VBox):
         self.accept_button = ipywidgets.Button(description="Accept", button_style="success", icon="check")
         self.edit_button = ipywidgets.Button(description="Apply edit", icon="pencil")
         self.reoptimise_button = ipywidgets.Button(description="Re-optimise", button_style="warning", icon="refresh")
-        self.status = ipywidgets.HTML("no plan to review")
         self.summary = ipywidgets.HTML("")
         self.log_view = ipywidgets.HTML(log_table([]))
-        self.out = ipywidgets.Output(layout=ipywidgets.Layout(max_height="120px", overflow="auto"))
         self.accept_button.on_click(lambda _b: self.accept())
         self.edit_button.on_click(lambda _b: self.edit())
         self.reoptimise_button.on_click(lambda _b: self.reoptimise(self.start.value))
@@ -110,8 +106,13 @@ class ReviewPanel(PanelEvents, ipywidgets.VBox):
 
     # -- state --------------------------------------------------------------------------------
     @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def result(self):
+        """What :meth:`wait` returns: the plan under review now (:attr:`current`, a PlanResult)."""
+        return self.current
+
+    @result.setter
+    def result(self, value):
+        self.current = value
 
     def _need_session(self):
         if self.session is None:
@@ -125,8 +126,6 @@ class ReviewPanel(PanelEvents, ipywidgets.VBox):
 
     def set_result(self, result) -> None:
         """Review ``result`` (a PlanResult): open ``result.review(**solver_options)``."""
-        from ..planning import PlanResult
-
         if not isinstance(result, PlanResult):
             raise TypeError(f"result must be an rtlab.planning.PlanResult, got {type(result).__name__}")
         if self.running:
@@ -203,35 +202,21 @@ class ReviewPanel(PanelEvents, ipywidgets.VBox):
         self.error = None
         self._enable(False)
         self.status.value = f"re-optimising from the {start} plan ..."
-        self._thread = threading.Thread(target=self._work, args=(start,), daemon=True, name="rtlab-review")
-        self._thread.start()
+        self._start_job(lambda: self._work(start), "re-optimisation", done=lambda: self._enable(True))
 
     def stop(self) -> None:
         """Cancel a running re-optimisation (it keeps the best point so far)."""
         if self.session is not None:
             self.session.cancel()
 
-    def wait(self, timeout: float | None = None):
-        """Join a re-optimisation; return :attr:`current` (``None`` while still running)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                return None
-        if self.error is not None:
-            raise RuntimeError(f"the re-optimisation failed: {self.error!r}") from self.error
-        return self.current
-
     def _work(self, start):
         try:
             r = self.session.reoptimise(start=start)
-            self.current = self.plan.with_result(r, objective=self.session.objective)
-        except BaseException as e:
+        except Exception as e:
             self.error = e
-            self.out.append_stderr(f"re-optimisation failed: {e!r}\n")
-            self.status.value = f"<span style='color:#b00'>failed: {html.escape(str(e))}</span>"
-            self._enable(True)
-            return
+            raise
+        self.current = self.plan.with_result(r, objective=self.session.objective)
         self.out.append_stdout(f"re-optimised from the {start} plan: {r.status}, objective {r.objective:.5g}\n")
-        self._enable(True)
         self._show()
         self._emit("reoptimised", self.current)
+        return self.current

@@ -20,27 +20,32 @@ from __future__ import annotations
 import html
 import io
 
-import ipywidgets
 import numpy as np
+from matplotlib.figure import Figure
 
-from ._panel import PanelEvents, PanelJob
+from ..core.mlc import get_mlc, list_mlcs
+from ..dose import mu_per_unit_fluence
+from ..methods import sequencing as sq
+from ..methods import smoothing as sm
+from ..methods.deliverable import sequence_plan
+from .panel import Panel, ipywidgets
 
 __all__ = ["SequencingPanel"]
 
 
-class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
+class SequencingPanel(Panel):
     """Fluence smoothing and leaf sequencing of an optimised plan.
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         The planned case (targets and body for the CI / D95 read-out).
     im : rtlab.dose.InfluenceMatrix
         The plan's influence matrix.
     x : ndarray (n_beamlets,)
         Optimised beamlet weights (>= 0).
     mlc : str
-        MLC model name (:func:`rtlab.mlc.list_mlcs`).
+        MLC model name (:func:`rtlab.core.mlc.list_mlcs`).
     fractions : int
         Fractions; MU are per fraction.
 
@@ -62,10 +67,6 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
     EVENTS = ("smoothed", "sequenced")
 
     def __init__(self, case, im, x, mlc: str = "generic_5mm_60", fractions: int = 25):
-        from ..dose import mu_per_unit_fluence
-        from ..methods import smoothing as sm
-        from ..mlc import get_mlc, list_mlcs
-
         x = np.asarray(x, float).ravel()
         if x.size != im.shape[1]:
             raise ValueError(f"x has {x.size} entries but the influence matrix has {im.shape[1]} beamlets; "
@@ -83,7 +84,7 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
         self.x_smoothed = x.copy()
         self.metrics: dict = {}
         self.result = None
-        self._init_events()
+        self._init_panel()
 
         self.strength = ipywidgets.FloatSlider(value=0.0, min=0.0, max=0.45, step=0.05, description="smoothing s",
                                                continuous_update=False, readout_format=".2f")
@@ -94,10 +95,8 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
         self.beam = ipywidgets.Dropdown(options=[(f"gantry {b.gantry:g} deg", i) for i, b in enumerate(im.beams)],
                                         value=0, description="beam")
         self.sequence_button = ipywidgets.Button(description="Sequence", button_style="primary", icon="play")
-        self.status = ipywidgets.HTML()
         self.table = ipywidgets.HTML()
         self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(width="620px"))
-        self.out = ipywidgets.Output(layout=ipywidgets.Layout(max_height="160px", overflow="auto"))
 
         self.strength.observe(lambda ch: self.smooth(ch["new"]), names="value")
         self.beam.observe(lambda ch: self._draw(), names="value")
@@ -114,8 +113,6 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
     # -- library calls ------------------------------------------------------------------------
     def maps_mu(self, x=None) -> list[np.ndarray]:
         """Per-beam fluence maps of ``x`` (default the smoothed plan) in MU per fraction."""
-        from ..methods import smoothing as sm
-
         x = self.x_smoothed if x is None else x
         return [m * self.mu_per_weight for m in sm.split_maps(sm.weights_to_maps(self.im, x), self.shapes)]
 
@@ -125,9 +122,6 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
         Returns the metrics dict (``eta``, ``theta`` averaged over beams; ``tnmu`` in MU per
         fraction, paper 003 eq. 8).
         """
-        from ..methods import sequencing as sq
-        from ..methods import smoothing as sm
-
         s = float(strength)
         if not 0.0 <= s < 0.5:
             raise ValueError(f"strength must be in [0, 0.5) so the kernel (s, 1-2s, s) stays positive, got {s}")
@@ -164,8 +158,6 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
         self.status.value = f"sequencing on {html.escape(settings['machine'])} ({settings['method']}) ..."
 
         def work():
-            from ..methods.deliverable import sequence_plan
-
             res = sequence_plan(self.im, self.x_smoothed, **settings)
             self.result = res
             self.status.value = html.escape(repr(res))
@@ -177,11 +169,12 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
             self._render_table()
             self._draw()
             self._emit("sequenced", res)
+            return res
 
         def done():
             self.sequence_button.disabled = False
 
-        return self._start_job(work, "sequencing", done, block)
+        return self._start_job(work, "sequencing", done=done, block=block)
 
     # -- drawing ------------------------------------------------------------------------------
     def _render_table(self):
@@ -197,8 +190,6 @@ class SequencingPanel(PanelEvents, PanelJob, ipywidgets.VBox):
         self.table.value = f"<table>{body}</table>"
 
     def _draw(self):
-        from matplotlib.figure import Figure
-
         b = int(self.beam.value)
         panels = [("smoothed fluence", self.maps_mu()[b])]
         if self.result is not None:

@@ -34,18 +34,17 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
-import traitlets as t
+from skimage.measure import find_contours
 
-try:  # the [lab] extra
-    import anywidget
-except ImportError as exc:  # pragma: no cover - exercised only without the lab extra
-    raise ImportError(
-        "rtlab.widgets needs the [lab] extra (anywidget, ipywidgets): pip install 'rtlab[lab]'"
-    ) from exc
+from .._lazy import load
+from ..core.geometry import Grid, Structure, StructureSet
 
-from ..geometry import Grid, Structure, StructureSet
+# the [lab] extra; SliceViewer's class statement needs both, so importing this module imports them
+anywidget = load("anywidget", extra="lab", purpose="rtlab.widgets")
+t = load("traitlets", extra="lab", purpose="rtlab.widgets")
 
-__all__ = ["SliceViewer", "ORIENTATIONS", "slice_of", "slice_to_index", "asset_path", "structure_list"]
+__all__ = ["SliceViewer", "ORIENTATIONS", "slice_of", "slice_to_index", "asset_path", "structure_list",
+           "largest_target_slice", "volume_of", "rgb_hex"]
 
 ORIENTATIONS = ("axial", "coronal", "sagittal")
 _AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
@@ -168,17 +167,29 @@ def structure_list(structures, grid: Grid) -> list[Structure]:
         )
     for s in out:
         if not isinstance(s, Structure):
-            raise TypeError(f"structures must hold rtlab.geometry.Structure objects, got {type(s).__name__}")
+            raise TypeError(f"structures must hold rtlab.core.geometry.Structure objects, got {type(s).__name__}")
         grid.require_same(s.grid, f"structure {s.name!r}")
     return out
 
 
-def _rgb_hex(c) -> str:
+def largest_target_slice(mask, axis: int = 0) -> int:
+    """Index of the slice along ``axis`` (default axial) with the largest section of ``mask``.
+
+    Where a panel opens its slice view: through the widest part of a target.
+    """
+    m = np.asarray(mask, bool)
+    others = tuple(a for a in range(m.ndim) if a != axis)
+    return int(np.argmax(m.sum(axis=others)))
+
+
+def rgb_hex(c) -> str:
+    """``'#rrggbb'`` of an RGB colour with components in 0-1."""
     r, g, b = (int(round(255 * float(np.clip(v, 0, 1)))) for v in c[:3])
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _volume(name: str, values, grid: Grid) -> np.ndarray:
+def volume_of(name: str, values, grid: Grid) -> np.ndarray:
+    """``values`` checked to be a finite numeric array on ``grid``, as float32 (``name`` in messages)."""
     a = np.asarray(values)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
@@ -201,7 +212,7 @@ class SliceViewer(anywidget.AnyWidget):
     structures : StructureSet or list of Structure or dict name -> mask, optional
         Drawn as contour lines in the structure's colour.
     dose : ndarray, shape ``grid.shape``, optional
-        Dose in Gy on the same grid (resample it first: :func:`rtlab.geometry.resample`).
+        Dose in Gy on the same grid (resample it first: :func:`rtlab.core.geometry.resample`).
     isodose_levels : sequence of float
         Isodose line levels, in percent of ``reference_dose`` (``isodose_unit='%'``, default)
         or in Gy (``isodose_unit='Gy'``).
@@ -280,7 +291,7 @@ class SliceViewer(anywidget.AnyWidget):
         display_size: int = 512,
     ):
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+            raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
         _check_orientation(orientation)
         if isodose_unit not in ("%", "Gy"):
             raise ValueError(f"isodose_unit must be '%' or 'Gy', got {isodose_unit!r}")
@@ -289,7 +300,7 @@ class SliceViewer(anywidget.AnyWidget):
         if not 0 <= dose_alpha <= 1:
             raise ValueError(f"dose_alpha must lie in [0, 1], got {dose_alpha!r}")
         self._grid = grid
-        self._ct = _volume("ct", ct, grid)
+        self._ct = volume_of("ct", ct, grid)
         self._structures = structure_list(structures, grid)
         self._dose: np.ndarray | None = None
         self._levels = tuple(float(v) for v in np.atleast_1d(isodose_levels)) if isodose_levels is not None else ()
@@ -363,7 +374,7 @@ class SliceViewer(anywidget.AnyWidget):
 
     def set_ct(self, ct) -> None:
         """Replace the CT volume (HU, on ``grid``)."""
-        self._ct = _volume("ct", ct, self._grid)
+        self._ct = volume_of("ct", ct, self._grid)
         self._send_slice()
 
     def set_structures(self, structures) -> None:
@@ -433,7 +444,7 @@ class SliceViewer(anywidget.AnyWidget):
         if dose is None:
             self._dose = None
         else:
-            self._dose = _volume("dose", dose, self._grid)
+            self._dose = volume_of("dose", dose, self._grid)
             if float(self._dose.min()) < 0:
                 raise ValueError("dose contains negative values; dose must be >= 0 Gy")
         dmax = float(self._dose.max()) if self._dose is not None else 0.0
@@ -468,8 +479,6 @@ class SliceViewer(anywidget.AnyWidget):
             self._in_view_change = False
 
     def _send_slice(self) -> None:
-        from skimage.measure import find_contours
-
         o, k = self.orientation, self.slice_index
         ct2 = slice_of(self._ct, o, k)
         polylines: list[np.ndarray] = []
@@ -491,7 +500,7 @@ class SliceViewer(anywidget.AnyWidget):
                 continue
             # pad so that contours touching the border close; shift back by one pixel
             paths = [p - 1.0 for p in find_contours(np.pad(m, 1).astype(np.float32), 0.5)]
-            color = _rgb_hex(s.color if s.color is not None else PALETTE[i % len(PALETTE)])
+            color = rgb_hex(s.color if s.color is not None else PALETTE[i % len(PALETTE)])
             add("structure", s.name, color, paths)
         dose2 = None
         if self._dose is not None:

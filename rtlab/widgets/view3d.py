@@ -22,9 +22,13 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
+from skimage.measure import marching_cubes
 
-from ..geometry import Grid
-from .slice_viewer import PALETTE, _rgb_hex, _volume, structure_list
+from .._lazy import load
+from ..core.geometry import Grid
+from .slice_viewer import PALETTE, rgb_hex, structure_list, volume_of
+
+ipv = load("ipyvolume", extra="lab", purpose="rtlab's 3D view (View3D.figure)")
 
 __all__ = ["Mesh", "View3D", "structure_mesh", "isodose_mesh", "beam_source", "to_display"]
 
@@ -61,8 +65,6 @@ def _isosurface(values: np.ndarray, grid: Grid, level: float, step_size: int, pa
     The box is padded by one voxel of ``pad_value`` so that surfaces touching the grid border
     close. Returns world-mm vertices ``(z, y, x)`` and faces.
     """
-    from skimage.measure import marching_cubes
-
     inside = values >= level
     if not inside.any():
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
@@ -125,7 +127,7 @@ def isodose_mesh(dose, grid: Grid, level: float, step_size: int = 1, color: str 
     Mesh
         Empty (no vertices) when no voxel reaches ``level``.
     """
-    d = _volume("dose", dose, grid)
+    d = volume_of("dose", dose, grid)
     level = float(level)
     if not np.isfinite(level) or level <= float(d.min()):
         raise ValueError(f"level must be a dose in Gy above the minimum dose {float(d.min()):.3g}, got {level!r}")
@@ -139,7 +141,7 @@ def _jet_hex(t: float) -> str:
     """The colour of the SliceViewer's jet-like colour map at ``t`` in [0, 1]."""
     t = float(np.clip(t, 0, 1))
     c = [np.clip(1.5 - abs(4 * t - a), 0, 1) for a in (3, 2, 1)]
-    return _rgb_hex(c)
+    return rgb_hex(c)
 
 
 def beam_source(gantry_deg: float, couch_deg: float, isocenter, sad_mm: float = 1000.0) -> np.ndarray:
@@ -184,7 +186,7 @@ def to_display(points_zyx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _beam_list(beams, grid: Grid):
     out = []
     for b in beams or ():
-        if hasattr(b, "gantry"):  # rtlab.case.BeamSpec
+        if hasattr(b, "gantry"):  # rtlab.core.case.BeamSpec
             iso = b.isocenter if b.isocenter is not None else grid.center
             out.append((float(b.gantry), float(b.couch), tuple(float(v) for v in iso)))
             continue
@@ -210,7 +212,7 @@ class View3D:
     dose_levels : sequence of float
         Isodose surface levels in Gy.
     beams : iterable, optional
-        ``(gantry_deg, couch_deg, isocenter_zyx_mm)`` tuples or :class:`rtlab.case.BeamSpec`.
+        ``(gantry_deg, couch_deg, isocenter_zyx_mm)`` tuples or :class:`rtlab.core.case.BeamSpec`.
     sad_mm : float
         Source-axis distance (mm) for the beam axes.
     step_size : int
@@ -244,7 +246,7 @@ class View3D:
         height: int = 400,
     ):
         if not isinstance(grid, Grid):
-            raise TypeError(f"grid must be an rtlab.geometry.Grid, got {type(grid).__name__}")
+            raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
         if int(step_size) < 1:
             raise ValueError(f"step_size must be a positive number of voxels, got {step_size!r}")
         self.grid = grid
@@ -253,7 +255,7 @@ class View3D:
         self.width, self.height = int(width), int(height)
         self.structure_meshes = [
             structure_mesh(s.mask, grid, self.step_size, s.name,
-                           _rgb_hex(s.color if s.color is not None else PALETTE[i % len(PALETTE)]))
+                           rgb_hex(s.color if s.color is not None else PALETTE[i % len(PALETTE)]))
             for i, s in enumerate(structure_list(structures, grid)) if s.mask.any()
         ]
         self.dose_levels = [float(v) for v in dose_levels]
@@ -280,7 +282,7 @@ class View3D:
         if dose is None:
             self._dose, self.dose_meshes = None, []
         else:
-            self._dose = _volume("dose", dose, self.grid)
+            self._dose = volume_of("dose", dose, self.grid)
             dmin = float(self._dose.min())
             self.dose_meshes = [
                 isodose_mesh(self._dose, self.grid, lv, self.step_size)
@@ -294,8 +296,6 @@ class View3D:
 
     # ---------------------------------------------------------------- display
     def _mesh_widget(self, m: Mesh, opacity: float = 1.0):
-        import ipyvolume as ipv
-
         x, y, z = to_display(m.vertices)
         color = m.color
         if opacity < 1:  # per-vertex RGBA; the alpha takes effect with a transparent material
@@ -312,8 +312,6 @@ class View3D:
     def figure(self):
         """The ``ipyvolume.Figure`` widget (built on first access; display it directly)."""
         if self._figure is None:
-            import ipyvolume as ipv  # lazily: ipyvolume is only needed to display
-
             fig = ipv.Figure(width=self.width, height=self.height)
             fig.meshes = [self._mesh_widget(m) for m in self.structure_meshes if len(m.faces)]
             self._dose_widgets = [self._mesh_widget(m, opacity=0.35) for m in self.dose_meshes if len(m.faces)]

@@ -1,59 +1,8 @@
-"""Conversion of a standard plan to specific machines, with QA and regeneration (seed 001).
+"""Converting a standard plan to a specific machine, with QA and regeneration (patent 001).
 
-Seed 001 computes one **standard plan** on a standard machine model (step 3) and converts it
-to the **specific machine** that will treat (step 4, claims 5, 6, 10-13), then verifies the
-converted plan before treatment and regenerates it from the standard plan when the check fails
-(claim 7). :func:`convert_plan` implements step 4 and the QA loop for one machine,
-:func:`convert_to_machines` for several (claim 13: "one or more specific radiotherapy plans").
-
-Steps of :func:`convert_plan`
------------------------------
-0. **Coincidence** (claim 10): :func:`rtlab.dose.machines.compare_machines` compares the MLCs
-   and the sources' water dose curves. If they coincide the standard plan is returned as is
-   (``method='as_is'``, no QA needed: the plan and dose are unchanged).
-1. **Resampling to the target MLC** ("based on field parameters of the standard plan", claim 5).
-   The beams (gantry, couch, isocentre, bixel grid) are kept. Each beam's fluence map (rows =
-   BEV v, across the leaves) is resampled onto the target MLC's leaf pairs with
-   :func:`rtlab.methods.sequencing.fluence_to_leaf_rows` (area-weighted mean over each leaf;
-   ``leaf_alignment='isocentre'``: the MLC's own geometry, the central axis on a leaf boundary
-   for an even number of pairs; ``'grid'``: a leaf boundary on the first bixel edge). From here
-   on the plan's variables are the **leaf-row fluences** ``y`` (one per leaf pair and bixel
-   column); a bixel's weight is the overlap-weighted mean of the leaf rows over it,
-   ``x = P y`` (:func:`rtlab.methods.sequencing.leaf_rows_to_fluence`), so every plan the
-   optimiser can reach has the target leaf width's resolution across the leaves. A field wider
-   than the target MLC's pairs or maximum field raises ``ValueError``.
-2. **Dose recalculation** (claim 6, "dose computation") on the target source: the influence
-   matrix ``A_t`` is rebuilt with the target :class:`rtlab.dose.Machine` on the same voxels and
-   dose grid, and ``A_t P y_0`` (``y_0`` the resampled standard fluence) is the recalculated
-   dose; it is QA-checked and reported (``recalc_qa``). ``method='recalc'`` stops here.
-3. **Re-optimisation** (claim 6, "reverse optimisation", fluence-map variant) of ``y >= 0`` on
-   ``A_t P`` from ``y_0`` (L-BFGS-B, :mod:`rtlab.optimize`), with the standard plan's **DVH
-   points and isodose lines as constraints** (claim 5), as quadratic penalties
-   (:func:`conversion_objective`):
-
-   * isodose lines: for each level ``L`` (default 95 % and 50 % of the prescription), voxels
-     inside the standard plan's ``L`` region keep ``d >= L Rx`` (:class:`SquaredUnderdose`) and
-     voxels outside it keep ``d <= L Rx`` (:class:`SquaredOverdose`), so the line stays where
-     it was;
-   * DVH points of the standard plan: per target ``D95`` (:class:`DVHMin`) and ``D2``
-     (:class:`DVHMax`); per organ at risk ``D10`` (:class:`DVHMax`) and ``Dmean``
-     (:class:`MeanDose` limit).
-
-   ``method='dao'`` adds a simple **direct-aperture** stage (claim 6, "direct subfield
-   optimisation"): each beam's optimised leaf-row map is sequenced into step-and-shoot
-   apertures on the target MLC (:func:`rtlab.methods.sequencing.step_and_shoot`, ``'sweep'``,
-   honouring interdigitation), then the aperture (segment) weights are re-optimised with the same
-   objective (shapes fixed), so the result is exactly deliverable by those apertures.
-4. **QA** (claim 7): :func:`rtlab.qa.qa_report` against the standard dose (gamma 3 %/3 mm >= 95 %
-   and 2 %/2 mm >= 90 % by default, and |DVH difference| of D95 / D50 / D2 / Dmean of every
-   structure <= 3 % of the prescription). On failure the plan is **regenerated with tightened
-   constraints** (at most ``max_attempts`` optimisations, warm-started): a failed gamma
-   multiplies the isodose terms' weights by ``tighten`` and adds (then tightens) a voxel-wise
-   fidelity term to the standard dose (:class:`DoseFidelity`, the limit of many isodose lines);
-   a failed DVH metric adds a term pinning that metric at the standard plan's value (from the
-   side it failed on) or tightens it if present. The result keeps the best attempt (the passing
-   one, else the one with the fewest failures and the highest 3 %/3 mm rate); ``reasons`` lists
-   the final QA's reasons and the attempt history.
+:func:`convert_plan` (one machine; steps in :mod:`rtlab.methods.conversion`) and
+:func:`convert_to_machines` (several, claim 13); :func:`leaf_row_parameterisation` maps the
+standard fluence onto the target MLC's leaf rows.
 """
 
 from __future__ import annotations
@@ -64,109 +13,28 @@ from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
-from ..dose.machines import (STANDARD_MACHINE, CoincidenceReport, CoincidenceThresholds, TreatmentMachine,
-                             compare_machines, get_machine, list_machines)
-from ..optimize import DVHMax, DVHMin, MeanDose, Objective, Solver, SquaredOverdose, SquaredUnderdose, Term
-from . import sequencing as sq
+from ...core.case import Case
+from ...core.mlc import get_mlc
+from ...dose.influence import InfluenceMatrix, build_influence
+from ...evaluate.qa import qa_report
+from ...optimize import Solver
+from .. import sequencing as sq
+from .coincidence import CoincidenceReport, CoincidenceThresholds, compare_machines
+from .machines import STANDARD_MACHINE, TreatmentMachine, get_machine, list_machines
+from .objective import conversion_objective, rows_of_structures, tighten_objective
 
-__all__ = [
-    "ConversionResult",
-    "DoseFidelity",
-    "MeanDoseMin",
-    "conversion_objective",
-    "leaf_row_parameterisation",
-    "convert_plan",
-    "convert_to_machines",
-    "METHODS",
-]
+__all__ = ["ConversionResult", "convert_plan", "convert_to_machines", "leaf_row_parameterisation", "METHODS"]
+
 
 #: Accepted ``method`` values of :func:`convert_plan`.
 METHODS = ("fluence", "dao", "recalc")
 
-_DVH_FRACTIONS = {"D95": 0.95, "D50": 0.50, "D2": 0.02, "D10": 0.10, "D98": 0.98, "D5": 0.05}
-
-
-# ---------------------------------------------------------------------------------------------
-# extra terms
-# ---------------------------------------------------------------------------------------------
-class DoseFidelity(Term):
-    """Voxel-wise fidelity to a reference dose, ``w / n * sum_i (d_i - r_i)^2`` (Gy^2).
-
-    Parameters
-    ----------
-    rows : array of int
-        Influence-matrix rows.
-    reference : ndarray (len(rows),)
-        Reference dose (Gy) of those rows (e.g. the standard plan's).
-    weight, name : see :class:`rtlab.optimize.Term`.
-    """
-
-    def __init__(self, rows, reference, weight: float = 1.0, name: str | None = None):
-        super().__init__(rows, weight, name)
-        r = np.asarray(reference, np.float64).ravel()
-        if r.size != self.rows.size or not np.all(np.isfinite(r)):
-            raise ValueError(f"reference must hold one finite dose per row ({self.rows.size}), got {r.size} values")
-        self.reference = r
-
-    def _eval_sub(self, d):
-        e = d - self.reference
-        return float(np.mean(e * e)), 2.0 * e / d.size
-
-
-class MeanDoseMin(Term):
-    """Lower mean-dose limit ``w * max(D - mean(d), 0)^2`` (Gy^2); ``D`` (Gy) the minimum mean."""
-
-    def __init__(self, rows, min_mean: float, weight: float = 1.0, name: str | None = None):
-        super().__init__(rows, weight, name)
-        v = float(min_mean)
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"min_mean must be a finite dose >= 0 Gy, got {min_mean!r}")
-        self._limit = v
-
-    @property
-    def dose_level(self):
-        return self._limit
-
-    @dose_level.setter
-    def dose_level(self, value):
-        self._limit = float(value)
-
-    def _eval_sub(self, d):
-        n = d.size
-        e = max(self._limit - float(np.mean(d)), 0.0)
-        return e * e, np.full(n, -2.0 * e / n)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------
-def _dvh_point(d: np.ndarray, fraction: float) -> float:
-    """Dose (Gy) received by at least ``fraction`` of the voxels (voxel-count DVH of a row set)."""
-    s = np.sort(np.asarray(d, float))[::-1]
-    k = max(int(np.ceil(fraction * s.size - 1e-9)) - 1, 0)
-    return float(s[k])
-
-
-def _structure_rows(case, im) -> dict:
-    """``name -> rows`` of ``im`` whose voxel centre lies in the structure (nearest CT voxel)."""
-    pts = im.grid.index_to_world(np.stack(np.unravel_index(im.voxel_index, im.grid.shape), axis=1))
-    idx = np.rint(case.grid.world_to_index(pts)).astype(np.int64)
-    ok = np.all((idx >= 0) & (idx < np.asarray(case.grid.shape)), axis=1)
-    idx = np.clip(idx, 0, np.asarray(case.grid.shape) - 1)
-    out = {}
-    for s in case.structures.values():
-        inside = ok & s.mask[idx[:, 0], idx[:, 1], idx[:, 2]]
-        out[s.name] = np.flatnonzero(inside).astype(np.int64)
-    return out
-
 
 def _check_inputs(case, x, im):
-    from ..case import Case
-    from ..dose.influence import InfluenceMatrix
-
     if not isinstance(case, Case):
-        raise TypeError(f"case must be an rtlab.case.Case, got {type(case).__name__}")
+        raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
     if not isinstance(im, InfluenceMatrix):
         raise TypeError(f"im must be the standard plan's rtlab.dose.InfluenceMatrix (build_influence), got {type(im).__name__}")
     if not im.ct_grid.is_same(case.grid):
@@ -193,7 +61,7 @@ def leaf_row_parameterisation(im, x, mlc, leaf_alignment: str = "isocentre"):
         Gives the beams' bixel grids and the column order.
     x : ndarray (n_beamlets,)
         Standard beamlet weights (resampled to ``y0``).
-    mlc : rtlab.mlc.MLC or str
+    mlc : rtlab.core.mlc.MLC or str
     leaf_alignment : {'isocentre', 'grid'}
         Leaf boundaries at the MLC's own positions (``-n_pairs w / 2 + k w``), or a boundary on each
         beam's first bixel edge.
@@ -213,8 +81,6 @@ def leaf_row_parameterisation(im, x, mlc, leaf_alignment: str = "isocentre"):
     ValueError
         If a beam's field needs more leaf pairs or a longer travel than ``mlc`` offers.
     """
-    from ..mlc import get_mlc
-
     mlc = get_mlc(mlc)
     if leaf_alignment not in ("isocentre", "grid"):
         raise ValueError(f"leaf_alignment must be 'isocentre' or 'grid', got {leaf_alignment!r}")
@@ -256,127 +122,6 @@ def leaf_row_parameterisation(im, x, mlc, leaf_alignment: str = "isocentre"):
     return P, np.asarray(y0, float), layout
 
 
-def conversion_objective(case, im, standard_dose_rows, rx: float | None = None, isodose_levels=(0.95, 0.5),
-                         isodose_weight: float = 1.0, dvh_weight: float = 1.0, structure_rows: dict | None = None):
-    """The standard plan's isodose lines and DVH points as penalty terms (seed 001, claim 5).
-
-    Parameters
-    ----------
-    case : Case
-    im : InfluenceMatrix
-        Rows of the terms (the target influence matrix shares them with the standard one).
-    standard_dose_rows : ndarray (n_rows,)
-        Standard plan's dose (Gy) per row.
-    rx : float, optional
-        Reference dose of the isodose levels (Gy); default the case prescription, else the
-        standard dose maximum.
-    isodose_levels : sequence of float
-        Fractions of ``rx``; each gives ``iso_in_<L>`` (inside the standard ``L`` region:
-        ``d >= L rx``) and ``iso_out_<L>`` (outside: ``d <= L rx``).
-    isodose_weight, dvh_weight : float
-        Weights of the two groups.
-    structure_rows : dict, optional
-        ``name -> rows`` (computed when omitted).
-
-    Returns
-    -------
-    objective : Objective
-    points : list of dict
-        The DVH points and isodose levels used (structure, metric, value in Gy, term name).
-    """
-    d = np.asarray(standard_dose_rows, float).ravel()
-    if d.size != im.shape[0]:
-        raise ValueError(f"standard_dose_rows has {d.size} entries, the influence matrix has {im.shape[0]} rows")
-    srows = _structure_rows(case, im) if structure_rows is None else structure_rows
-    if rx is None:
-        rx = case.prescription if case.prescription else float(d.max())
-    rx = float(rx)
-    if not np.isfinite(rx) or rx <= 0:
-        raise ValueError(f"rx must be a positive dose in Gy, got {rx!r}")
-    levels = [float(v) for v in isodose_levels]
-    for v in levels:
-        if not 0 < v <= 1.5:
-            raise ValueError(f"isodose_levels are fractions of the prescription in (0, 1.5], got {v!r}")
-    body = next((srows[s.name] for s in case.structures.values() if s.kind == "body"), None)
-    if body is None or body.size == 0:
-        body = np.arange(d.size)
-    terms, points = [], []
-    for v in levels:
-        lvl = v * rx
-        inside, outside = body[d[body] >= lvl], body[d[body] < lvl]
-        tag = f"{100 * v:g}%"
-        if inside.size:
-            terms.append(SquaredUnderdose(inside, lvl, isodose_weight, f"iso_in_{tag}"))
-            points.append(dict(structure="(isodose)", metric=f"inside {tag}", value=lvl, term=f"iso_in_{tag}"))
-        if outside.size:
-            terms.append(SquaredOverdose(outside, lvl, isodose_weight, f"iso_out_{tag}"))
-            points.append(dict(structure="(isodose)", metric=f"outside {tag}", value=lvl, term=f"iso_out_{tag}"))
-    for s in case.structures.values():
-        r = srows.get(s.name)
-        if r is None or r.size == 0 or s.kind == "body":
-            continue
-        if s.kind == "target":
-            spec = [("D95", DVHMin), ("D2", DVHMax)]
-        else:
-            spec = [("D10", DVHMax), ("Dmean", MeanDose)]
-        for metric, cls in spec:
-            name = f"{s.name}_{metric}"
-            if metric == "Dmean":
-                val = float(d[r].mean())
-                terms.append(MeanDose(r, max_mean=val, weight=dvh_weight, name=name))
-            else:
-                val = _dvh_point(d[r], _DVH_FRACTIONS[metric])
-                terms.append(cls(r, val, _DVH_FRACTIONS[metric], weight=dvh_weight, name=name))
-            points.append(dict(structure=s.name, metric=metric, value=val, term=name))
-    if not terms:
-        raise ValueError("no term could be built (empty structures and no dose above the isodose levels)")
-    return Objective(terms), points
-
-
-def _tighten(obj: Objective, qa, case, srows, d_std, tighten: float, fidelity_weight: float, body_rows, log: list):
-    """Tighten ``obj`` in place after a failed QA (see the module docstring, step 4)."""
-    gamma_failed = any(not (qa.pass_rates[k] >= thr) for k, thr in qa.thresholds.items())
-    if gamma_failed:
-        for t in obj:
-            if t.name.startswith("iso_"):
-                t.weight = t.weight * tighten
-        if "fidelity" in obj.names:
-            obj["fidelity"].weight = obj["fidelity"].weight * tighten
-            log.append(f"gamma failed: isodose and fidelity weights x{tighten:g}")
-        else:
-            obj.add(DoseFidelity(body_rows, d_std[body_rows], fidelity_weight, "fidelity"))
-            log.append(f"gamma failed: isodose weights x{tighten:g}, voxel-wise fidelity term added")
-    tol = qa.max_dvh_diff_gy
-    for row in qa.dvh.itertuples(index=False):
-        if not (np.isfinite(row.diff) and abs(row.diff) > tol):
-            continue
-        r = srows.get(row.structure)
-        if r is None or r.size == 0:
-            continue
-        high = row.diff > 0
-        name = f"pin_{row.structure}_{row.metric}_{'max' if high else 'min'}"
-        if name in obj.names:
-            obj[name].weight = obj[name].weight * tighten
-            log.append(f"{row.structure} {row.metric} {'high' if high else 'low'}: {name} weight x{tighten:g}")
-            continue
-        w0 = max([t.weight for t in obj if not t.name.startswith("iso_") and t.name != "fidelity"] + [1.0]) * tighten
-        if row.metric == "Dmean":
-            val = float(d_std[r].mean())
-            term = MeanDose(r, max_mean=val, weight=w0, name=name) if high else MeanDoseMin(r, val, w0, name)
-        elif row.metric in _DVH_FRACTIONS:
-            f = _DVH_FRACTIONS[row.metric]
-            val = _dvh_point(d_std[r], f)
-            term = (DVHMax if high else DVHMin)(r, val, f, weight=w0, name=name)
-        else:
-            continue
-        obj.add(term)
-        log.append(f"{row.structure} {row.metric} {'high' if high else 'low'} by {row.diff:+.2f} Gy: "
-                   f"{type(term).__name__} at {val:.2f} Gy added (weight {w0:g})")
-
-
-# ---------------------------------------------------------------------------------------------
-# results
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class ConversionResult:
     """Outcome of :func:`convert_plan`.
@@ -393,7 +138,7 @@ class ConversionResult:
     influence : rtlab.dose.InfluenceMatrix
     dose, standard_dose : ndarray (z, y, x)
         Converted and standard dose on the CT grid (Gy).
-    qa : rtlab.qa.QAReport or None
+    qa : rtlab.evaluate.qa.QAReport or None
         QA of the returned plan (None for ``'as_is'`` or ``qa=False``).
     recalc_qa : QAReport or None
         QA of the plain dose recalculation of the resampled fluence (step 2).
@@ -464,9 +209,6 @@ class ConversionResult:
                 f"passed={self.passed}, attempts={self.n_attempts}{rates})")
 
 
-# ---------------------------------------------------------------------------------------------
-# conversion
-# ---------------------------------------------------------------------------------------------
 def _segment_matrix(y, layout, mlc, n_levels):
     """Step-and-shoot apertures of every beam's leaf-row map ``y``; columns = apertures on the variables."""
     cols_r, cols_c, seg_list, w0 = [], [], [], []
@@ -507,11 +249,11 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
                  qa: bool = True, qa_kwargs: dict | None = None, max_attempts: int = 3, tighten: float = 4.0,
                  max_iter: int = 100, leaf_alignment: str = "isocentre", n_levels: int = 10,
                  callback: Callable | None = None) -> ConversionResult:
-    """Convert a standard plan to a specific machine (seed 001, step 4 and claims 5-7, 10-12).
+    """Convert a standard plan to a specific machine (patent 001, step 4 and claims 5-7, 10-12).
 
     Parameters
     ----------
-    case : rtlab.case.Case
+    case : rtlab.core.case.Case
         The case the standard plan was made on.
     x : ndarray (n_beamlets,)
         Standard plan's optimised beamlet weights (>= 0).
@@ -525,7 +267,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         Re-optimise the leaf-row fluence (default); also optimise step-and-shoot aperture weights;
         or only recalculate the dose of the resampled fluence.
     thresholds : CoincidenceThresholds, optional
-        Coincidence tolerances (:func:`rtlab.dose.machines.compare_machines`).
+        Coincidence tolerances (:func:`rtlab.methods.conversion.compare_machines`).
     isodose_levels : sequence of float
         Isodose lines kept as constraints, fractions of ``rx``.
     rx : float, optional
@@ -534,9 +276,9 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         Initial weights of the isodose terms, DVH-point terms, and of the fidelity term added on a
         gamma failure.
     qa : bool
-        Run :func:`rtlab.qa.qa_report` after each attempt (and retry on failure).
+        Run :func:`rtlab.evaluate.qa.qa_report` after each attempt (and retry on failure).
     qa_kwargs : dict, optional
-        Passed to :func:`rtlab.qa.qa_report` (``criteria``, ``thresholds``, ``max_dvh_diff_gy``, ...).
+        Passed to :func:`rtlab.evaluate.qa.qa_report` (``criteria``, ``thresholds``, ``max_dvh_diff_gy``, ...).
     max_attempts : int
         Optimisations at most (>= 1): the first plus ``max_attempts - 1`` regenerations.
     tighten : float
@@ -560,8 +302,6 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         Bad inputs (sizes, NaN, negative weights, mismatched grids or machines, unknown method,
         a field the target MLC cannot cover).
     """
-    from ..dose.influence import build_influence
-
     t_all = time.perf_counter()
     w = _check_inputs(case, x, im)
     if method not in METHODS:
@@ -589,11 +329,9 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         return ConversionResult(tgt.name, std.name, coin, "as_is", w.copy(), im, D_std, D_std, passed=True,
                                 timings=timings)
 
-    from ..qa import qa_report
-
     P, y0, layout = leaf_row_parameterisation(im, w, tgt.mlc, leaf_alignment)
     t0 = time.perf_counter()
-    im_t = build_influence(case, im.beams, machine=tgt.source, dose_grid=im.grid, cutoff_mm=im.cutoff_mm,
+    im_t = build_influence(case, im.beams, machine=tgt.source, dose_grid_mm=im.grid, cutoff_mm=im.cutoff_mm,
                            voxels=im.ct_mask, progress=False)
     if not np.array_equal(im_t.voxel_index, im.voxel_index):  # pragma: no cover - same inputs, same rows
         raise RuntimeError("the target influence matrix selected other voxels than the standard one")
@@ -621,7 +359,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         timings["total_s"] = time.perf_counter() - t_all
         return res
 
-    srows = _structure_rows(case, im)
+    srows = rows_of_structures(case, im)
     obj, points = conversion_objective(case, im, d_std, rx, isodose_levels, isodose_weight, dvh_weight, srows)
     body_rows = next((srows[s.name] for s in case.structures.values() if s.kind == "body"), np.arange(d_std.size))
     body_rows = body_rows[d_std[body_rows] >= 0.1 * d_std.max()]
@@ -662,7 +400,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
             break
         if a + 1 < max_attempts:
             changes = []
-            _tighten(obj, q, case, srows, d_std, tighten, fidelity_weight, body_rows, changes)
+            tighten_objective(obj, q, case, srows, d_std, tighten, fidelity_weight, body_rows, changes)
     q, xb, yb, segs = best
     passed = None if q is None else bool(q.passed)
     reasons = []
@@ -689,7 +427,7 @@ def _split(w, segs):
 
 def convert_to_machines(case, x, im, machines=None, standard=STANDARD_MACHINE, progress: bool = False,
                         **options) -> dict:
-    """Convert one standard plan for several machines (seed 001, claim 13).
+    """Convert one standard plan for several machines (patent 001, claim 13).
 
     Parameters
     ----------
@@ -721,7 +459,5 @@ def convert_to_machines(case, x, im, machines=None, standard=STANDARD_MACHINE, p
         raise ValueError(f"machines holds duplicate names {names}; each target machine once")
     it = tms
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(tms, desc="converting", leave=False)
     return {m.name: convert_plan(case, x, im, m, std, **options) for m in it}

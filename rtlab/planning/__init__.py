@@ -1,0 +1,44 @@
+"""Planning: a case and its settings in, an optimised, scored plan out.
+
+``plan_case(case, ...)`` is ``optimise_plan(prepare_plan(case, ...), ...)``:
+
+* :mod:`~rtlab.planning.settings` -- :class:`PlanSettings`, every setting of a plan (objective,
+  falloff, control points, bixel size, ``dose_grid_mm``, recipe, weights, solver), frozen and
+  checked once; the recipe tables :data:`CONFORMITY_RECIPE` and :data:`QUADRATIC_RECIPE`;
+* :mod:`~rtlab.planning.recipes` -- :func:`build_objective`: the objective terms of a recipe on a
+  plan's evaluation operator (:class:`rtlab.dose.PlanOperator`);
+* :mod:`~rtlab.planning.problem` -- :func:`prepare_plan` -> :class:`PlanProblem` (influence
+  matrix, operator, objective, start point); :meth:`PlanProblem.with_objective`;
+* :mod:`~rtlab.planning.pipeline` -- :func:`optimise_plan` -> :class:`PlanResult` (dose, MU,
+  history, scores, review), :func:`plan_case`.
+
+See ``docs/methods/planning.md``.
+"""
+
+from ..dose.operator import PlanOperator, trilinear_matrix
+from ..evaluate.compare import score_summary
+from .pipeline import PlanResult, optimise_plan, plan_case
+from .problem import PlanProblem, angles_for, prepare_plan
+from .recipes import build_objective, region_of_interest
+from .settings import (CONFORMITY_RECIPE, OBJECTIVES, QUADRATIC_RECIPE, PlanSettings, control_point_find_options,
+                       full_recipe)
+
+__all__ = [
+    "plan_case",
+    "prepare_plan",
+    "optimise_plan",
+    "PlanSettings",
+    "PlanProblem",
+    "PlanResult",
+    "PlanOperator",
+    "trilinear_matrix",
+    "build_objective",
+    "score_summary",
+    "region_of_interest",
+    "angles_for",
+    "full_recipe",
+    "CONFORMITY_RECIPE",
+    "QUADRATIC_RECIPE",
+    "control_point_find_options",
+    "OBJECTIVES",
+]

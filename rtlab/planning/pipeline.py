@@ -1,0 +1,332 @@
+"""The planning pipeline: case -> influence matrix -> objective -> optimised dose -> scores.
+
+:func:`plan_case` runs the whole chain in one call and returns a :class:`PlanResult` that holds
+the dose on the CT grid (Gy, ``(z, y, x)``), the beamlet weights, MU per beam, the optimisation
+history, timings and the score table; :meth:`PlanResult.review` opens the review step of
+patent 000 (para. 101, claim 12) on it.
+
+The chain has two public halves, which interactive tools call separately:
+:func:`~rtlab.planning.prepare_plan` (influence matrix, operator, objective, preliminary plan ->
+:class:`~rtlab.planning.PlanProblem`) and :func:`optimise_plan` (solver, dose, MU, scores ->
+:class:`PlanResult`; it takes a ``threading.Event`` to stop a run from another thread).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .._util import is_int
+from ..evaluate.compare import score, score_summary
+from ..io.npz import save_npz
+from ..dose.operator import PlanOperator
+from ..optimize import OptimizationResult, PlanSession, Solver
+from .problem import PlanProblem, prepare_plan
+from .settings import SOLVER_FIELDS, PlanSettings
+
+__all__ = ["PlanResult", "optimise_plan", "plan_case"]
+
+
+@dataclass
+class PlanResult:
+    """Outcome of :func:`plan_case`.
+
+    Attributes
+    ----------
+    case : Case
+    angles : list of float
+        Gantry angles (deg).
+    dose : ndarray of float32, ``case.grid.shape``
+        Dose on the CT grid (Gy, ``(z, y, x)``), not rescaled.
+    x : ndarray
+        Beamlet weights (unit fluence per bixel).
+    x0 : ndarray
+        Preliminary weights (uniform, target median dose = prescription).
+    mu : ndarray
+        Open-field-equivalent MU per beam (:meth:`rtlab.dose.InfluenceMatrix.beam_mu`).
+    history : rtlab.optimize.History
+    result : rtlab.optimize.OptimizationResult
+    objective : rtlab.optimize.Objective
+    operator : PlanOperator
+    influence : rtlab.dose.InfluenceMatrix
+    timings : dict
+        ``build_s`` (influence matrix + operators + objective, s), ``optimize_s`` (solver wall
+        time, s), ``optimize_cpu_s`` (CPU time of the process during the solve, all threads),
+        ``iterations``, ``n_evals``, ``status``.
+    scores : dict
+        :func:`rtlab.evaluate.score_summary` of ``dose``.
+    settings : PlanSettings
+        The settings of the run (problem and solver; ``settings.solver_options``).
+    info : dict
+        Falloff levels and control points (see :func:`build_objective`).
+    """
+
+    case: object
+    angles: list
+    dose: np.ndarray
+    x: np.ndarray
+    x0: np.ndarray
+    mu: np.ndarray
+    history: object
+    result: object
+    objective: object
+    operator: PlanOperator
+    influence: object
+    timings: dict
+    scores: dict
+    settings: PlanSettings = field(default_factory=PlanSettings)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def mu_total(self) -> float:
+        """Sum of :attr:`mu` over the beams (the whole course delivered at once)."""
+        return float(np.sum(self.mu))
+
+    def mu_per_fraction(self, n_fractions: int) -> np.ndarray:
+        """MU per beam and fraction when the planned dose is delivered in ``n_fractions`` equal fractions.
+
+        :attr:`dose` is the whole course (e.g. 60 Gy), and so is :attr:`mu`. MU are linear in
+        dose, so each fraction needs ``mu / n_fractions`` (e.g. 30 fractions of 2 Gy).
+
+        Parameters
+        ----------
+        n_fractions : int
+            Number of equal fractions (>= 1).
+
+        Returns
+        -------
+        ndarray
+            MU per beam for one fraction.
+        """
+        if not is_int(n_fractions) or n_fractions < 1:
+            raise ValueError(f"n_fractions must be a positive int (equal fractions of the course), got {n_fractions!r}")
+        return np.asarray(self.mu, float) / int(n_fractions)
+
+    @property
+    def iterations(self) -> int:
+        return int(self.timings["iterations"])
+
+    def initial_dose(self) -> np.ndarray:
+        """Dose of the preliminary plan ``x0`` on the CT grid (Gy)."""
+        return self.operator.dose_ct(self.x0)
+
+    def score_table(self, name: str = "plan"):
+        """Tidy score table (:func:`rtlab.evaluate.compare.score`) of this plan, with its MU."""
+        return score({name: {"dose": self.dose, "mu": self.mu_total}}, self.case)
+
+    def summary(self) -> dict:
+        """``scores`` plus ``build_s``, ``optimize_s``, ``iterations``, ``mu_total`` (JSON-ready)."""
+        out = dict(self.scores)
+        out.update(build_s=round(self.timings["build_s"], 3), optimize_s=round(self.timings["optimize_s"], 3),
+                   iterations=self.iterations, mu_total=round(self.mu_total, 1), status=self.timings["status"],
+                   objective=self.settings.objective, angles=list(self.angles))
+        return out
+
+    def save(self, path):
+        """Save the dose (array ``dose``, Gy, CT grid) plus ``x`` and ``mu`` to ``path`` (npz, atomic).
+
+        The file is what ``rtlab score --dose`` reads.
+        """
+        return save_npz(path, dose=self.dose, grid=self.case.grid, x=self.x, mu=self.mu)
+
+    def review(self, **solver_options):
+        """A :class:`rtlab.optimize.PlanSession` on this plan (patent 000, para. 101, claim 12).
+
+        The session starts in state ``'optimised'`` with this run's result; ``x_preliminary``
+        is ``x0``. ``edit``, ``reoptimise(start='preliminary'|'optimised')`` and ``accept``
+        then work as documented there; map a session result to the CT grid with
+        ``plan.operator.dose_ct(session.result.x)``.
+        """
+        opts = dict(self.settings.solver_options)
+        opts.update(solver_options)
+        s = PlanSession(self.operator, self.objective, x_preliminary=self.x0, **opts)
+        s.result = self.result
+        s.results.append(self.result)
+        s.state = "optimised"
+        s._note("reoptimise", start="preliminary", status=self.result.status, objective=self.result.objective)
+        return s
+
+    def with_result(self, result, objective=None) -> "PlanResult":
+        """This plan with the beamlet weights of another optimisation on the same operator.
+
+        For the plans of a review session (:meth:`review`): dose, MU and scores are recomputed
+        from ``result.x``; ``timings`` take the run's ``optimize_s``, ``iterations``,
+        ``n_evals`` and ``status`` (``optimize_cpu_s`` is None).
+
+        Parameters
+        ----------
+        result : rtlab.optimize.OptimizationResult
+        objective : rtlab.optimize.Objective, optional
+            The objective that produced it (e.g. the session's edited copy); default this plan's.
+        """
+        if not isinstance(result, OptimizationResult):
+            raise TypeError(f"result must be an rtlab.optimize.OptimizationResult, got {type(result).__name__}")
+        x = np.asarray(result.x, np.float64)
+        if x.shape != self.x.shape:
+            raise ValueError(f"result.x has {x.size} beamlet weights but this plan has {self.x.size}; "
+                             "it must come from the same operator (plan.review())")
+        dose = self.operator.dose_ct(x)
+        timings = dict(self.timings, optimize_s=float(result.time), optimize_cpu_s=None,
+                       iterations=int(result.iterations), n_evals=result.meta.get("n_evals"), status=result.status)
+        return PlanResult(case=self.case, angles=self.angles, dose=dose, x=x, x0=self.x0,
+                          mu=self.influence.beam_mu(x), history=result.history, result=result,
+                          objective=self.objective if objective is None else objective, operator=self.operator,
+                          influence=self.influence, timings=timings,
+                          scores=score_summary(self.case, dose, self.scores.get("rx_gy")),
+                          settings=self.settings, info=self.info)
+
+    def __repr__(self) -> str:
+        s = self.scores
+        return (f"PlanResult({self.case.name!r}, {len(self.angles)} beams, objective={self.settings.objective!r}, "
+                f"CI={s.get('ci_paddick')}, iterations={self.iterations}, build {self.timings['build_s']:.2f} s, "
+                f"optimise {self.timings['optimize_s']:.2f} s)")
+
+
+def optimise_plan(problem: PlanProblem, *, max_iter: int = 100, change_threshold: float | None = 1e-4,
+                  change_window: int = 5, objective_threshold: float | None = None, method: str = "lbfgsb",
+                  progress: bool = False, callback: Callable | None = None, cancel_event=None, x0=None,
+                  report_every: int = 10, settings: PlanSettings | None = None) -> PlanResult:
+    """Second half of :func:`plan_case`: optimise a :class:`PlanProblem`, then dose, MU and scores.
+
+    Parameters
+    ----------
+    problem : PlanProblem
+    max_iter, change_threshold, change_window, objective_threshold, method
+        Solver settings (:class:`rtlab.optimize.Solver`; the objective-threshold and change
+        rules are patent 000 para. 83 and claim 6).
+    progress : bool
+        tqdm progress bar over the iterations.
+    callback : callable, optional
+        ``callback(record)`` after each iteration: a copy of the history record (see
+        :class:`rtlab.optimize.History`) plus ``'x'``, the iterate's beamlet weights (a copy;
+        map it to the CT grid with ``problem.operator.dose_ct(record['x'])`` for a live dose).
+        Returning ``True`` stops the run (status ``'cancelled'``).
+    cancel_event : threading.Event, optional
+        Set it from any thread to stop; the result holds the best point evaluated so far and
+        status ``'cancelled'``.
+    x0 : array, optional
+        Start point (beamlet weights); default ``problem.x0``. ``PlanResult.x0`` is always the
+        preliminary plan ``problem.x0``.
+    report_every : int
+        Term reports (F, S, f_C of conformity terms) every this many iterations and at the last.
+    settings : PlanSettings, optional
+        The solver settings at once (then ``max_iter`` ... ``method`` and ``report_every`` are
+        not used); only its solver fields count, the problem keeps its own.
+
+    Returns
+    -------
+    PlanResult
+    """
+    if not isinstance(problem, PlanProblem):
+        raise TypeError(f"problem must be a PlanProblem from rtlab.planning.prepare_plan, got {type(problem).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable, taking one history record (dict)")
+    if cancel_event is not None and not callable(getattr(cancel_event, "is_set", None)):
+        raise TypeError("cancel_event must be a threading.Event (or None)")
+    op, im, case = problem.operator, problem.influence, problem.case
+    start = problem.x0 if x0 is None else np.asarray(x0, np.float64).ravel()
+    if start.shape != (op.shape[1],) or not np.all(np.isfinite(start)) or np.any(start < 0):
+        raise ValueError(f"x0 must hold {op.shape[1]} finite, non-negative beamlet weights (one per bixel)")
+    if settings is None:
+        solver_fields = dict(method=method, max_iter=max_iter, change_threshold=change_threshold,
+                             change_window=change_window, objective_threshold=objective_threshold,
+                             report_every=report_every)
+    elif isinstance(settings, PlanSettings):
+        solver_fields = {k: getattr(settings, k) for k in SOLVER_FIELDS}
+    else:
+        raise TypeError(f"settings must be an rtlab.planning.PlanSettings, got {type(settings).__name__}")
+    run_settings = replace(problem.settings, **solver_fields)
+    solver_options = run_settings.solver_options
+    solver = None
+
+    def with_iterate(rec):
+        # the callback gets a copy of the record with the iterate it describes
+        x_it = getattr(solver, "current_x", None)
+        return callback({**rec, "x": None if x_it is None else np.array(x_it, np.float64, copy=True)})
+
+    cb = None if callback is None else with_iterate
+    solver = Solver(op, problem.objective, callback=cb, progress=progress, cancel_event=cancel_event,
+                    **solver_options)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = solver.run(start)
+    optimize_s = time.perf_counter() - t0
+    optimize_cpu_s = time.process_time() - c0
+    dose = op.dose_ct(res.x)
+    mu = im.beam_mu(res.x)
+    timings = {"build_s": problem.build_s, "optimize_s": optimize_s, "optimize_cpu_s": optimize_cpu_s,
+               "iterations": res.iterations,
+               "n_evals": res.meta.get("n_evals"), "status": res.status}
+    return PlanResult(case=case, angles=problem.angles, dose=dose, x=res.x, x0=problem.x0, mu=mu,
+                      history=res.history, result=res, objective=problem.objective, operator=op, influence=im,
+                      timings=timings, scores=score_summary(case, dose, run_settings.rx), settings=run_settings,
+                      info=problem.info)
+
+
+def plan_case(case, angles: Sequence[float] | None = None, objective: str = "conformity",
+              falloff: float | None = None, control_points: bool = False, bixel_mm: float = 5.0,
+              dose_grid_mm: float | None = None, *, rx: float | None = None, roi_mm: float = 20.0,
+              recipe: Mapping | None = None, max_iter: int = 100, change_threshold: float | None = 1e-4,
+              change_window: int = 5, method: str = "lbfgsb", machine=None, cutoff_mm: float | None = None,
+              backend: str = "numba", progress: bool = False, callback: Callable | None = None,
+              settings: PlanSettings | None = None) -> PlanResult:
+    """Plan a case end to end: influence matrix, objective, optimisation, dose, scores.
+
+    ``plan_case(case, ...)`` is ``optimise_plan(prepare_plan(case, ...), ...)``.
+
+    Parameters
+    ----------
+    case : Case
+    angles : sequence of float, optional
+        Gantry angles in degrees (IEC 61217); default the case's suggested beams, else
+        0, 72, 144, 216, 288.
+    objective : {'conformity', 'quadratic'}
+        Objective recipe (module docstring).
+    falloff : float, optional
+        Dose falloff gradient ``G`` in **Gy/mm** (patent 000 eqs 16-17; 2.0 Gy/mm = 200 cGy/mm):
+        adjusts lower-dose targets and adds the automatic low-dose ring.
+    control_points : bool
+        Add control-point dose bounds on the first target (patent 000, para. 154-197).
+    bixel_mm : float
+        Bixel size at the isocentre plane (mm).
+    dose_grid_mm : float, optional
+        Dose-grid spacing (mm); default the CT grid. A coarser grid is faster; the dose is then
+        resampled trilinearly to the CT grid, where the objective and the scores are evaluated.
+    rx : float, optional
+        Prescription (Gy) for a first target without one.
+    roi_mm : float
+        Region of interest for CT-grid evaluation with a coarse dose grid (mm around targets).
+    recipe : mapping, optional
+        Overrides of the recipe's weights and levels; ``control_point_find`` (a dict of
+        :func:`~rtlab.methods.control_points.find_control_points` keyword arguments, see
+        :func:`control_point_find_options`) sets how the control points are found.
+    max_iter, change_threshold, change_window, method
+        Solver settings (:class:`rtlab.optimize.Solver`; the change rule is patent 000 claim 6).
+    machine : rtlab.dose.Machine, optional
+    cutoff_mm : float, optional
+        Lateral kernel cut-off (default :data:`rtlab.dose.DEFAULT_CUTOFF_MM`).
+    backend : str
+        Mat-vec backend (``'numba'``, ``'auto'``, ``'gpu'``, ...).
+    progress : bool
+        tqdm progress bars (ray tracing, iterations).
+    callback : callable, optional
+        ``callback(record)`` after each iteration (see :class:`rtlab.optimize.History`);
+        returning ``True`` stops the run.
+    settings : PlanSettings, optional
+        Every setting at once (then the keyword settings above are not used).
+
+    Returns
+    -------
+    PlanResult
+    """
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable, taking one history record (dict)")
+    if settings is None:
+        settings = PlanSettings(objective=objective, falloff_gy_per_mm=falloff, control_points=control_points,
+                                bixel_mm=bixel_mm, dose_grid_mm=dose_grid_mm, roi_mm=roi_mm, rx=rx,
+                                recipe_overrides=recipe, cutoff_mm=cutoff_mm, backend=backend, max_iter=max_iter,
+                                change_threshold=change_threshold, change_window=change_window, method=method)
+    problem = prepare_plan(case, angles, machine=machine, progress=progress, settings=settings)
+    return optimise_plan(problem, progress=progress, callback=callback, settings=settings)
