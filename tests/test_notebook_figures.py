@@ -58,3 +58,11 @@ def test_update_rewrites_literal_checks_in_reading_order(tmp_path):
     assert out == ('check("CI ≥ 0", p.ci, 0.946, abs=0.02)\n'
                    'check("D95 (Gy)", f(a, b), 50.4, abs=0.3); check("D95 (Gy)", g(1), -2.3, abs=0.5)\n'
                    'check("same", x, 1.0, abs=0.5)\n')   # 1.04 is 1.0 to a tenth of its tolerance: unchanged
+
+
+def test_readable_above_rounds_up_to_a_readable_tolerance():
+    assert nf._readable_above(0.00312) == 0.004
+    assert nf._readable_above(1.29) == 1.5
+    assert nf._readable_above(6.03) == 8.0
+    assert nf._readable_above(0.15) == 0.15
+    assert all(nf._readable_above(x) >= x for x in (0.0011, 7.9, 123.0, 9.99))
