@@ -20,7 +20,11 @@ from typing import Iterator
 
 import numpy as np
 
+#: The package version (``rtlab.__version__``; keep equal to ``pyproject.toml``).
+VERSION = "0.1.0"
+
 __all__ = [
+    "VERSION",
     "check_finite",
     "check_shape",
     "check_positive",
@@ -183,10 +187,10 @@ def check_output_path(path, what: str, suffix: str | None = None, directory: boo
         if p.exists() and not p.is_dir():
             raise ValueError(f"{what} {str(p)!r} is a file; give a folder for the output (it is created if missing)")
     else:
-        if suffix is not None and not p.name.endswith(suffix):
-            raise ValueError(f"{what} must name a {suffix} file, got {str(p)!r}")
         if p.is_dir():
             raise ValueError(f"{what} {str(p)!r} is a folder; give a file name, e.g. {str(p / ('out' + (suffix or '')))!r}")
+        if suffix is not None and not p.name.endswith(suffix):
+            raise ValueError(f"{what} must name a {suffix} file, got {str(p)!r}")
         if p.exists() and not os.access(p, os.W_OK):
             raise ValueError(f"{what} {str(p)!r} exists and is not writable")
     # the nearest folder that exists must be a writable folder (the rest is created)
