@@ -35,6 +35,13 @@ Conversion to rtlab
   matRad's own HLUT).
 
 Both MAT v5 (``scipy.io.loadmat``) and v7.3 (HDF5, read with ``h5py``) files are supported.
+Neither is trusted: the v7.3 decoder memoises objects by HDF5 address and refuses cycles, deep
+nesting, too many references and data beyond the decode budget (checked from shapes before
+reading); MAT v5 element headers are walked before scipy reads anything (docs/security.md).
+
+Size: over 600 lines on purpose: the one reader of MATLAB files, with both bounded decoders
+(HDF5 and the MAT v5 header walk) next to the matRad data model they serve; splitting them
+would spread one file format's limits over several modules.
 """
 
 from __future__ import annotations
