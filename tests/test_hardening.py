@@ -567,6 +567,16 @@ def test_gk_plausibility_warnings():
     assert V.gk_plausibility(50.0, 40.0, 2.0) == []
 
 
+def test_gk_on_a_large_target_warns(tmp_path):
+    """The issue's case: ``rtlab gk --phantom tg119_prostate`` (a 79 cc target) now says it is implausible."""
+    rc, lines, _, _ = rtlab_cli(tmp_path, "gk", "--phantom", "tg119_prostate")
+    assert rc == 0
+    warn = [ln for ln in lines if ln.startswith("rtlab gk: warning: Gamma-Knife plan:")]
+    assert len(warn) == 2, lines
+    assert "isodose" in warn[0] and "below the 25 %" in warn[0]
+    assert "minutes of beam-on time" in warn[1] and "more than 180 minutes" in warn[1]
+
+
 def test_cli_prints_warnings_one_line(capsys):
     def fn():
         warnings.warn("Gamma-Knife plan: the prescription lies on the 5.0 % isodose", V.PlausibilityWarning)
