@@ -2,7 +2,7 @@
 
 Every test builds its hostile input itself (small files written here). Command-line cases run
 ``rtlab`` in a subprocess, so the exit status, the one-line message (no traceback) and the
-child's peak memory (``ru_maxrss``) are those a user sees.
+child's peak memory (``VmHWM``) are those a user sees.
 """
 
 from __future__ import annotations
@@ -30,12 +30,18 @@ from rtlab.io import load_dose_npz, read_mat
 
 REPO = Path(__file__).resolve().parents[1]
 
-# a child that runs rtlab.cli.main and reports its exit status and peak resident memory
+# a child that runs rtlab.cli.main and reports its exit status and peak resident memory: VmHWM of
+# its own address space (ru_maxrss is not used: Linux carries it over fork + exec from the parent,
+# here the whole pytest process)
 _CHILD = (
     "import json, resource, sys\n"
     "from rtlab.cli import main\n"
     "rc = main(sys.argv[2:])\n"
-    "json.dump(dict(rc=rc, maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), open(sys.argv[1], 'w'))\n"
+    "try:\n"
+    "    peak = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0] / 1024\n"
+    "except (OSError, IndexError):\n"
+    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+    "json.dump(dict(rc=rc, maxrss_mb=peak), open(sys.argv[1], 'w'))\n"
     "sys.exit(rc)\n"
 )
 
