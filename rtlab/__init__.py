@@ -9,9 +9,8 @@ Arrays are ``(z, y, x)``, lengths in mm, dose in Gy. The folders follow the data
 """
 
 from ._lazy import attach
+from ._util import VERSION as __version__
 from .core.geometry import Grid, Structure, StructureSet, resample, signed_distance
-
-__version__ = "0.1.0"
 
 _SUBMODULES = [
     "core", "dose", "optimize", "planning", "evaluate", "methods", "io", "phantoms", "batch", "widgets", "cli",

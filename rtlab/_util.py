@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+#: The package version (``rtlab.__version__``; keep equal to ``pyproject.toml``).
+VERSION = "0.1.0"
+
 __all__ = [
+    "VERSION",
     "check_finite",
     "check_shape",
     "check_positive",
     "is_int",
     "atomic_path",
+    "current_umask",
+    "check_output_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "json_safe",
@@ -87,13 +95,42 @@ def is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read from ``/proc`` where possible, else set and restored)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _final_mode(dest: Path) -> int:
+    """Permission bits the written file gets: those of the file it replaces, else ``0o666 & ~umask``."""
+    try:
+        st = os.stat(dest)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+    return stat.S_IMODE(st.st_mode)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it over ``path``.
 
     Use for writers that want a file name rather than a file object (e.g. ``np.savez``,
     ``pydicom.dcmwrite``). If the block raises, the temporary file is removed and ``path`` is
-    left untouched.
+    left untouched. The result keeps the permission bits of the file it replaces; a new file
+    gets what ``open()`` would give it (``0o666`` less the umask), not the private ``0o600``
+    of a temporary file.
 
     Parameters
     ----------
@@ -115,11 +152,56 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with open(tmp_path, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _final_mode(dest))
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def check_output_path(path, what: str, suffix: str | None = None, directory: bool = False) -> Path:
+    """Check, before any work starts, that ``path`` can be written; return it as a ``Path``.
+
+    Parameters
+    ----------
+    path : path-like
+        The file (or, with ``directory=True``, the folder) a command will write.
+    what : str
+        The argument's name for the message (e.g. ``"--out"``).
+    suffix : str, optional
+        Required file suffix (e.g. ``".npz"``).
+    directory : bool
+        ``path`` is an output folder (created if missing) rather than a file.
+
+    Raises
+    ------
+    ValueError
+        The path is a folder where a file is wanted (or a file where a folder is wanted), has
+        the wrong suffix, or lies in a folder that cannot be created or written.
+    """
+    p = Path(path)
+    if not str(path):
+        raise ValueError(f"{what} is empty; give a {'folder' if directory else 'file'} name")
+    if directory:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{what} {str(p)!r} is a file; give a folder for the output (it is created if missing)")
+    else:
+        if p.is_dir():
+            raise ValueError(f"{what} {str(p)!r} is a folder; give a file name, e.g. {str(p / ('out' + (suffix or '')))!r}")
+        if suffix is not None and not p.name.endswith(suffix):
+            raise ValueError(f"{what} must name a {suffix} file, got {str(p)!r}")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise ValueError(f"{what} {str(p)!r} exists and is not writable")
+    # the nearest folder that exists must be a writable folder (the rest is created)
+    anc = p if (directory and p.exists()) else p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ValueError(f"{what} {str(p)!r} cannot be created: {str(anc)!r} is not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(p)!r} cannot be written: no write permission in {str(anc)!r}")
+    return p
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -15,14 +15,18 @@ Subcommands
 The plan and engine settings go into one :class:`rtlab.planning.PlanSettings`, which checks them
 (``--grid MM`` is its ``dose_grid_mm``, ``--bixel`` its ``bixel_mm``, ``--falloff`` its
 ``falloff_gy_per_mm``).
-``rtlab lab``
-    Open JupyterLab on the notebooks.
-``rtlab batch --cases NAME|FILE ... --machines NAME[=LOAD] ... [--scheduler ADDRESS] [--workers N] [--out DIR] [--spacing MM] [--angles ...] [--max-iter N] [--fanout K] [--policy P] [--json]``
+``rtlab lab [--notebooks DIR] [JUPYTER OPTIONS ...]``
+    Open JupyterLab on the notebooks, as ``scripts/lab.sh`` does: every other option goes to
+    ``jupyter lab`` untouched and in order, and ``--allow-root`` is added when run as root.
+``rtlab batch --cases NAME|FILE ... --machines NAME[=LOAD] ... [--scheduler ADDRESS] [--workers N] [--out DIR] [--spacing MM] [--angles ...] [--max-iter N] [--fanout K] [--policy P] [--dashboard-address HOST:PORT|none] [--json]``
     Patent 001 batch planning on dask (:func:`rtlab.batch.run_batch_cli`): a standard plan per
     case, converted for the machines, QA'd, persisted; prints progress, the dashboard link and
     the QA table. Exit status 1 when a case failed or a plan failed QA.
 
-Every subcommand exits with status 2 and a one-line message on bad input (no traceback).
+Every argument is checked before any work starts. Every subcommand exits with status 2 and a
+one-line message on bad input (no traceback; ``RTLAB_DEBUG=1`` shows it); an unexpected
+internal error exits with status 1 and one line. Warnings are printed one line each as
+``rtlab CMD: warning: ...``.
 """
 
 from __future__ import annotations
@@ -30,16 +34,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 
 from . import phantoms
-from ._util import json_safe
+from ._util import check_output_path, json_safe
 from .batch import run_batch_cli
+from .core.mlc import get_mlc
+from .core.validate import check_angles, check_spacing
 from .dose import engine_summary
 from .evaluate.compare import score, score_summary
 from .io import load_dicom, load_dose_npz, load_matrad
@@ -86,21 +95,74 @@ def _parse_floats(text: str, what: str) -> list[float]:
         raise CLIError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
+def _parse_angles(text: str | None) -> list[float] | None:
+    """``--angles`` as finite degrees (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return check_angles("--angles", _parse_floats(text, "--angles"))
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from None
+
+
+def _parse_spacing(args) -> float | tuple | None:
+    """``--spacing`` of a case (one number or dz,dy,dx, mm), checked; only with ``--phantom``."""
+    text = getattr(args, "spacing", None)
+    if not text:
+        return None
+    if not getattr(args, "phantom", None):
+        raise CLIError("--spacing only applies to --phantom; files keep their own grid")
+    sp = _parse_floats(text, "--spacing")
+    try:
+        sp = check_spacing("--spacing", sp)
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if len(sp) not in (1, 3):
+        raise CLIError(f"--spacing must be one number or three (dz,dy,dx) in mm, got {text!r}")
+    return sp[0] if len(sp) == 1 else tuple(sp)
+
+
+def _positive(flag: str, v, unit: str):
+    if v is not None and not (math.isfinite(v) and v > 0):
+        raise CLIError(f"{flag} must be a positive number ({unit}), got {v}")
+    return v
+
+
+def _input_file(flag: str, path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{flag} {str(path)!r} does not exist or is not a file")
+    return p
+
+
+def _check_case_source(args) -> None:
+    """The case arguments, checked before anything is loaded (the files' contents are the readers' job)."""
+    _parse_spacing(args)
+    if getattr(args, "matrad", None):
+        _input_file("--matrad", args.matrad)
+    if getattr(args, "dicom", None) and not Path(args.dicom).is_dir():
+        raise CLIError(f"--dicom {args.dicom!r} does not exist or is not a folder")
+    if getattr(args, "phantom", None) and args.phantom not in phantoms.list_phantoms():
+        raise CLIError(f"unknown phantom {args.phantom!r}; valid names: {', '.join(phantoms.list_phantoms())}")
+
+
 def load_case(args: argparse.Namespace):
     """The :class:`rtlab.core.case.Case` named by ``--phantom``, ``--matrad`` or ``--dicom``."""
     if args.phantom:
         kw = {}
-        if getattr(args, "spacing", None):
-            sp = _parse_floats(args.spacing, "--spacing")
-            kw["spacing"] = sp[0] if len(sp) == 1 else tuple(sp)
-        return phantoms.get_phantom(args.phantom, **kw)
-    if getattr(args, "spacing", None):
-        raise CLIError("--spacing only applies to --phantom; files keep their own grid")
+        spacing = _parse_spacing(args)
+        if spacing is not None:
+            kw["spacing"] = spacing
+        try:
+            return phantoms.get_phantom(args.phantom, **kw)
+        except ValueError as e:
+            if spacing is None:
+                raise
+            raise CLIError(f"--phantom {args.phantom} --spacing {args.spacing}: {e}") from None
+    _parse_spacing(args)
     if args.matrad:
         return load_matrad(args.matrad)
     return load_dicom(args.dicom)
-
-
 
 
 def cmd_phantoms(args) -> int:
@@ -119,6 +181,9 @@ def cmd_phantoms(args) -> int:
 
 
 def cmd_score(args) -> int:
+    _positive("--rx", args.rx, "Gy")
+    _input_file("--dose", args.dose)
+    _check_case_source(args)
     case = load_case(args)
     dose = load_dose_npz(args.dose, expected_shape=case.grid.shape)
     out = score_summary(case, dose, args.rx)
@@ -131,9 +196,11 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _angles(args, case) -> list[float]:
+def _angles(args, case, given: list[float] | None = None) -> list[float]:
+    if given is not None:
+        return given
     if args.angles:
-        return _parse_floats(args.angles, "--angles")
+        return _parse_angles(args.angles)
     if case.beams:
         return [b.gantry for b in case.beams]
     return [0.0, 72.0, 144.0, 216.0, 288.0]
@@ -141,8 +208,10 @@ def _angles(args, case) -> list[float]:
 
 def cmd_dose(args) -> int:
     settings = _settings(bixel_mm=args.bixel, dose_grid_mm=args.dose_grid_mm, cutoff_mm=args.cutoff)
+    given = _parse_angles(args.angles)
+    _check_case_source(args)
     case = load_case(args)
-    angles = _angles(args, case)
+    angles = _angles(args, case, given)
     out = engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm, gpu=args.gpu,
                          cutoff_mm=settings.cutoff_mm)
     out = {"case": case.name, "angles": angles, "bixel_mm": settings.bixel_mm, "dose_grid_mm": settings.dose_grid_mm,
@@ -159,6 +228,7 @@ def cmd_dose(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    # every argument first: nothing below may fail on an argument after minutes of planning
     if args.objective not in OBJECTIVES:
         raise CLIError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
     if args.max_iter is not None and not args.max_iter > 0:
@@ -166,10 +236,23 @@ def cmd_plan(args) -> int:
     settings = _settings(objective=args.objective, falloff_gy_per_mm=args.falloff,
                          control_points=args.control_points, bixel_mm=args.bixel, dose_grid_mm=args.dose_grid_mm,
                          rx=args.rx, max_iter=int(args.max_iter))
-    if args.out is not None and not str(args.out).endswith(".npz"):
-        raise CLIError(f"--out must name an .npz file, got {args.out!r}")
+    if args.out is not None:
+        try:
+            check_output_path(args.out, "--out", suffix=".npz")
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+    if args.sequence:
+        args.machine = args.machine or "generic_5mm_60"
+        try:
+            get_mlc(args.machine)
+        except ValueError as e:
+            raise CLIError(f"--machine: {e}") from None
+    elif args.machine is not None:
+        raise CLIError("--machine only applies with --sequence (the MLC the fluence is sequenced on)")
+    given = _parse_angles(args.angles)
+    _check_case_source(args)
     case = load_case(args)
-    angles = _angles(args, case)
+    angles = _angles(args, case, given)
     if not angles:
         raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
     res = plan_case(case, angles, settings=settings, progress=not args.json and sys.stderr.isatty())
@@ -181,7 +264,7 @@ def cmd_plan(args) -> int:
                dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm)
     seq = None
     if args.sequence:
-        fractions = max(1, int(round((case.prescription or 2.0) / 2.0)))
+        fractions = max(1, int(round((case.prescription or settings.rx or 2.0) / 2.0)))
         seq = sequence_plan(res.influence, res.x, machine=args.machine, method=args.sequence, fractions=fractions)
         # the optimised fluence's MU (whole prescription) stays available; mu_total becomes the
         # sequenced delivery's MU per fraction
@@ -214,11 +297,12 @@ def cmd_plan(args) -> int:
 
 
 def cmd_gk(args) -> int:
-    if args.spacing_mm <= 0:
-        raise CLIError(f"--spacing must be positive, got {args.spacing_mm}")
-    if args.phantom not in ("head",):
-        if args.phantom not in phantoms.list_phantoms():
-            raise CLIError(f"unknown phantom {args.phantom!r}; built-ins: {phantoms.list_phantoms()}")
+    try:
+        check_spacing("--spacing", args.spacing_mm)
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if args.phantom not in phantoms.list_phantoms():
+        raise CLIError(f"unknown phantom {args.phantom!r}; built-ins: {phantoms.list_phantoms()}")
     out = gk_summary(args.phantom, spacing=args.spacing_mm, target=args.target, method=args.method)
     if args.json:
         print(json.dumps(out, default=json_safe))
@@ -230,30 +314,71 @@ def cmd_gk(args) -> int:
     return 0
 
 
-def cmd_lab(args) -> int:
+def jupyter_executable() -> str | None:
+    """``jupyter`` of this Python's environment (as ``scripts/lab.sh`` uses ``.venv/bin/jupyter``), else on PATH."""
+    here = Path(sys.executable).with_name("jupyter")
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    return shutil.which("jupyter")
+
+
+def lab_command(argv: list[str]) -> list[str]:
+    """The ``jupyter lab`` command line of ``rtlab lab ARGV`` (what ``scripts/lab.sh`` runs).
+
+    ``--notebooks DIR`` (or ``--notebooks=DIR``) is rtlab's own option; every other argument
+    goes to ``jupyter lab`` untouched and in the order given. As root ``--allow-root`` is
+    added (Jupyter refuses to run as root without it; in a container that is the usual user).
+    """
     root = Path(__file__).resolve().parents[1]
-    nb = Path(args.notebooks) if args.notebooks else root / "notebooks"
+    nb, extra = None, []
+    it = iter(argv)
+    for a in it:
+        if a == "--notebooks":
+            nb = next(it, None)
+            if nb is None:
+                raise CLIError("--notebooks needs a directory")
+        elif a.startswith("--notebooks="):
+            nb = a.split("=", 1)[1]
+        else:
+            extra.append(a)
+    nb = Path(nb) if nb else root / "notebooks"
     if not nb.is_dir():
         raise CLIError(f"notebook directory {nb} does not exist; pass --notebooks DIR")
-    jupyter = shutil.which("jupyter") or str(Path(sys.executable).with_name("jupyter"))
-    cmd = [jupyter, "lab", f"--notebook-dir={nb}", *args.extra]
-    return subprocess.call(cmd)
+    jupyter = jupyter_executable()
+    if jupyter is None:
+        raise CLIError("jupyter is not installed in this environment; pip install 'rtlab[lab]' (or run bash scripts/lab.sh)")
+    cmd = [jupyter, "lab", f"--notebook-dir={nb}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
+        cmd.append("--allow-root")
+    return cmd + extra
+
+
+def cmd_lab(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv[:1]):
+        build_parser().parse_args(["lab", "--help"])
+    return subprocess.call(lab_command(argv))
 
 
 def cmd_batch(args) -> int:
     opts = {}
-    if args.angles:
-        opts["angles"] = _parse_floats(args.angles, "--angles")
-        if not opts["angles"]:
-            raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,120,240")
-    for flag, v in (("--max-iter", args.max_iter), ("--workers", args.workers), ("--qa-attempts", args.qa_attempts)):
+    angles = _parse_angles(args.angles)
+    if angles is not None:
+        opts["angles"] = angles
+    for flag, v in (("--max-iter", args.max_iter), ("--workers", args.workers), ("--qa-attempts", args.qa_attempts),
+                    ("--fanout", args.fanout)):
         if v is not None and v < 1:
             raise CLIError(f"{flag} must be >= 1, got {v}")
-    if args.spacing is not None and not (math.isfinite(args.spacing) and args.spacing > 0):
-        raise CLIError(f"--spacing must be a positive voxel size in mm, got {args.spacing}")
+    if args.spacing is not None:
+        try:
+            check_spacing("--spacing", args.spacing)
+        except (TypeError, ValueError) as e:
+            raise CLIError(str(e)) from None
     if args.max_iter is not None:
         opts["max_iter"] = opts["convert_max_iter"] = int(args.max_iter)
-    kw = dict(policy=args.policy, max_qa_attempts=args.qa_attempts)
+    dash = args.dashboard_address
+    if dash is not None and dash.strip().lower() in ("none", "off", ""):
+        dash = None
+    kw = dict(policy=args.policy, max_qa_attempts=args.qa_attempts, dashboard_address=dash)
     if args.fanout is not None:
         kw["fanout"] = args.fanout
     quiet = bool(args.json)
@@ -261,9 +386,10 @@ def cmd_batch(args) -> int:
                             stage_options=opts, progress=not quiet and sys.stderr.isatty(), verbose=not quiet, **kw)
     if args.json:
         print(json.dumps(dict(out=summary["out"], files=summary["files"], persisted=summary["persisted"],
-                              failed=summary["failed"], qa_failed=summary["qa_failed"],
-                              all_passed=summary["all_passed"], dashboard=summary["dashboard"],
-                              elapsed_s=round(summary["elapsed_s"], 3)), default=json_safe))
+                              replanned=summary.get("replanned", {}), failed=summary["failed"],
+                              qa_failed=summary["qa_failed"], all_passed=summary["all_passed"],
+                              dashboard=summary["dashboard"], elapsed_s=round(summary["elapsed_s"], 3)),
+                         default=json_safe))
     return 0 if not summary["failed"] and not summary["qa_failed"] else 1
 
 
@@ -308,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-iter", type=int, default=100, metavar="N", help="iteration limit (default 100)")
     sp.add_argument("--sequence", choices=("sliding", "step"),
                     help="sequence the optimised fluence into MLC leaf motions (sliding window or step-and-shoot)")
-    sp.add_argument("--machine", default="generic_5mm_60", metavar="NAME",
-                    help="MLC model for --sequence (see rtlab.core.mlc.list_mlcs)")
+    sp.add_argument("--machine", metavar="NAME",
+                    help="MLC model for --sequence (default generic_5mm_60; see rtlab.core.mlc.list_mlcs)")
     sp.add_argument("--out", metavar="FILE.npz", help="save the dose (array `dose`, Gy, CT grid) for `rtlab score`")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_plan)
@@ -323,10 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_gk)
 
-    sp = sub.add_parser("lab", help="open JupyterLab on the notebooks")
+    sp = sub.add_parser("lab", help="open JupyterLab on the notebooks (like scripts/lab.sh)",
+                        description="Open JupyterLab on the notebooks, as scripts/lab.sh does: every option other "
+                                    "than --notebooks goes to `jupyter lab` untouched and in order; as root "
+                                    "--allow-root is added.")
     sp.add_argument("--notebooks", metavar="DIR", help="notebook directory (default: the repository's notebooks/)")
-    sp.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for `jupyter lab`")
-    sp.set_defaults(func=cmd_lab)
+    sp.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for `jupyter lab`, passed as given")
+    sp.set_defaults(func=None)
 
     sp = sub.add_parser("batch", help="plan cases for treatment machines on a dask cluster (patent 001)")
     sp.add_argument("--cases", nargs="+", required=True, metavar="NAME|FILE",
@@ -334,8 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--machines", nargs="+", required=True, metavar="NAME[=LOAD]",
                     help="treatment machines (standard, linac_10mm_hard, linac_5mm_soft, ...); =LOAD: plans waiting")
     sp.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler, e.g. tcp://host:8786 (default: local cluster)")
-    sp.add_argument("--workers", type=int, default=2, metavar="N", help="local worker processes (default 2)")
-    sp.add_argument("--out", default="batch_out", metavar="DIR", help="output directory (default batch_out; resumable)")
+    sp.add_argument("--workers", type=int, default=2, metavar="N",
+                    help="local worker processes (default 2; at most 4 per CPU core)")
+    sp.add_argument("--out", default="batch_out", metavar="DIR",
+                    help="output directory (default batch_out; resumable: records whose case file, settings and "
+                         "rtlab version match are kept)")
+    sp.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
+                    help="where the local cluster's dask dashboard listens (default 127.0.0.1:0: this machine "
+                         "only, a free port; ':8787' or '0.0.0.0:8787' exposes it to the network; 'none' turns it off)")
     sp.add_argument("--spacing", type=float, metavar="MM", help="phantom voxel size in mm (e.g. 6 for a quick run)")
     sp.add_argument("--angles", metavar="DEG,...", help="gantry angles (default: each case's suggested beams)")
     sp.add_argument("--max-iter", type=int, metavar="N", help="optimiser iterations per plan and conversion (default 50)")
@@ -355,22 +490,59 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list = []
 
 
+#: Exceptions that mean bad input (a value, a file, a path, a missing optional package): status 2.
+INPUT_ERRORS = (CLIError, ValueError, TypeError, KeyError, OSError, MemoryError, RecursionError, ImportError,
+                zipfile.BadZipFile, OverflowError)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    text = " ".join(str(msg).split())
+    if isinstance(e, MemoryError):
+        text = f"out of memory ({text or 'MemoryError'}); the input is larger than this machine can hold"
+    elif isinstance(e, RecursionError):
+        text = f"the input nests too deeply ({text})"
+    return text or type(e).__name__
+
+
+def _run(command: str, fn) -> int:
+    """Run one subcommand: warnings as one line each, errors as one line and an exit status."""
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"rtlab {command}: warning: {text}", file=sys.stderr)
+
+    debug = bool(os.environ.get("RTLAB_DEBUG"))
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            return int(fn() or 0)
+        except KeyboardInterrupt:
+            print(f"rtlab {command}: interrupted", file=sys.stderr)
+            return 130
+        except INPUT_ERRORS as e:
+            if debug:
+                raise
+            print(f"rtlab {command}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        except Exception as e:  # an rtlab bug, not the input: still one line
+            if debug:
+                raise
+            print(f"rtlab {command}: internal error: {type(e).__name__}: {_one_line(e)} "
+                  "(run with RTLAB_DEBUG=1 to see the traceback, and please report it)", file=sys.stderr)
+            return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "lab":  # options go to jupyter lab untouched and in order
+        return _run("lab", lambda: cmd_lab(argv[1:]))
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        if args.command != "lab":
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        args.extra = list(args.extra) + unknown  # options for `jupyter lab` itself
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as e:
-        print(f"rtlab {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"rtlab {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    return _run(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

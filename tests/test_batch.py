@@ -127,10 +127,10 @@ def test_batch_qa_regeneration_congestion_and_resume(client, tmp_path):
     # go to a (listed first): b 0->1->2, tie -> a 3, b 3, tie -> a 4
     assert s["loads"] == {"linac_a": 4.0, "linac_b": 3.0}
     assert sorted(m for ms in s["assignments"].values() for m in ms) == ["linac_a"] * 2 + ["linac_b"] * 3
-    # resume: same out dir -> everything is skipped, nothing is written
+    # resume: same out dir and settings -> everything is skipped, nothing is written
     mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    again = run_batch(cases + ["p5"], {"linac_a": 0, "linac_b": 0}, tmp_path, stages=demo_stages(), client=client,
-                      progress=False)
+    again = run_batch(cases + ["p5"], {"linac_a": 0, "linac_b": 0}, tmp_path, stages=demo_stages(bad_attempts=1),
+                      client=client, progress=False)
     assert sorted(again["skipped"]) == cases and again["persisted"] == [["p5", "linac_a"]]
     assert all(tmp_path.joinpath(n).stat().st_mtime_ns == t for n, t in mtimes.items())
 
@@ -203,3 +203,67 @@ def test_worker_killed_mid_batch_loses_no_plan(tmp_path):
     assert sorted(d["case"] for d in docs) == cases  # every case exactly once
     assert len(list(tmp_path.glob("*.npz"))) == 6 and not list(tmp_path.glob(".*"))  # no temp files
     assert s["duplicates"] == 0 and len(s["persisted"]) == 6
+
+
+def test_resume_needs_matching_input_settings_and_version(client, tmp_path, monkeypatch):
+    """Issue #15 item 2: a record is reused only when case content, settings and rtlab version match."""
+    from rtlab.batch import fingerprint as fp
+    from rtlab.batch.stages import CaseRef
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    np.savez(a / "patient.npz", ct=np.zeros(3))
+    np.savez(b / "patient.npz", ct=np.ones(3))  # another patient, same file stem
+    out = tmp_path / "out"
+    first = run_batch([CaseRef("patient", str(a / "patient.npz"))], ["m"], out, stages=demo_stages(), client=client,
+                      progress=False)
+    assert first["persisted"] == [["patient", "m"]] and first["replanned"] == {}
+    side = json.loads((out / "patient__m.json").read_text())
+    assert set(side["fingerprint"]) == {"input", "settings", "rtlab_version"}
+    assert side["fingerprint"]["rtlab_version"] == fp.rtlab_version()
+    # same file again: resumed, nothing written
+    same = run_batch([CaseRef("patient", str(a / "patient.npz"))], ["m"], out, stages=demo_stages(), client=client,
+                     progress=False)
+    assert same["skipped"] == ["patient"] and same["persisted"] == []
+    # a different patient with the same stem: planned again, and the log says why
+    events = []
+    other = run_batch([CaseRef("patient", str(b / "patient.npz"))], ["m"], out, stages=demo_stages(), client=client,
+                      progress=False, on_event=lambda k, i: events.append((k, i)))
+    assert other["skipped"] == [] and other["persisted"] == [["patient", "m"]]
+    assert other["replanned"] == {"patient": "m: the case input differs (content hash)"}
+    assert ("replan", {"case": "patient", "reason": "m: the case input differs (content hash)"}) in events
+    new_side = json.loads((out / "patient__m.json").read_text())
+    assert new_side["fingerprint"]["input"] != side["fingerprint"]["input"]
+    # other settings (grid size of the demo case): planned again
+    s2 = run_batch([CaseRef("patient", str(b / "patient.npz"))], ["m"], out, stages=demo_stages(n=10), client=client,
+                   progress=False)
+    assert s2["replanned"] == {"patient": "m: the plan settings differ"} and s2["persisted"] == [["patient", "m"]]
+    # another rtlab version: planned again
+    monkeypatch.setattr(fp, "rtlab_version", lambda: "99.0")
+    s3 = run_batch([CaseRef("patient", str(b / "patient.npz"))], ["m"], out, stages=demo_stages(n=10), client=client,
+                   progress=False)
+    assert "written by rtlab" in s3["replanned"]["patient"] and s3["persisted"] == [["patient", "m"]]
+    # a record without a fingerprint (older rtlab) is not trusted either
+    doc = json.loads((out / "patient__m.json").read_text())
+    del doc["fingerprint"]
+    (out / "patient__m.json").write_text(json.dumps(doc))
+    s4 = run_batch([CaseRef("patient", str(b / "patient.npz"))], ["m"], out, stages=demo_stages(n=10), client=client,
+                   progress=False)
+    assert s4["replanned"] == {"patient": "m: the record holds no fingerprint (written by an older rtlab)"}
+
+
+def test_fingerprint_of_phantoms_and_cases():
+    from rtlab.batch.fingerprint import case_input_hash, fingerprint
+    from rtlab.batch.stages import CaseRef, rtlab_stages
+    from rtlab.phantoms import get_phantom
+
+    assert case_input_hash(CaseRef("sphere", "sphere", 6.0)) != case_input_hash(CaseRef("sphere", "sphere", 5.0))
+    c1 = get_phantom("sphere", spacing=8.0)
+    c2 = get_phantom("sphere", spacing=8.0)
+    assert case_input_hash(c1) == case_input_hash(c2)
+    c2.ct[0, 0, 0] += 1.0
+    assert case_input_hash(c1) != case_input_hash(c2)
+    f1 = fingerprint("sphere", rtlab_stages(angles=[0, 90]))
+    f2 = fingerprint("sphere", rtlab_stages(angles=[0, 120]))
+    assert f1["input"] == f2["input"] and f1["settings"] != f2["settings"]
+    assert fingerprint("sphere", rtlab_stages(angles=[0, 90])) == f1

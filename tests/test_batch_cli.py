@@ -104,6 +104,7 @@ def test_cli_real_run_one_case_two_machines(tmp_path, capsys):
     assert bool(row["passed"]) == s_lin["qa"]["passed"]
     # resume: a second run writes no plan and exits with the same status
     rc2 = main(["batch", "--cases", "tg119_cshape_easy", "--machines", "standard", "linac_10mm_hard",
-                "--workers", "1", "--out", str(out), "--spacing", "10", "--json"])
+                "--workers", "1", "--out", str(out), "--spacing", "10", "--angles", "0,120,240", "--max-iter", "12",
+                "--json"])
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc2 == 0 and doc["persisted"] == [] and doc["all_passed"] is True

@@ -20,7 +20,12 @@ plan that fails QA (claim 7). Here the controlled computers are dask.distributed
   ``distributed.scheduler.allowed-failures``, 3 by default), and results lost with a dead
   worker are recomputed from the graph. Persistence is idempotent (keyed by case and machine),
   so a record is written exactly once however often its tasks ran, and a re-run with the same
-  ``out`` skips what is already there.
+  ``out`` skips what is already there - but only records whose fingerprint (content hash of
+  the case input, the plan settings, the rtlab version; :mod:`rtlab.batch.fingerprint`)
+  equals this run's; any other is planned again and the reason is reported (``replanned``).
+* the local cluster's dashboard listens on 127.0.0.1 only unless ``dashboard_address`` says
+  otherwise, and at most :func:`rtlab.core.validate.max_workers` local worker processes are
+  started (4 per CPU core).
 """
 
 from __future__ import annotations
@@ -36,15 +41,20 @@ from typing import Callable, Mapping, Sequence
 from tqdm.auto import tqdm
 
 from .._lazy import load
+from .._util import check_output_path
+from ..core.validate import MAX_WORKERS_PER_CORE, check_spacing, cpu_count, max_workers
 from ..methods.conversion import list_machines
+from ..phantoms import list_phantoms, phantom_grid_of
 from .congestion import CongestionModel
-from .persist import check_id, completed_records, persist_record
+from .fingerprint import fingerprint, mismatch_reason
+from .persist import check_id, completed_records, persist_record, read_sidecar
 from .report import format_qa_table, qa_table, write_summary
 from .stages import CaseRef, Stages, rtlab_stages
 
 distributed = load("distributed", extra="dask", purpose="batch planning (patent 001)")
 
-__all__ = ["BatchPlanner", "run_batch", "run_batch_cli", "make_client", "dashboard_link"]
+__all__ = ["BatchPlanner", "run_batch", "run_batch_cli", "make_client", "dashboard_link", "check_workers",
+           "DEFAULT_DASHBOARD"]
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +68,36 @@ def _case_id(case_ref) -> str:
     raise TypeError(f"a case must be a case id (str) or an object with a .name, got {type(case_ref).__name__}")
 
 
-def make_client(scheduler: str | None = None, n_workers: int = 2, dashboard_address: str | None = ":0",
+#: Where the local cluster's dashboard listens by default: this machine only, a free port.
+DEFAULT_DASHBOARD = "127.0.0.1:0"
+
+
+def check_workers(n_workers) -> int:
+    """``n_workers`` as an int in 1 .. :func:`rtlab.core.validate.max_workers`, else ``ValueError``."""
+    try:
+        n = int(n_workers)
+    except (TypeError, ValueError):
+        raise ValueError(f"--workers must be a whole number, got {n_workers!r}") from None
+    if n < 1:
+        raise ValueError(f"--workers must be >= 1 for a local cluster, got {n_workers!r}")
+    if n > max_workers():
+        raise ValueError(f"--workers {n} is more than {MAX_WORKERS_PER_CORE} worker processes per CPU core "
+                         f"({cpu_count()} core(s) here, so at most {max_workers()}; see docs/security.md); use fewer "
+                         "workers, or a dask scheduler (--scheduler) for a larger cluster")
+    return n
+
+
+def make_client(scheduler: str | None = None, n_workers: int = 2, dashboard_address: str | None = DEFAULT_DASHBOARD,
                 silence_logs: int = logging.WARNING, **cluster_kwargs):
     """A dask client: connected to ``scheduler`` if given, else on a new :class:`LocalCluster`.
 
     The local cluster has ``n_workers`` worker processes with one thread each
     (``processes=True, threads_per_worker=1``: numba and numpy stay single-threaded per task,
-    CPU-bound stages run in parallel without the GIL). ``dashboard_address=':0'`` picks a free
-    port (None disables the dashboard; it needs ``bokeh``).
+    CPU-bound stages run in parallel without the GIL), at most :func:`check_workers` allows
+    (4 per CPU core). The dashboard listens on ``dashboard_address``: by default
+    ``127.0.0.1:0``, this machine only on a free port (it shows case ids and worker logs);
+    ``':8787'`` or ``'0.0.0.0:8787'`` exposes it to the network; None disables it (it needs
+    ``bokeh``). The scheduler and workers listen on 127.0.0.1 as well.
 
     Returns
     -------
@@ -74,12 +106,12 @@ def make_client(scheduler: str | None = None, n_workers: int = 2, dashboard_addr
     """
     if scheduler:
         return distributed.Client(scheduler), None
-    if int(n_workers) < 1:
-        raise ValueError(f"n_workers must be >= 1, got {n_workers!r}")
+    n_workers = check_workers(n_workers)
+    cluster_kwargs.setdefault("host", "127.0.0.1")
     if dashboard_address is None:
-        # no dashboard; the scheduler's plain HTTP routes still bind a port: take a free one
+        # no dashboard; the scheduler's plain HTTP routes still bind a port: a free local one
         skw = dict(cluster_kwargs.pop("scheduler_kwargs", None) or {})
-        skw.setdefault("dashboard_address", ":0")
+        skw.setdefault("dashboard_address", DEFAULT_DASHBOARD)
         cluster_kwargs["scheduler_kwargs"] = skw
     cluster = distributed.LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True,
                            dashboard_address=dashboard_address, silence_logs=silence_logs, **cluster_kwargs)
@@ -192,18 +224,25 @@ class BatchPlanner:
             return 1 if isinstance(u, str) else len(u)
         return self.fanout
 
+    def _planner_settings(self, cid: str) -> dict:
+        """The planner options that change case ``cid``'s records (part of its fingerprint)."""
+        u = self.user_choice.get(cid)
+        return dict(policy=self.congestion.policy, fanout=self.fanout, max_qa_attempts=self.max_qa_attempts,
+                    user_choice=u if u is None or isinstance(u, str) else list(u))
+
     def _load_of(self, cid: str) -> float:
         return float(self.plan_load(cid)) if callable(self.plan_load) else float(self.plan_load)
 
     def run(self, out, client=None, scheduler: str | None = None, n_workers: int = 2, progress: bool = True,
-            on_event: Callable[[str, dict], None] | None = None, dashboard_address: str | None = ":0",
+            on_event: Callable[[str, dict], None] | None = None, dashboard_address: str | None = DEFAULT_DASHBOARD,
             silence_logs: int = logging.WARNING, **cluster_kwargs) -> dict:
         """Run the batch; returns a summary dict (see :func:`run_batch`).
 
         Parameters
         ----------
         out : path-like
-            Output directory; plans already persisted there are skipped (resume).
+            Output directory; plans already persisted there with this run's fingerprint are
+            skipped (resume); others are planned again (``summary['replanned']`` says why).
         client : distributed.Client, optional
             Use this client (not closed afterwards). Otherwise one is made by
             :func:`make_client` from ``scheduler`` / ``n_workers`` and closed at the end.
@@ -219,16 +258,32 @@ class BatchPlanner:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        done = completed_records(out)
+        emit = on_event or (lambda kind, info: None)
+        # resume: keep only records whose fingerprint matches this run's (computed here, before dask)
+        fps = {cid: fingerprint(ref, self.stages, self._planner_settings(cid)) for ref, cid in zip(self.cases, self.ids)}
+        on_disk = completed_records(out)
+        done: dict[str, list[str]] = {}
+        replanned: dict[str, str] = {}
+        for cid in self.ids:
+            for m in on_disk.get(cid, []):
+                side = read_sidecar(out, cid, m)
+                why = "the record is unreadable" if side is None else mismatch_reason(side.get("fingerprint"), fps[cid])
+                if why is None:
+                    done.setdefault(cid, []).append(m)
+                else:
+                    replanned.setdefault(cid, f"{m}: {why}")
         todo, skipped = [], []
         for ref, cid in zip(self.cases, self.ids):
             (skipped if len(done.get(cid, [])) >= self._needed(cid) else todo).append((ref, cid))
+        for cid, why in replanned.items():
+            if cid in {c for _, c in todo}:
+                emit("replan", dict(case=cid, reason=why))
         own = client is None
         cluster = None
         if own:
             client, cluster = make_client(scheduler, n_workers, dashboard_address, silence_logs, **cluster_kwargs)
-        emit = on_event or (lambda kind, info: None)
-        summary = dict(out=str(out), persisted=[], skipped=[c for _, c in skipped], failed={}, qa_failed=[],
+        summary = dict(out=str(out), persisted=[], skipped=[c for _, c in skipped],
+                       replanned={c: w for c, w in replanned.items() if c in {x for _, x in todo}}, failed={}, qa_failed=[],
                        duplicates=0, assignments={}, records=[], dashboard=dashboard_link(client),
                        n_workers=len(client.scheduler_info().get("workers", {})))
         token = uuid.uuid4().hex[:8]
@@ -332,7 +387,7 @@ class BatchPlanner:
                                 policy=self.congestion.policy, choice_reason=s.reason,
                                 machine_load_after=self.congestion.loads.get(machine), batch=token,
                                 finished_unix=time.time())
-                    if persist_record(out, cid, machine, plan, meta):
+                    if persist_record(out, cid, machine, plan, meta, fingerprint=fps[cid]):
                         summary["persisted"].append([cid, machine])
                         summary["records"].append(dict(case=cid, machine=machine, passed=bool(qa["passed"]),
                                                        attempts=attempt + 1, qa=dict(qa), priority=s.priority))
@@ -363,7 +418,8 @@ class BatchPlanner:
 
 
 def run_batch(cases, machines, out, stages=None, client=None, scheduler: str | None = None, n_workers: int = 2,
-              progress: bool = True, on_event=None, dashboard_address: str | None = ":0", **planner_kwargs) -> dict:
+              progress: bool = True, on_event=None, dashboard_address: str | None = DEFAULT_DASHBOARD,
+              **planner_kwargs) -> dict:
     """Plan ``cases`` for ``machines`` on dask and persist every plan under ``out``.
 
     Parameters
@@ -381,7 +437,8 @@ def run_batch(cases, machines, out, stages=None, client=None, scheduler: str | N
     -------
     dict
         ``out``, ``persisted`` ([case, machine] pairs written now), ``skipped`` (cases already
-        complete in ``out``), ``failed`` (case, or ``case__machine`` for a failed conversion / QA task
+        complete in ``out`` with matching fingerprints), ``replanned`` (case -> why its record in
+        ``out`` was not reused), ``failed`` (case, or ``case__machine`` for a failed conversion / QA task
         -> error), ``qa_failed`` ([case, machine] persisted with a failing QA), ``duplicates``,
         ``records`` (per persisted plan: case, machine, passed, attempts, qa dict, priority),
         ``assignments`` (case -> machines), ``loads`` (machine -> load after the batch),
@@ -429,6 +486,8 @@ def _printer(event_log: list | None = None):
             rates = ", ".join(f"{k} {100 * v:.1f} %" for k, v in dict(q.get("pass_rates") or {}).items())
             verdict = "passed" if q["passed"] else ("FAILED, regenerating" if info.get("retry") else "FAILED")
             line = f"QA {info['case']} on {info['machine']} (attempt {info['attempt'] + 1}): {verdict}; {rates}"
+        elif kind == "replan":
+            line = f"re-planning {info['case']}: the record in --out does not match ({info['reason']})"
         elif kind == "failed":
             m = f" on {info['machine']}" if info.get("machine") else ""
             line = f"FAILED {info['case']}{m} in stage {info['stage']}: {info['error']}"
@@ -479,18 +538,30 @@ def run_batch_cli(cases: list[str], machines: list[str], scheduler: str | None, 
         raise ValueError("--cases: give at least one case id (e.g. a phantom name)")
     if not machines:
         raise ValueError("--machines: give at least one treatment machine name")
-    if int(workers) < 0 or (scheduler is None and int(workers) < 1):
-        raise ValueError(f"--workers must be >= 1 for a local cluster, got {workers!r}")
-    if spacing is not None and not float(spacing) > 0:
-        raise ValueError(f"--spacing must be a positive voxel size in mm, got {spacing!r}")
+    # every argument is checked here, before a worker starts
+    if scheduler is None:
+        workers = check_workers(workers)
+    elif int(workers) < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers!r}")
+    if spacing is not None:
+        (spacing,) = check_spacing("--spacing", spacing, n=1)
+    check_output_path(out, "--out", directory=True)
     default = stage_fns is None
     mach = _parse_machines(machines, check_registry=default)
     if default:
         refs = [CaseRef.parse(c, spacing) for c in cases]
+        for r in refs:  # a phantom's grid at this spacing, sized before any worker allocates it
+            if r.source in list_phantoms():
+                try:
+                    phantom_grid_of(r.source, r.spacing)
+                except ValueError as e:
+                    raise ValueError(f"--cases {r.source} --spacing {spacing}: {e}") from None
         stage_fns = rtlab_stages(spacing=spacing, **dict(stage_options or {}))
     else:
         refs = list(cases)
     planner_kwargs.setdefault("fanout", len(mach))
+    # the planner's own checks (fanout, policy, QA attempts) also run before the cluster starts
+    BatchPlanner(refs, mach, stages=stage_fns, **{k: v for k, v in planner_kwargs.items() if k != "dashboard_address"})
     summary = run_batch(refs, mach, Path(out), stages=stage_fns, scheduler=scheduler, n_workers=max(int(workers), 1),
                         progress=progress, on_event=_printer() if verbose else None, **planner_kwargs)
     ids = [getattr(r, "name", r) for r in refs]

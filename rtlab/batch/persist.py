@@ -5,8 +5,10 @@ A record is written the moment the master receives it, atomically
 sidecar ``<case>__<machine>.json``. The sidecar is the completion marker - a record counts as
 persisted only when its sidecar exists - so a crash between the two writes leaves a stray
 ``.npz`` that the next run overwrites. Writing is idempotent: :func:`persist_record` returns
-False and writes nothing when the sidecar already exists, so a task that ran twice (a worker
-died after finishing it, or a batch was re-run) still yields exactly one record.
+False and writes nothing when the sidecar already exists with the same fingerprint, so a task
+that ran twice (a worker died after finishing it, or a batch was re-run) still yields exactly
+one record. A record whose fingerprint differs (another case input, other settings, another
+rtlab version: :mod:`rtlab.batch.fingerprint`) is stale and is replaced.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 
 from .._util import atomic_path, atomic_write_text
 
-__all__ = ["record_stem", "persist_record", "load_record", "completed_records", "check_id", "jsonable"]
+__all__ = ["record_stem", "persist_record", "load_record", "read_sidecar", "completed_records", "check_id",
+           "jsonable"]
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -72,8 +75,23 @@ def jsonable(obj):
     return repr(obj)
 
 
-def persist_record(out, case_id: str, machine: str, plan, meta: Mapping | None = None) -> bool:
+def read_sidecar(out, case_id: str, machine: str) -> dict | None:
+    """The JSON sidecar of a record, or None when it is missing or unreadable (not valid JSON)."""
+    side = record_stem(out, case_id, machine).with_suffix(".json")
+    try:
+        doc = json.loads(side.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def persist_record(out, case_id: str, machine: str, plan, meta: Mapping | None = None,
+                   fingerprint: Mapping | None = None) -> bool:
     """Write one finished plan atomically; False (nothing written) if it is already there.
+
+    "Already there" means a sidecar exists and - when ``fingerprint`` is given - holds the
+    same fingerprint; a sidecar with another fingerprint (or none) is a stale record of another
+    input or other settings, and is replaced.
 
     Parameters
     ----------
@@ -85,6 +103,9 @@ def persist_record(out, case_id: str, machine: str, plan, meta: Mapping | None =
         ndarray values go to the ``.npz``; other values to the sidecar's ``"plan"`` entry.
     meta : dict, optional
         Extra JSON-serialisable information (QA result, attempt, timings, machine choice).
+    fingerprint : dict, optional
+        What determined the plan (:func:`rtlab.batch.fingerprint.fingerprint`); stored in the
+        sidecar as ``"fingerprint"``.
 
     Returns
     -------
@@ -94,13 +115,17 @@ def persist_record(out, case_id: str, machine: str, plan, meta: Mapping | None =
     stem = record_stem(out, case_id, machine)
     side = stem.with_suffix(".json")
     if side.exists():
-        return False
+        old = read_sidecar(out, case_id, machine)
+        if fingerprint is None or (old is not None and old.get("fingerprint") == dict(fingerprint)):
+            return False
     arrays, plan_meta = _split(plan)
     with atomic_path(stem.with_suffix(".npz")) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
     doc = dict(case=case_id, machine=machine, arrays=sorted(arrays), plan=jsonable(plan_meta),
                **jsonable(dict(meta or {})))
+    if fingerprint is not None:
+        doc["fingerprint"] = jsonable(dict(fingerprint))
     atomic_write_text(side, json.dumps(doc, indent=1, sort_keys=True))
     return True
 

@@ -47,6 +47,7 @@ from scipy.ndimage import binary_dilation
 
 from .._util import check_positive
 from .geometry import Grid
+from .validate import check_bixels
 
 __all__ = ["Beam", "BixelGrid", "rotation_matrix", "fit_bixel_grid", "prepare_beams", "target_union"]
 
@@ -248,6 +249,7 @@ def fit_bixel_grid(beam: Beam, grid, mask, margin: int = 1) -> BixelGrid:
     cv = np.rint(v / h).astype(np.int64)
     c0, r0 = cu.min() - margin, cv.min() - margin
     nc, nr = cu.max() - c0 + 1 + margin, cv.max() - r0 + 1 + margin
+    check_bixels((nr, nc), h, f"the bixel grid of the beam at gantry {beam.gantry:g} deg")
     mk = np.zeros((nr, nc), bool)
     mk[cv - r0, cu - c0] = True
     if margin:

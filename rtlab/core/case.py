@@ -13,6 +13,7 @@ import numpy as np
 
 from .geometry import Grid, StructureSet
 from .materials import hu_to_density
+from .validate import check_density, check_hu
 
 __all__ = ["Case", "Goal", "BeamSpec"]
 
@@ -88,7 +89,7 @@ class Case:
     grid : Grid
         The CT grid.
     ct : ndarray of float32, shape ``grid.shape``
-        CT numbers in HU.
+        CT numbers in HU, finite and within :data:`rtlab.core.validate.HU_RANGE`.
     structures : StructureSet
         Delineated structures on ``grid``.
     prescription : float, optional
@@ -98,7 +99,8 @@ class Case:
     beams : list of BeamSpec
         Suggested beam arrangement.
     density : ndarray of float32, optional
-        Relative electron density; derived from ``ct`` with the default table if omitted.
+        Relative electron density (finite, 0 .. :data:`rtlab.core.validate.MAX_DENSITY`); derived
+        from ``ct`` with the default table if omitted.
     description : str
         One paragraph on what the case is and where its geometry is approximate.
     """
@@ -115,14 +117,13 @@ class Case:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.ct = np.asarray(self.grid.check_array("ct", self.ct), dtype=np.float32)
+        self.ct = np.asarray(check_hu("ct", self.grid.check_array("ct", self.ct)), dtype=np.float32)
         self.grid.require_same(self.structures.grid, "structures")
         if self.density is None:
             self.density = hu_to_density(self.ct)
         else:
-            self.density = np.asarray(self.grid.check_array("density", self.density), dtype=np.float32)
-            if not np.all(np.isfinite(self.density)) or np.any(self.density < 0):
-                raise ValueError("density must be finite and non-negative (relative electron density, water = 1)")
+            self.density = np.asarray(check_density("density", self.grid.check_array("density", self.density)),
+                                      dtype=np.float32)
         if self.prescription is None:
             t = self.structures.targets
             if t and t[0].prescription:

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from .._util import check_positive, check_shape
+from .validate import check_spacing, check_voxels
 
 __all__ = [
     "Grid",
@@ -44,7 +45,9 @@ class Grid:
     shape : tuple of int
         Number of voxels ``(nz, ny, nx)``.
     spacing : tuple of float
-        Voxel size ``(dz, dy, dx)`` in mm; all positive.
+        Voxel size ``(dz, dy, dx)`` in mm; finite, between
+        :data:`~rtlab.core.validate.MIN_SPACING_MM` and :data:`~rtlab.core.validate.MAX_SPACING_MM`.
+        At most :func:`~rtlab.core.validate.max_voxels` voxels in all (``ValueError`` otherwise).
     origin : tuple of float, optional
         World position ``(z, y, x)`` in mm of the centre of voxel ``(0, 0, 0)``. Default: the
         grid is centred on the world origin.
@@ -69,11 +72,12 @@ class Grid:
                 f"shape must be three positive integers (nz, ny, nx), got {self.shape!r}"
             )
         shape = tuple(int(s) for s in shape)
-        spacing = check_positive("spacing", self.spacing)
+        spacing = check_spacing("spacing", self.spacing)
         if len(spacing) == 1:
             spacing = spacing * 3
         if len(spacing) != 3:
             raise ValueError(f"spacing must be (dz, dy, dx) in mm, got {self.spacing!r}")
+        check_voxels(shape, f"a grid of {' x '.join(f'{d:g}' for d in spacing)} mm voxels")
         if self.origin is None:
             origin = tuple(-(n - 1) * d / 2.0 for n, d in zip(shape, spacing))
         else:
@@ -190,7 +194,7 @@ class Grid:
         The number of voxels is ``round(extent / spacing)`` (at least 1) and the new grid is
         centred on the old grid's centre, as used for coarser dose grids.
         """
-        sp = check_positive("spacing", spacing)
+        sp = check_spacing("spacing", spacing)
         if len(sp) == 1:
             sp = sp * 3
         shape = tuple(max(1, int(round(e / s))) for e, s in zip(self.extent_mm, sp))

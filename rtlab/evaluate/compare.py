@@ -26,6 +26,7 @@ from matplotlib.lines import Line2D
 from .._util import json_safe
 from ..core.case import Goal
 from ..core.geometry import Grid, Structure
+from ..core.validate import check_dose
 from . import metrics as _m
 
 __all__ = ["score", "compare", "score_summary", "SCORE_COLUMNS", "STANDARD_METRICS", "CONFORMITY_METRICS"]
@@ -82,6 +83,10 @@ def _plan_entry(name: str, p, sgrid: Grid):
         grid = getattr(dose, "grid", grid)
         dose = _maybe_call(dose.dose)
     dose = np.asarray(dose)
+    try:
+        check_dose("dose", dose)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"plan {name!r}: {e}") from None
     if grid is not None and not isinstance(grid, Grid):
         raise TypeError(f"plan {name!r}: grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
     if grid is not None and tuple(grid.shape) != dose.shape and dose.shape == sgrid.shape:
@@ -352,7 +357,7 @@ def score_summary(case, dose, rx: float | None = None) -> dict:
     rx = rx if rx is not None else (case.prescription or targets[0].prescription)
     if rx is None:
         raise ValueError("no prescription known for the target: pass rx= (Gy; --rx GY on the command line)")
-    dose = case.grid.check_array("dose", dose)
+    dose = check_dose("dose", case.grid.check_array("dose", dose))
     report = _m.conformity_report(dose, case.structures, rx=rx)
     out = {
         "case": case.name,

@@ -61,8 +61,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .._util import check_finite, check_shape
+from .._util import check_shape
 from ..core.geometry import Grid, Structure, StructureSet, resample
+from ..core.validate import check_dose
 
 __all__ = [
     "MetricValue",
@@ -145,7 +146,10 @@ def dose_on_grid(dose, target: Grid, grid: Grid | None = None) -> tuple[np.ndarr
     Parameters
     ----------
     dose : array_like of float, Gy
-        Dose on ``grid`` (or on ``target`` when ``grid`` is None).
+        Dose on ``grid`` (or on ``target`` when ``grid`` is None); checked by
+        :func:`rtlab.core.validate.check_dose` (numeric, not boolean, finite, >= 0), so every
+        metric refuses the same doses. The scores (:mod:`rtlab.evaluate.compare`) also apply its
+        plausibility cap :data:`~rtlab.core.validate.MAX_DOSE_GY`.
     target : Grid
         The grid the metrics are computed on (the structure grid).
     grid : Grid, optional
@@ -167,7 +171,7 @@ def dose_on_grid(dose, target: Grid, grid: Grid | None = None) -> tuple[np.ndarr
         if not isinstance(grid, Grid):
             raise TypeError(f"grid must be the rtlab.core.geometry.Grid of the dose, got {type(grid).__name__}")
         check_shape("dose", a, grid.shape, "it must match the `grid` argument (the dose's own grid)")
-        check_finite("dose", a)
+        check_dose("dose", a, max_gy=None)
         if grid.is_same(target):
             return a.astype(np.float64, copy=False), False
         return resample(a, grid, target, order=1, fill=0.0), True
@@ -175,7 +179,7 @@ def dose_on_grid(dose, target: Grid, grid: Grid | None = None) -> tuple[np.ndarr
         "dose", a, target.shape,
         "it must be on the structure grid, or pass grid=<the dose's Grid> to resample it (trilinear)",
     )
-    check_finite("dose", a)
+    check_dose("dose", a, max_gy=None)
     return a.astype(np.float64, copy=False), False
 
 

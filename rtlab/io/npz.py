@@ -18,8 +18,10 @@ anything else
 from __future__ import annotations
 
 import json
+import math
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +30,9 @@ import numpy as np
 from .._util import atomic_path, check_finite
 from ..core.case import BeamSpec, Case, Goal
 from ..core.geometry import Grid, Structure, StructureSet
+from ..core.validate import check_decode_bytes, check_dose, check_voxels
 
-__all__ = ["save_npz", "load_npz", "load_dose_npz", "NpzContents"]
+__all__ = ["save_npz", "load_npz", "load_dose_npz", "NpzContents", "read_npz_array", "npz_keys"]
 
 _FORMAT = "rtlab-npz"
 _VERSION = 1
@@ -146,16 +149,89 @@ def save_npz(path, case: Case | None = None, dose=None, grid: Grid | None = None
     return Path(path)
 
 
-def _open_npz(path):
+def _open_npz(path) -> zipfile.ZipFile:
+    """The zip archive of an ``.npz`` file, or ``ValueError`` naming the file."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"path {str(p)!r} does not exist or is not a file")
     if not zipfile.is_zipfile(p):
         raise ValueError(f"{p.name} is not an .npz file (not a zip archive); save arrays with numpy.savez or rtlab.io.save_npz")
     try:
-        return np.load(p, allow_pickle=False)
-    except Exception as e:
+        return zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise ValueError(f"{p.name} cannot be read as an .npz file ({type(e).__name__}: {e})") from None
+
+
+def npz_keys(zf: zipfile.ZipFile) -> list[str]:
+    """Array names of an ``.npz`` archive (member names without ``.npy``), in archive order."""
+    return [n[:-4] if n.endswith(".npy") else n for n in zf.namelist()]
+
+
+def _read_header(fh, where: str):
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
+        raise ValueError(f"{where} cannot be read ({type(e).__name__}: {e}); the file is damaged") from None
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise ValueError(f"{where} is not a .npy array ({e}); the file is damaged or not written by numpy") from None
+    return shape, fortran, dtype
+
+
+def read_npz_array(zf: zipfile.ZipFile, key: str, where: str, budget: list | None = None) -> np.ndarray:
+    """One array of an ``.npz`` archive, its size checked from the ``.npy`` header before it is read.
+
+    The header's shape and dtype must match the member's size in the archive (a header
+    declaring 10**15 elements in a small file is refused without allocating anything), the
+    array must not hold Python objects (no pickle), and what it decodes to must fit
+    :func:`rtlab.core.validate.max_decode_bytes` (together with the arrays already charged to
+    ``budget``). A damaged archive (bad CRC, truncated data) raises ``ValueError``.
+
+    Parameters
+    ----------
+    zf : zipfile.ZipFile
+        The open archive.
+    key : str
+        Array name (the member ``key.npy``).
+    where : str
+        The file's name, for messages.
+    budget : list of one int, optional
+        Bytes already decoded from this file; updated.
+    """
+    member = key + ".npy" if key + ".npy" in zf.namelist() else key
+    label = f"{where}: entry {member!r}"
+    try:
+        info = zf.getinfo(member)
+    except KeyError:
+        raise ValueError(f"{where} has no entry {key!r}") from None
+    try:
+        with zf.open(info) as fh:
+            shape, fortran, dtype = _read_header(fh, label)
+            data_bytes = info.file_size - fh.tell()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError) as e:
+        raise ValueError(f"{label} cannot be read ({type(e).__name__}: {e}); the file is damaged") from None
+    if dtype.hasobject:
+        raise ValueError(f"{label} holds Python objects (dtype {dtype}); rtlab reads only numeric, boolean and "
+                         "text arrays (no pickle)")
+    count = math.prod(int(v) for v in shape)
+    nbytes = count * dtype.itemsize
+    if nbytes != data_bytes:
+        raise ValueError(f"{label}: its header declares shape {tuple(shape)} of {dtype} ({nbytes:,} bytes) but the "
+                         f"entry holds {max(data_bytes, 0):,} bytes of data; the file is damaged")
+    total = (budget[0] if budget else 0) + nbytes
+    check_decode_bytes(total, label)
+    if budget is not None:
+        budget[0] = total
+    try:
+        with zf.open(info) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{label} cannot be read ({type(e).__name__}: {e}); the file is damaged") from None
 
 
 def load_npz(path) -> NpzContents:
@@ -167,9 +243,9 @@ def load_npz(path) -> NpzContents:
         ``case`` (exactly as saved), ``dose``, ``grid`` and the extra ``arrays``.
     """
     p = Path(path)
+    budget = [0]
     with _open_npz(p) as z:
-        files = list(z.files)
-        data = {k: z[k] for k in files}
+        data = {k: read_npz_array(z, k, p.name, budget) for k in npz_keys(z)}
     res = NpzContents()
     meta = {}
     if "__rtlab__" in data:
@@ -181,6 +257,8 @@ def load_npz(path) -> NpzContents:
             raise ValueError(f"{p.name}: unknown metadata format {meta.get('format')!r}")
         if int(meta.get("version", 0)) > _VERSION:
             raise ValueError(f"{p.name} was written by a newer rtlab (format version {meta['version']}); upgrade rtlab")
+    if meta and not isinstance(meta, dict):
+        raise ValueError(f"{p.name}: the __rtlab__ metadata entry is not a JSON object; the file is damaged")
     if "case" in meta:
         cm = meta["case"]
         try:
@@ -200,8 +278,13 @@ def load_npz(path) -> NpzContents:
             )
         except KeyError as e:
             raise ValueError(f"{p.name}: case entry {e} is missing; the file is damaged or not written by rtlab") from None
+        except (TypeError, ValueError, IndexError, AttributeError) as e:
+            raise ValueError(f"{p.name}: the case stored in it is not valid ({e})") from None
     if "grid" in meta:
-        res.grid = Grid.from_dict(meta["grid"])
+        try:
+            res.grid = Grid.from_dict(meta["grid"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{p.name}: the grid stored in it is not valid ({e})") from None
     elif res.case is not None:
         res.grid = res.case.grid
     res.dose = data.pop("dose", None)
@@ -233,32 +316,44 @@ def load_dose_npz(path, expected_shape=None, allow_negative: bool = False) -> np
     Raises
     ------
     ValueError
-        The file is missing or not an npz, has no ``dose`` array, the dose is not 3-D / has the
-        wrong shape, or holds NaN/inf (or negative values).
+        The file is missing, not an npz or damaged (bad CRC, truncated, an entry that is not a
+        ``.npy`` array), has no ``dose`` array, the dose is not 3-D / has the wrong shape /
+        more voxels than :func:`rtlab.core.validate.max_voxels` (all checked from the ``.npy``
+        header before the array is read), is boolean, or fails
+        :func:`rtlab.core.validate.check_dose` (NaN/inf, negative values, above
+        :data:`~rtlab.core.validate.MAX_DOSE_GY`).
     """
     p = Path(path)
     with _open_npz(p) as z:
-        if "dose" not in z.files:
+        keys = npz_keys(z)
+        if "dose" not in keys:
             raise ValueError(
-                f"{p.name} holds no array named 'dose' (it has {sorted(f for f in z.files if f != '__rtlab__')}); "
+                f"{p.name} holds no array named 'dose' (it has {sorted(f for f in keys if f != '__rtlab__')}); "
                 "save the dose with np.savez(path, dose=dose_gy)"
             )
-        d = z["dose"]
-    if d.dtype.kind not in "biuf":
-        raise ValueError(f"{p.name}: 'dose' must be numeric (Gy), got dtype {d.dtype}")
+        try:
+            with z.open("dose.npy" if "dose.npy" in z.namelist() else "dose") as fh:
+                shape, _, dtype = _read_header(fh, f"{p.name}: entry 'dose'")
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError) as e:
+            raise ValueError(f"{p.name}: entry 'dose' cannot be read ({type(e).__name__}: {e}); the file is damaged") from None
+        if dtype.kind == "b":
+            raise ValueError(f"{p.name}: 'dose' is a boolean array (a structure mask?); a dose is a numeric array in Gy")
+        if dtype.kind not in "iuf":
+            raise ValueError(f"{p.name}: 'dose' must be numeric (Gy), got dtype {dtype}")
+        if len(shape) != 3:
+            raise ValueError(f"{p.name}: 'dose' must be a 3-D array (z, y, x), got shape {tuple(shape)}")
+        if expected_shape is not None and tuple(shape) != tuple(int(s) for s in expected_shape):
+            raise ValueError(
+                f"{p.name}: 'dose' has shape {tuple(shape)} but the grid is {tuple(expected_shape)} (z, y, x); "
+                "compute the dose on the case's grid or resample it (rtlab.core.geometry.resample)"
+            )
+        check_voxels(shape, f"{p.name}: 'dose'")
+        d = read_npz_array(z, "dose", p.name)
     if d.dtype.kind != "f":
         d = d.astype(np.float64)
-    if d.ndim != 3:
-        raise ValueError(f"{p.name}: 'dose' must be a 3-D array (z, y, x), got shape {d.shape}")
-    if expected_shape is not None and tuple(d.shape) != tuple(int(s) for s in expected_shape):
-        raise ValueError(
-            f"{p.name}: 'dose' has shape {d.shape} but the grid is {tuple(expected_shape)} (z, y, x); "
-            "compute the dose on the case's grid or resample it (rtlab.core.geometry.resample)"
-        )
     try:
-        check_finite(f"'dose' in {p.name}", d)
-    except ValueError as e:
-        raise ValueError(str(e)) from None
-    if not allow_negative and d.size and float(d.min()) < 0:
-        raise ValueError(f"{p.name}: 'dose' has negative values (min {float(d.min()):g} Gy); clip them (np.clip(dose, 0, None)) or pass allow_negative=True")
+        check_dose(f"'dose' in {p.name}", d, allow_negative=allow_negative)
+    except (TypeError, ValueError) as e:
+        raise ValueError(str(e) + ("" if allow_negative or "negative" not in str(e) else
+                                   "; or pass allow_negative=True")) from None
     return d

@@ -60,6 +60,7 @@ __all__ = [
     "list_phantoms",
     "get_phantom",
     "describe_phantoms",
+    "phantom_grid_of",
     "tg119_cshape",
     "tg119_multitarget",
     "tg119_prostate",
@@ -183,6 +184,17 @@ def get_phantom(name: str, spacing=None, **kwargs) -> Case:
         that holds no voxel centre at this spacing.
     """
     return _entry(name).builder(spacing=spacing, **kwargs)
+
+
+def phantom_grid_of(name: str, spacing=None) -> "Grid":
+    """The CT grid :func:`get_phantom` would build for ``name`` at ``spacing``, without building it.
+
+    Cheap (no mask is made), so callers check a spacing before any work starts: a spacing
+    outside :func:`rtlab.core.validate.check_spacing`'s range, or one giving more voxels than
+    :func:`rtlab.core.validate.max_voxels`, raises ``ValueError`` here.
+    """
+    e = _entry(name)
+    return phantom_grid(e.half_extent(), parse_spacing(spacing, e.default_spacing), 5.0)
 
 
 def describe_phantoms() -> list[dict]:

@@ -114,8 +114,17 @@ class PlanResult:
         return self.operator.dose_ct(self.x0)
 
     def score_table(self, name: str = "plan"):
-        """Tidy score table (:func:`rtlab.evaluate.compare.score`) of this plan, with its MU."""
-        return score({name: {"dose": self.dose, "mu": self.mu_total}}, self.case)
+        """Tidy score table (:func:`rtlab.evaluate.compare.score`) of this plan, with its MU.
+
+        The first target is scored at ``settings.rx`` when the plan was given one (as in
+        :attr:`scores`, :func:`rtlab.evaluate.score_summary`); other targets at their own
+        prescription.
+        """
+        rx = None
+        targets = [t for t in self.case.structures.targets if t.mask.any()]
+        if self.settings.rx is not None and targets:
+            rx = {targets[0].name: self.settings.rx}
+        return score({name: {"dose": self.dose, "mu": self.mu_total}}, self.case, rx=rx)
 
     def summary(self) -> dict:
         """``scores`` plus ``build_s``, ``optimize_s``, ``iterations``, ``mu_total`` (JSON-ready)."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .._util import check_positive
+from ..core.validate import check_spacing
 from ..dose.sparse import BACKENDS
 from ..methods.control_points import RingFilter, Thresholds
 
@@ -243,7 +244,7 @@ class PlanSettings(Mapping):
     bixel_mm : float
         Bixel size at the isocentre plane (mm).
     dose_grid_mm : float, optional
-        Dose-grid spacing (mm); ``None`` = the CT grid.
+        Dose-grid spacing (mm; :func:`rtlab.core.validate.check_spacing`); ``None`` = the CT grid.
     roi_mm : float
         Region of interest for CT-grid evaluation with a coarse dose grid (mm around targets).
     rx : float, optional
@@ -314,7 +315,11 @@ class PlanSettings(Mapping):
             raise ValueError("control_points applies to objective='conformity' only")
         (b,) = check_positive("bixel_mm", self.bixel_mm)
         put("bixel_mm", b)
-        put("dose_grid_mm", _optional_positive("dose_grid_mm", self.dose_grid_mm))
+        if self.dose_grid_mm is not None:
+            if isinstance(self.dose_grid_mm, bool):
+                raise TypeError(f"dose_grid_mm must be a number or None, got {self.dose_grid_mm!r}")
+            (g,) = check_spacing("dose_grid_mm", self.dose_grid_mm, n=1)
+            put("dose_grid_mm", g)
         (r,) = check_positive("roi_mm", self.roi_mm)
         put("roi_mm", r)
         put("rx", _optional_positive("rx (Gy)", self.rx))

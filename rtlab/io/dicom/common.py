@@ -33,8 +33,9 @@ sequence = load("pydicom.sequence", extra="dicom", purpose="DICOM support (pydic
 errors = load("pydicom.errors", extra="dicom", purpose="DICOM support (pydicom >= 3)")
 valuerep = load("pydicom.valuerep", extra="dicom", purpose="DICOM support (pydicom >= 3)")
 datadict = load("pydicom.datadict", extra="dicom", purpose="DICOM support (pydicom >= 3)")
+dataelem = load("pydicom.dataelem", extra="dicom", purpose="DICOM support (pydicom >= 3)")
 
-__all__ = ["require_pydicom", "required", "floats", "ds_num", "axis_of", "unit_vector", "image_axes", "assemble", "slice_positions", "read_dir", "new_file_dataset", "write_dataset", "reference_info", "patient_study", "CT_IMAGE_STORAGE", "RT_DOSE_STORAGE", "RT_STRUCTURE_SET_STORAGE", "DICOM_TO_RTLAB", "pydicom"]
+__all__ = ["require_pydicom", "required", "floats", "ds_num", "axis_of", "unit_vector", "image_axes", "assemble", "slice_positions", "read_dir", "new_file_dataset", "write_dataset", "reference_info", "patient_study", "looks_like_dicom", "read_file", "CT_IMAGE_STORAGE", "RT_DOSE_STORAGE", "RT_STRUCTURE_SET_STORAGE", "DICOM_TO_RTLAB", "pydicom"]
 
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -168,17 +169,60 @@ def slice_positions(ipps: np.ndarray, n: np.ndarray, r, c, where, tol: float = 0
     return order, ps, step
 
 
+def looks_like_dicom(path: Path) -> bool:
+    """True if ``path`` claims to be DICOM: the ``DICM`` prefix after the 128-byte preamble, or a ``.dcm`` name."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def read_file(path: Path, **kw):
+    """``pydicom.dcmread(path)``; a file that fails to parse is a ``ValueError`` naming it and the reason."""
+    require_pydicom()
+    try:
+        ds = pydicom.dcmread(path, **kw)
+    except Exception as e:  # pydicom raises many types for damaged files (InvalidDicomError, EOFError, ...)
+        raise ValueError(f"{path.name}: cannot be read as DICOM ({type(e).__name__}: {e}); the file is damaged or "
+                         "not DICOM - repair or remove it") from None
+    # pydicom keeps a value shorter than its declared length and stops quietly at a garbled data
+    # set: check both before anything is converted
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if isinstance(raw, dataelem.RawDataElement) and raw.value is not None and raw.length != 0xFFFFFFFF \
+                and len(raw.value) < raw.length:
+            raise ValueError(f"{path.name}: cannot be read as DICOM: element ({tag.group:04X},{tag.elem:04X}) declares "
+                             f"{raw.length} bytes but the file holds only {len(raw.value)}; the file is truncated or damaged - "
+                             "repair or remove it")
+    if not str(ds.get("SOPClassUID", "") or "").strip():
+        claimed = ""
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and meta.get("MediaStorageSOPClassUID"):
+            claimed = f" (its header announces SOP class {meta.MediaStorageSOPClassUID})"
+        raise ValueError(f"{path.name}: cannot be read as DICOM: its data set holds {len(ds)} readable element(s) and "
+                         f"no SOPClassUID{claimed}; the file is truncated or damaged - repair or remove it")
+    return ds
+
+
 def read_dir(directory: Path):
+    """The CT and RTSTRUCT datasets of a folder: ``([(path, ds), ...], [(path, ds), ...])``.
+
+    Files that do not look like DICOM (no ``DICM`` prefix, not named ``.dcm``: READMEs,
+    thumbnails) are skipped; a file that looks like DICOM and fails to parse is a
+    ``ValueError`` naming it - never silently dropped, since a missing slice or structure set
+    would change the case.
+    """
     require_pydicom()
 
     cts, structs = [], []
     for p in sorted(q for q in directory.iterdir() if q.is_file()):
-        try:
-            ds = pydicom.dcmread(p)
-        except errors.InvalidDicomError:
+        if not looks_like_dicom(p):
             continue  # not a DICOM file (README, thumbnails, ...)
-        except Exception as e:
-            raise ValueError(f"{p.name}: broken DICOM file ({type(e).__name__}: {e})") from None
+        ds = read_file(p)
         mod = str(ds.get("Modality", "")).upper()
         sop = str(ds.get("SOPClassUID", ""))
         if mod == "CT" or sop == CT_IMAGE_STORAGE:
@@ -231,7 +275,7 @@ def reference_info(reference) -> dict:
                 cts, _ = read_dir(p)
                 dss.extend(ds for _, ds in cts)
             else:
-                dss.append(pydicom.dcmread(p, stop_before_pixels=True))
+                dss.append(read_file(p, stop_before_pixels=True))
     if not dss:
         raise ValueError("reference holds no DICOM datasets; pass the CT files, their folder, or a Case loaded with load_dicom")
     ds = dss[0]

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from ...core.case import Case
 from ...core.geometry import Grid, Structure, StructureSet
 from ...core.materials import hu_to_density
+from ...core.validate import check_decode_bytes, check_voxels
 from ..matrad import is_body_name
-from .common import assemble, floats, image_axes, pydicom, read_dir, require_pydicom, required, slice_positions
+from .common import assemble, floats, image_axes, read_dir, read_file, require_pydicom, required, slice_positions
 from .polygons import rasterize_polygons
 
 __all__ = ["load_dicom", "TARGET_TYPES"]
@@ -89,6 +90,8 @@ def _read_ct(cts, where: str, progress: bool):
                 raise ValueError(f"{p.name}: image size {rc} differs from the other slices {rc0} (mixed series)")
     if np.any(ps0 <= 0):
         raise ValueError(f"{cts[0][0].name}: PixelSpacing must be positive, got {ps0.tolist()}")
+    # the volume's size from the headers, before any pixel is decoded
+    check_voxels((len(cts),) + rc0, f"{where}: CT series of {len(cts)} slice(s) of {rc0[0]} x {rc0[1]} pixels")
     axes, units = image_axes(iop0[:3], iop0[3:], where)
     un, uc, ur = units
     order, _, step = slice_positions(np.asarray(ipps), un, ur, uc, where)
@@ -142,6 +145,8 @@ def _read_rtstruct(ds, where: str, grid: Grid) -> list[Structure]:
     rois = []
     for item in required(ds, "StructureSetROISequence", where):
         rois.append((int(required(item, "ROINumber", where)), str(required(item, "ROIName", where))))
+    # every ROI becomes a full boolean mask: bound what the structure set implies before building any
+    check_decode_bytes(len(rois) * grid.size, f"{where}: {len(rois)} ROIs of {grid.size:,} voxels each")
     types = {}
     for o in ds.get("RTROIObservationsSequence", []) or []:
         if "ReferencedROINumber" in o:
@@ -195,8 +200,9 @@ def load_dicom(directory, hu_table=None, rtstruct=None, series_uid: str | None =
     Parameters
     ----------
     directory : path-like
-        Folder holding the CT slices (one file each) and, usually, the RTSTRUCT file; files that
-        are not DICOM are ignored.
+        Folder holding the CT slices (one file each) and, usually, the RTSTRUCT file. Files that
+        do not look like DICOM (no ``DICM`` prefix, not named ``.dcm``) are ignored; one that
+        does and fails to parse is an error naming it.
     hu_table : array_like, shape (n, 2), optional
         HU -> relative electron density table for ``Case.density``; default
         :data:`rtlab.core.materials.DEFAULT_HU_TABLE`.
@@ -219,8 +225,11 @@ def load_dicom(directory, hu_table=None, rtstruct=None, series_uid: str | None =
     Raises
     ------
     ValueError
-        No CT slices, several series, a missing required tag (named with the file),
-        oblique orientation, non-uniform slice spacing, undecodable pixel data.
+        No CT slices, several series, a damaged DICOM file (named), a missing required tag
+        (named with the file), oblique orientation, non-uniform slice spacing, undecodable pixel
+        data, a volume above :func:`rtlab.core.validate.max_voxels` (checked from Rows, Columns
+        and the slice count before decoding), CT numbers outside
+        :data:`rtlab.core.validate.HU_RANGE`.
     """
     require_pydicom()
     d = Path(directory)
@@ -237,10 +246,9 @@ def load_dicom(directory, hu_table=None, rtstruct=None, series_uid: str | None =
     rs = None
     if rtstruct is not None:
         rp = Path(rtstruct)
-        try:
-            rs = (rp, pydicom.dcmread(rp))
-        except Exception as e:
-            raise ValueError(f"rtstruct {str(rp)!r} cannot be read as DICOM ({type(e).__name__}: {e})") from None
+        if not rp.is_file():
+            raise ValueError(f"rtstruct {str(rp)!r} does not exist or is not a file")
+        rs = (rp, read_file(rp))
         if str(rs[1].get("Modality", "")).upper() != "RTSTRUCT":
             raise ValueError(f"rtstruct {rp.name} has Modality {rs[1].get('Modality')!r}, expected RTSTRUCT")
     elif structs:

@@ -10,8 +10,9 @@ import numpy as np
 
 from ..._util import check_finite
 from ...core.geometry import Grid
+from ...core.validate import check_dose, check_voxels
 from .common import (RT_DOSE_STORAGE, assemble, dataset, ds_num, floats, image_axes, new_file_dataset, patient_study,
-                     pydicom, reference_info, require_pydicom, required, sequence, uid, write_dataset)
+                     pydicom, read_file, reference_info, require_pydicom, required, sequence, uid, write_dataset)
 
 __all__ = ["save_rtdose", "load_rtdose"]
 
@@ -119,10 +120,7 @@ def load_rtdose(path) -> tuple[np.ndarray, Grid]:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"path {str(p)!r} does not exist or is not a file")
-    try:
-        ds = pydicom.dcmread(p)
-    except Exception as e:
-        raise ValueError(f"{p.name} cannot be read as DICOM ({type(e).__name__}: {e})") from None
+    ds = read_file(p)
     where = p.name
     if str(ds.get("Modality", "")).upper() != "RTDOSE" and str(ds.get("SOPClassUID", "")) != RT_DOSE_STORAGE:
         raise ValueError(f"{where} is not an RTDOSE file (Modality {ds.get('Modality')!r})")
@@ -134,6 +132,7 @@ def load_rtdose(path) -> tuple[np.ndarray, Grid]:
     if "PixelData" not in ds:
         raise ValueError(f"{where}: required DICOM tag PixelData (7FE0,0010) is missing")
     nf = int(ds.get("NumberOfFrames", 1) or 1)
+    check_voxels((nf, rows, cols), f"{where}: RTDOSE of {nf} frame(s) of {rows} x {cols} pixels")
     units = str(ds.get("DoseUnits", "")).upper()
     if units != "GY":
         warnings.warn(f"{where}: DoseUnits is {units or 'missing'!r}, not GY; values are returned unscaled to Gy", stacklevel=2)
@@ -162,4 +161,6 @@ def load_rtdose(path) -> tuple[np.ndarray, Grid]:
     px = px.reshape(nf, rows, cols)[order]
     vol = px.astype(np.float64) * scaling
     dose, grid = assemble(vol, ipp0, axes, uvec, (step, float(ps[0]), float(ps[1])))
+    if units == "GY":
+        check_dose(f"{where}: dose", dose, allow_negative=str(ds.get("DoseType", "")).upper() == "ERROR")
     return dose, grid

@@ -5,12 +5,14 @@ re-planning with the shots fixed) and :func:`gk_summary` (the ``rtlab gk`` comma
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from ...core.case import Case
 from ...core.geometry import Grid
+from ...core.validate import PlausibilityWarning, gk_plausibility
 from ...dose import pointkernel as pk
 from ...phantoms import get_phantom
 from .isocentres import initial_shots, optimize_pgd, optimize_smooth, optimize_times
@@ -64,6 +66,11 @@ def plan_gamma_knife(grid: Grid, target, rx: float, oars=(), body=None, model=No
     Returns
     -------
     GKResult
+        ``metrics["warnings"]`` lists what makes the plan implausible for a Gamma Knife
+        (:func:`rtlab.core.validate.gk_plausibility`: a prescription isodose below
+        :data:`~rtlab.core.validate.GK_MIN_ISODOSE_PCT` %, more than
+        :data:`~rtlab.core.validate.GK_MAX_BEAM_ON_MIN` minutes beam-on); each is also issued
+        as a :class:`~rtlab.core.validate.PlausibilityWarning`.
     """
     if method not in ("pgd", "smooth", "times"):
         raise ValueError(f"method must be 'pgd', 'smooth' or 'times', got {method!r}")
@@ -113,6 +120,10 @@ def plan_gamma_knife(grid: Grid, target, rx: float, oars=(), body=None, model=No
     timings["check_s"] = time.perf_counter() - t0
     timings["optimize_s"] = time.perf_counter() - t_start
     plan, mt, dose = best
+    mt = dict(mt)
+    mt["warnings"] = gk_plausibility(mt["isodose_pct"], mt["beam_on_min"], float(m.sum()) * grid.voxel_volume_cc)
+    for w in mt["warnings"]:
+        warnings.warn(f"Gamma-Knife plan: {w}", PlausibilityWarning, stacklevel=2)
     return GKResult(plan=plan, metrics=mt, history=history, timings=timings, rounds=rounds, dose=dose)
 
 
@@ -156,7 +167,8 @@ def gk_summary(case_or_phantom_name="head", spacing: float = 1.0, target: str = 
     dict
         ``coverage``, ``selectivity``, ``ci_paddick``, ``gi``, ``beam_on_min``, ``n_shots``,
         ``optimize_s``, ``isodose_pct``, ``rx``, ``case``, ``method``, ``collimator_min``,
-        ``rounds``.
+        ``rounds``, ``warnings`` (plausibility warnings, see :func:`plan_gamma_knife`; empty for a
+        plausible plan).
     """
     if isinstance(case_or_phantom_name, str):
         kw = {"target": target} if case_or_phantom_name == "head" else {}
@@ -184,7 +196,8 @@ def gk_summary(case_or_phantom_name="head", spacing: float = 1.0, target: str = 
                 oars.append((om, float(g.value)))
     res = plan_gamma_knife(sub, m, rx, oars=oars, body=body_m, model=model, method=method, **plan_kw)
     mt = res.metrics
-    out = {k: mt[k] for k in ("coverage", "selectivity", "ci_paddick", "gi", "beam_on_min", "n_shots", "isodose_pct")}
+    out = {k: mt[k] for k in ("coverage", "selectivity", "ci_paddick", "gi", "beam_on_min", "n_shots", "isodose_pct",
+                              "warnings")}
     out.update(optimize_s=res.timings["optimize_s"], rx=float(rx), case=case.name, method=method,
                collimator_min=res.plan.collimator_use(), rounds=res.rounds, grid_shape=list(sub.shape))
     dose = res.dose
