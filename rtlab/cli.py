@@ -386,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "sub-voxel structures on the dose grid")
     sp.add_argument("--target", metavar="NAME", help="with --rtdose: the target of CI/GI (default: the first PTV/CTV/GTV)")
     sp.add_argument("--skip-outside", action="store_true", help="with --rtdose: leave out structures outside the dose grid")
-    sp.add_argument("--supersample", type=int, default=5, metavar="S",
-                    help="with --rtdose: in-plane sub-pixels per dose voxel and axis (default 5)")
+    sp.add_argument("--supersample", type=int, metavar="S",
+                    help="with --rtdose: in-plane sub-pixels per dose voxel and axis (default: >= 5, at most 1 mm)")
     sp.add_argument("--rx", type=float, metavar="GY", help="prescription for CI/GI/HI (default: the case's)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_score)

@@ -24,7 +24,8 @@ piecewise linear and
 
     Dx = the dose d with V(d) = x  (x in cc, or x/100 * V for D<x>%),
 
-clamped to ``[Dmin, Dmax]``; ``D0 = Dmax``, ``D100 = Dmin``. The error against the exact sorted
+clamped to ``[Dmin, Dmax]``; ``D0 = Dmax``, ``D100 = Dmin``; where ``V(d) = x`` over a dose
+interval (a gap between discrete samples) ``Dx`` is its middle. The error against the exact sorted
 samples is below one bin. ``D2cc`` is ``None`` for a structure smaller than 2 cc. Conformity at
 an isodose ``L`` (:func:`score_volumes`): ``TV`` = target volume, ``TV_PIV`` = its volume with
 ``d >= L``, ``PIV`` = volume with ``d >= L`` of the body structure if there is one, else of the
@@ -227,7 +228,15 @@ class DoseVolume:
         if cc >= self.volume_cc:
             return self.dmin
         edges, cum = self.cumulative()
-        # cum is non-increasing: the last edge with cum >= cc
+        # cum is non-increasing. Where it equals cc over several edges (a plateau between
+        # discrete samples, e.g. exactly half of a symmetric structure) every dose there is
+        # received by cc: take the middle, as a median of an even count does.
+        tol = 1e-9 * self.volume_cc
+        i_lo = int(np.searchsorted(-cum, -(cc + tol), side="left"))
+        i_hi = int(np.searchsorted(-cum, -(cc - tol), side="right") - 1)
+        if i_hi > i_lo:
+            return float(min(max(0.5 * (edges[i_lo] + edges[i_hi]), self.dmin), self.dmax))
+        # the last edge with cum >= cc
         i = int(np.searchsorted(-cum, -cc, side="right") - 1)
         i = min(max(i, 0), self.hist_cc.size - 1)
         h = self.hist_cc[i]

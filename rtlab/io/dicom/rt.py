@@ -1,8 +1,8 @@
 """A planning system's dose and structures, with or without the CT: :func:`load_dicom_rt`.
 
 Without a CT series the RTSTRUCT's contours are rasterised on the RTDOSE grid with sub-voxel
-resolution (:func:`rtlab.io.dicom.contours.subvoxel_mask`: ``supersample**3`` sub-voxels per dose
-voxel, each inside when its centre lies in a contour's slab), so a small structure keeps its
+resolution (:func:`rtlab.io.dicom.contours.subvoxel_mask`: ``supersample**2`` sub-pixels per dose
+voxel in the plane, at most 1 mm wide by default, and exact slab overlaps along z), so a small structure keeps its
 volume; :func:`rtlab.evaluate.dose_volume.score_dicom_rt` then samples the dose at the inside
 sub-voxel centres. With a CT series (``ct=``) the structures are rasterised on the CT grid at
 the voxel centres (``supersample=1``, as :func:`rtlab.io.load_dicom` does) and the dose is
@@ -31,7 +31,7 @@ from .contours import ROI, plane_spacing, read_rois, roi_volume, subvoxel_mask
 from .dose_file import RTDose, read_dicom_file, read_rtdose, sum_rtdoses
 from .read import load_dicom
 
-__all__ = ["DicomRT", "RTStructure", "load_dicom_rt", "OUTSIDE"]
+__all__ = ["DicomRT", "RTStructure", "load_dicom_rt", "auto_supersample", "OUTSIDE", "SUBPIXEL_MM"]
 
 #: Accepted values of ``outside`` in :func:`load_dicom_rt`.
 OUTSIDE = ("error", "skip")
@@ -181,7 +181,16 @@ def _for_uids(ds) -> set[str]:
     return out
 
 
-def load_dicom_rt(rtdose, rtstruct, ct=None, *, supersample: int = 5, outside: str = "error",
+#: Largest in-plane sub-pixel (mm) of the default ``supersample`` in :func:`load_dicom_rt`.
+SUBPIXEL_MM = 1.0
+
+
+def auto_supersample(grid: Grid) -> int:
+    """Default sub-pixels per voxel and axis: at least 5, and sub-pixels of at most :data:`SUBPIXEL_MM`."""
+    return int(min(20, max(5, int(np.ceil(max(grid.spacing[1:]) / SUBPIXEL_MM - 1e-9)))))
+
+
+def load_dicom_rt(rtdose, rtstruct, ct=None, *, supersample: int | None = None, outside: str = "error",
                   thickness_mm: float | None = None, progress: bool = False) -> DicomRT:
     """Read a planning system's RTDOSE and RTSTRUCT (and optionally the CT) for scoring.
 
@@ -194,10 +203,11 @@ def load_dicom_rt(rtdose, rtstruct, ct=None, *, supersample: int = 5, outside: s
     ct : path-like, optional
         Folder of the CT series. Without it the structures are rasterised on the dose grid with
         sub-voxel resolution; with it on the CT grid (voxel centres).
-    supersample : int
-        In-plane sub-pixels per dose voxel and axis without CT (``s``; default 5: 25 per voxel,
-        the middle one on the voxel centre); along z the slab overlaps are exact. Measured volume
-        errors are in ``docs/io.md``.
+    supersample : int, optional
+        In-plane sub-pixels per dose voxel and axis without CT (``s``); default
+        :func:`auto_supersample`: at least 5 and sub-pixels no larger than 1 mm (5 on a 3 mm
+        grid, 10 on a 10 mm grid; an odd ``s`` puts the middle one on the voxel centre); along z
+        the slab overlaps are exact. Measured volume errors are in ``docs/io.md``.
     outside : {'error', 'skip'}
         A structure wholly outside the dose grid raises ``ValueError`` (default) or is left out
         with a warning.
@@ -222,7 +232,7 @@ def load_dicom_rt(rtdose, rtstruct, ct=None, *, supersample: int = 5, outside: s
     """
     if outside not in OUTSIDE:
         raise ValueError(f"outside must be one of {OUTSIDE}, got {outside!r}")
-    if int(supersample) != supersample or supersample < 1:
+    if supersample is not None and (int(supersample) != supersample or supersample < 1):
         raise ValueError(f"supersample must be a positive integer (sub-voxels per voxel and axis), got {supersample!r}")
     paths = list(rtdose) if isinstance(rtdose, (list, tuple)) else [rtdose]
     dose = sum_rtdoses([read_rtdose(p) for p in paths])
@@ -249,7 +259,8 @@ def load_dicom_rt(rtdose, rtstruct, ct=None, *, supersample: int = 5, outside: s
         sdose = resample(dose.dose, dose.grid, sgrid, order=1, fill=0.0)
         inside_dose = _inside_mask(sgrid, dose.grid)
     else:
-        sgrid, factor, sdose, inside_dose = dose.grid, int(supersample), dose.dose, None
+        factor = auto_supersample(dose.grid) if supersample is None else int(supersample)
+        sgrid, sdose, inside_dose = dose.grid, dose.dose, None
     structures: list[RTStructure] = []
     points = {}
     used: set[str] = set()
