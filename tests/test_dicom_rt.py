@@ -293,3 +293,42 @@ def test_pydicoms_rtdose_against_brute_force_and_dicompyler_core(dvhcalc, tmp_pa
     for num, name in ((1, "ball"), (2, "small")):
         for k, (a, b, rel) in _compare(dvhcalc, rd50, rs, num, out["structures"][name], 10.0).items():
             assert abs(rel) < 0.03, (name, k, a, b)
+
+
+def test_with_ct_structures_are_the_cases_masks(tmp_path):
+    from rtlab.io import save_dicom
+    from rtlab.phantoms import get_phantom
+
+    case = get_phantom("sphere", spacing=6.0, radius=15.0, oar_radius=8.0)
+    save_dicom(case, tmp_path)
+    z, y, x = np.meshgrid(*case.grid.axes(), indexing="ij")
+    dose = 50.0 + 0.2 * x + 0.1 * z - 0.05 * y
+    dose = dose - dose.min() + 1.0
+    rd = save_rtdose(dose, case.grid, tmp_path / "RD.dcm", reference=case)
+    rt = load_dicom_rt(rd, tmp_path / "RS.dcm", ct=tmp_path)
+    assert rt.case is not None and rt.supersample == 1 and rt.score_grid.is_same(case.grid)
+    out = score_dicom_rt(rt)
+    for name, s in case.structures.items():
+        m = s.mask
+        st = out["structures"][name]
+        assert st["volume_cc"] == pytest.approx(m.sum() * case.grid.voxel_volume_cc, rel=1e-9)
+        assert st["Dmean"] == pytest.approx(dose[m].mean(), rel=1e-6)  # uint32 quantisation only
+        assert st["Dmax"] == pytest.approx(dose[m].max(), rel=1e-6)
+    assert main(["score", "--rtdose", str(rd), "--rtstruct", str(tmp_path / "RS.dcm"), "--ct", str(tmp_path),
+                 "--json"]) == 0
+
+
+def test_rtdoses_on_different_grids_are_not_summed(files, tmp_path):
+    _, rd, rs, _ = files
+    g2 = Grid((30, 40, 40), (3.0, 3.0, 3.0), (-43.5, -58.5, -57.0))
+    other = save_rtdose(np.ones(g2.shape), g2, tmp_path / "RD_b.dcm")
+    with pytest.raises(ValueError, match="RD_b.dcm is on another grid"):
+        load_dicom_rt([rd, other], rs)
+    stranger = save_rtdose(np.ones(GRID.shape), GRID, tmp_path / "RD_c.dcm")  # new frame of reference
+    with pytest.raises(ValueError, match=r"RD_c.dcm has another FrameOfReferenceUID \(0020,0052\)"):
+        load_dicom_rt([rd, stranger], rs)
+    same = save_rtdose(np.ones(GRID.shape), GRID, tmp_path / "RD_d.dcm", reference=pydicom.dcmread(rd))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both = load_dicom_rt([rd, same], rs)
+    np.testing.assert_allclose(both.dose, read_rtdose(rd).dose + 1.0, rtol=1e-6)
