@@ -9,6 +9,8 @@ dose gamma) and by reading the file back with plain pydicom.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -317,3 +319,21 @@ def test_cli_plan_rtplan_out_and_dose_rtplan(tmp_path, capsys):
     assert read_rtdose(tmp_path / "re.dcm").grid.shape == tuple(out["grid_shape"])
     assert main(["plan", "--phantom", "sphere", "--spacing", "8", "--rtplan-out", str(rp)]) == 2  # needs --sequence
     assert "needs --sequence" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed")
+def test_exported_set_passes_dciodvfy(planned, tmp_path):
+    case, im, x = planned
+    res = sequence_plan(im, x, "hd_120", "sliding", fractions=FX, leaf_alignment="isocentre")
+    files = export_plan_dicom(case, res, im.beams, tmp_path / "RP.dcm", prescription_gy=60.0)
+    # dciodvfy cannot read 32-bit pixel data (it asserts, on pydicom's own rtdose.dcm too): the
+    # RTDOSE's attributes are checked on a 16-bit copy
+    rd = pydicom.dcmread(files["rtdose"])
+    px = rd.pixel_array
+    rd.BitsAllocated, rd.BitsStored, rd.HighBit = 16, 16, 15
+    rd.PixelData = (px >> 16).astype("<u2").tobytes()
+    rd.save_as(tmp_path / "RD16.dcm")
+    for f in (files["rtplan"], files["rtstruct"], tmp_path / "RD16.dcm", files["ct"][0]):
+        r = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
+        errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+        assert not errors, (f.name, errors)
