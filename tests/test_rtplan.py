@@ -337,3 +337,20 @@ def test_exported_set_passes_dciodvfy(planned, tmp_path):
         r = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
         assert not errors, (f.name, errors)
+
+
+def test_export_writes_the_ct_unless_the_case_came_from_dicom(planned, tmp_path):
+    from rtlab.io import load_dicom
+
+    case, im, x = planned
+    res = sequence_plan(im, x, "generic_5mm_60", "step", fractions=FX, leaf_alignment="isocentre")
+    a = export_plan_dicom(case, res, im.beams, tmp_path / "a" / "RP.dcm")
+    b = export_plan_dicom(case, res, im.beams, tmp_path / "b" / "RP.dcm")  # the same case again, elsewhere
+    assert len(a["ct"]) == len(b["ct"]) == case.grid.shape[0]
+    loaded = load_dicom(tmp_path / "a")
+    c = export_plan_dicom(loaded, res, im.beams, tmp_path / "c" / "RP.dcm")
+    assert c["ct"] == []  # references the series it was read from
+    rs = pydicom.dcmread(c["rtstruct"])
+    ct0 = pydicom.dcmread(a["ct"][0])
+    assert rs.FrameOfReferenceUID == ct0.FrameOfReferenceUID and rs.StudyInstanceUID == ct0.StudyInstanceUID
+    assert pydicom.dcmread(c["rtplan"]).FrameOfReferenceUID == ct0.FrameOfReferenceUID

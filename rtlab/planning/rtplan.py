@@ -267,8 +267,10 @@ def export_plan_dicom(case, delivery, beams, rtplan_path, *, write_ct: bool | No
         The RT Plan file; the others go beside it: ``CT_0000.dcm ...`` (unless ``write_ct`` is
         False), ``RS.dcm``, ``RD.dcm``.
     write_ct : bool, optional
-        Default: write the CT unless the case came from a DICOM series (``case.meta['dicom']``
-        with its SOP Instance UIDs), whose images are then referenced.
+        Default: write the CT unless the case came from a DICOM series (:func:`rtlab.io.load_dicom`:
+        ``case.meta['dicom']`` with its SOP Instance UIDs and ``case.meta['source']`` its folder),
+        whose images are then referenced. (A case written once by ``save_dicom_ct`` is written
+        again: its CT files may not be where the new set goes.)
     dvh : bool
         Write rtlab's DVHs (voxel-centre masks on the CT grid, bins of max(0.01 Gy, max dose / 1000)) into the
         RTDOSE's ``DVHSequence``, as a planning system does.
@@ -283,8 +285,9 @@ def export_plan_dicom(case, delivery, beams, rtplan_path, *, write_ct: bool | No
     d = rp.parent
     d.mkdir(parents=True, exist_ok=True)
     info = case.meta.get("dicom") if isinstance(case.meta.get("dicom"), dict) else None
-    if write_ct is None:
-        write_ct = not (info and info.get("SOPInstanceUIDs"))
+    if write_ct is None:  # a case read by load_dicom (meta 'source' = its folder) keeps its CT series
+        src = case.meta.get("source")
+        write_ct = not (info and info.get("SOPInstanceUIDs") and src and Path(str(src)).is_dir())
     ct_paths = save_dicom_ct(case, d) if write_ct else []
     plan = delivery_to_rtplan(delivery, beams, case, label=label, prescription_gy=prescription_gy)
     rs = save_rtstruct(case, d / "RS.dcm")
