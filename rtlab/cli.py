@@ -6,11 +6,21 @@ Subcommands
     List the built-in phantoms.
 ``rtlab score --dose FILE.npz (--phantom NAME | --matrad FILE | --dicom DIR) [--rx GY] [--json]``
     Score a dose (array ``dose`` in Gy on the case's own grid, ``(z, y, x)``).
+``rtlab score --rtdose FILE [FILE ...] --rtstruct FILE [--ct DIR] [--rx GY] [--target NAME] [--skip-outside] [--json]``
+    Score a planning system's RTDOSE over its RTSTRUCT (:func:`rtlab.io.load_dicom_rt`,
+    :func:`rtlab.evaluate.dose_volume.score_dicom_rt`): structures on the dose grid with
+    sub-voxel resolution (or on the CT with ``--ct``), the TPS's DVHSequence figures beside
+    rtlab's with the differences.
+``rtlab dose --rtplan FILE (--dicom DIR | --ct DIR | --matrad FILE | --phantom NAME) [--rtdose FILE] [--out RD.dcm] [--json]``
+    Re-compute a DICOM RT Plan's dose (:func:`rtlab.planning.recompute_rtplan`) and, with
+    ``--rtdose``, its 3D gamma against the plan's RTDOSE (``--gamma 3,3`` in %, mm).
 ``rtlab dose (--phantom NAME | --matrad FILE | --dicom DIR) [--angles 0,72,...] [--bixel MM] [--grid MM] [--gpu] [--json]``
     Build the influence matrix and report sizes and timings.
 ``rtlab plan (--phantom NAME | --matrad FILE | --dicom DIR) [--angles ...] [--objective conformity|quadratic] [--falloff G] [--control-points] [--grid MM] [--json] [--out FILE.npz]``
     Build the dose, optimise (:func:`rtlab.planning.plan_case`), print timings and the score
-    table; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads.
+    table; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads;
+    ``--sequence step|sliding --rtplan-out RP.dcm`` writes the sequenced plan as an RT Plan with
+    its CT, RTSTRUCT and RTDOSE beside it (:func:`rtlab.planning.export_plan_dicom`).
 
 The plan and engine settings go into one :class:`rtlab.planning.PlanSettings`, which checks them
 (``--grid MM`` is its ``dose_grid_mm``, ``--bixel`` its ``bixel_mm``, ``--falloff`` its
@@ -42,6 +52,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import phantoms
@@ -51,10 +62,11 @@ from .core.mlc import get_mlc
 from .core.validate import check_angles, check_spacing
 from .dose import engine_summary
 from .evaluate.compare import score, score_summary
-from .io import load_dicom, load_dose_npz, load_matrad
+from .evaluate.dose_volume import score_dicom_rt
+from .io import load_dicom, load_dicom_rt, load_dose_npz, load_matrad, load_rtplan, read_rtdose, save_rtdose
 from .methods.deliverable import sequence_plan
 from .methods.gk.plan import gk_summary
-from .planning import OBJECTIVES, PlanSettings, plan_case
+from .planning import OBJECTIVES, PlanSettings, export_plan_dicom, gamma_against, plan_case, recompute_rtplan
 
 __all__ = ["main", "load_case", "build_parser"]
 
@@ -63,11 +75,12 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def _add_case_args(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
+def _add_case_args(p: argparse.ArgumentParser, required: bool = True, ct_alias: bool = False) -> None:
+    src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--phantom", metavar="NAME", help="a built-in phantom (see `rtlab phantoms`)")
     src.add_argument("--matrad", metavar="FILE", help="a matRad phantom .mat file (ct + cst)")
-    src.add_argument("--dicom", metavar="DIR", help="a directory with a CT series and an RTSTRUCT")
+    names = ("--dicom", "--ct") if ct_alias else ("--dicom",)
+    src.add_argument(*names, dest="dicom", metavar="DIR", help="a directory with a CT series and an RTSTRUCT")
     p.add_argument("--spacing", metavar="MM", help="phantom voxel size: one number or dz,dy,dx (only with --phantom)")
 
 
@@ -182,6 +195,12 @@ def cmd_phantoms(args) -> int:
 
 def cmd_score(args) -> int:
     _positive("--rx", args.rx, "Gy")
+    if args.rtdose or args.rtstruct:
+        return cmd_score_rt(args)
+    if args.ct or args.target or args.skip_outside:
+        raise CLIError("--ct, --target and --skip-outside go with --rtdose FILE --rtstruct FILE")
+    if not args.dose or not (args.phantom or args.matrad or args.dicom):
+        raise CLIError("give --dose FILE.npz with --phantom/--matrad/--dicom, or --rtdose FILE --rtstruct FILE")
     _input_file("--dose", args.dose)
     _check_case_source(args)
     case = load_case(args)
@@ -196,6 +215,72 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_score_rt(args) -> int:
+    """``rtlab score --rtdose ... --rtstruct ...``: a planning system's dose over its structures."""
+    if not args.rtdose or not args.rtstruct:
+        raise CLIError("--rtdose FILE and --rtstruct FILE go together (a planning system's dose and structures)")
+    if args.dose or args.phantom or args.matrad or args.dicom:
+        raise CLIError("--rtdose/--rtstruct score a DICOM RT dose; leave out --dose/--phantom/--matrad/--dicom "
+                       "(the CT goes with --ct DIR)")
+    rt = load_dicom_rt(args.rtdose, args.rtstruct, ct=args.ct, supersample=args.supersample,
+                       outside="skip" if args.skip_outside else "error",
+                       progress=not args.json and sys.stderr.isatty())
+    out = score_dicom_rt(rt, rx=args.rx, target=args.target, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(out, default=json_safe))
+        return 0
+    print(rt.summary())
+    for k in ("target", "rx_gy", "ci_paddick", "ci_rtog", "gi", "hi", "coverage"):
+        v = out[k]
+        print(f"  {k:<11} {v:.4g}" if isinstance(v, float) else f"  {k:<11} {v}")
+    cols = ("volume_cc", "Dmin", "Dmean", "Dmax", "D98", "D95", "D50", "D2", "D2cc")
+    rows = []
+    for nm, st in out["structures"].items():
+        rows.append({"structure": nm, "source": "rtlab", **{c: st.get(c) for c in cols}})
+        if nm in out.get("tps", {}):
+            rows.append({"structure": nm, "source": "TPS", **{c: out["tps"][nm].get(c) for c in cols}})
+            rows.append({"structure": nm, "source": "diff", **{c: out["tps_difference"][nm].get(c) for c in cols}})
+    with pd.option_context("display.max_rows", None, "display.width", 160, "display.float_format", "{:.3f}".format):
+        print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def cmd_dose_rtplan(args) -> int:
+    """``rtlab dose --rtplan FILE ...``: re-compute an RT Plan on a case, gamma against its RTDOSE."""
+    if args.out is not None and not str(args.out).lower().endswith(".dcm"):
+        raise CLIError(f"--out must name a .dcm file (an RTDOSE), got {args.out!r}")
+    crit = _parse_floats(args.gamma, "--gamma")
+    if len(crit) != 2 or not all(math.isfinite(v) and v > 0 for v in crit):
+        raise CLIError(f"--gamma must be two positive numbers 'PERCENT,MM', got {args.gamma!r}")
+    plan = load_rtplan(args.rtplan, mlc=args.mlc)
+    case = load_case(args)
+    grid = read_rtdose(args.rtdose).grid if (args.rtdose and args.dose_grid_mm is None) else args.dose_grid_mm
+    rc = recompute_rtplan(plan, case, dose_grid=grid, progress=not args.json and sys.stderr.isatty())
+    out = {"case": case.name, "rtplan": str(args.rtplan), "beams": len(plan.beams), "fractions": plan.fractions,
+           "mu_per_fraction": plan.mu_per_fraction, "dose_max_gy": float(rc.dose.max()),
+           "grid_shape": list(rc.grid.shape), "grid_spacing_mm": list(rc.grid.spacing),
+           **{k: round(v, 3) for k, v in rc.timings.items()}}
+    if args.rtdose:
+        out["gamma"] = gamma_against(rc, args.rtdose, crit[0] / 100.0, crit[1], normalise=args.normalise)
+    if args.out:
+        save_rtdose(np.clip(rc.dose, 0, None), rc.grid, args.out, reference=case, plan_uid=plan.sop_instance_uid or None,
+                    description="rtlab re-computed RT Plan")
+        out["out"] = str(args.out)
+    if args.json:
+        print(json.dumps(out, default=json_safe))
+        return 0
+    print(plan.summary())
+    print(f"  re-computed on {case.name}: max {out['dose_max_gy']:.4g} Gy (whole course) on a {rc.grid.shape} grid "
+          f"of {rc.grid.spacing} mm; fluence {rc.timings['fluence_s']:.2f} s, dose {rc.timings['dose_s']:.2f} s")
+    if "gamma" in out:
+        g = out["gamma"]
+        print(f"  gamma {g['criterion']} against {Path(args.rtdose).name}: pass rate {100 * g['pass_rate']:.2f} % "
+              f"of {g['n_evaluated']} voxels (mean {g['mean']:.3f}, max {g['max']:.3f})")
+    if args.out:
+        print(f"  dose saved to {args.out}")
+    return 0
+
+
 def _angles(args, case, given: list[float] | None = None) -> list[float]:
     if given is not None:
         return given
@@ -207,6 +292,10 @@ def _angles(args, case, given: list[float] | None = None) -> list[float]:
 
 
 def cmd_dose(args) -> int:
+    if args.rtplan:
+        return cmd_dose_rtplan(args)
+    if args.rtdose or args.out:
+        raise CLIError("--rtdose and --out go with --rtplan FILE")
     settings = _settings(bixel_mm=args.bixel, dose_grid_mm=args.dose_grid_mm, cutoff_mm=args.cutoff)
     given = _parse_angles(args.angles)
     _check_case_source(args)
@@ -251,6 +340,10 @@ def cmd_plan(args) -> int:
         raise CLIError("--machine only applies with --sequence (the MLC the fluence is sequenced on)")
     given = _parse_angles(args.angles)
     _check_case_source(args)
+    if args.rtplan_out is not None and not args.sequence:
+        raise CLIError("--rtplan-out needs --sequence step|sliding (an RT Plan holds leaf motions)")
+    if args.rtplan_out is not None and not str(args.rtplan_out).lower().endswith(".dcm"):
+        raise CLIError(f"--rtplan-out must name a .dcm file, got {args.rtplan_out!r}")
     case = load_case(args)
     angles = _angles(args, case, given)
     if not angles:
@@ -265,7 +358,8 @@ def cmd_plan(args) -> int:
     seq = None
     if args.sequence:
         fractions = max(1, int(round((case.prescription or settings.rx or 2.0) / 2.0)))
-        seq = sequence_plan(res.influence, res.x, machine=args.machine, method=args.sequence, fractions=fractions)
+        seq = sequence_plan(res.influence, res.x, machine=args.machine, method=args.sequence, fractions=fractions,
+                            leaf_alignment="isocentre" if args.rtplan_out else "grid")
         # the optimised fluence's MU (whole prescription) stays available; mu_total becomes the
         # sequenced delivery's MU per fraction
         out["mu_total_fluence"] = out["mu_total"]
@@ -273,6 +367,11 @@ def cmd_plan(args) -> int:
     if args.out:
         res.save(args.out)
         out["out"] = str(args.out)
+    if args.rtplan_out:
+        files = export_plan_dicom(case, seq, res.influence.beams, args.rtplan_out, prescription_gy=settings.rx
+                                  or case.prescription)
+        out["rtplan_out"] = {k: str(files[k]) for k in ("rtplan", "rtstruct", "rtdose")}
+        out["rtplan_out"]["ct_files"] = len(files["ct"])
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0
@@ -293,6 +392,9 @@ def cmd_plan(args) -> int:
               f"(optimised {sm['optimised_ci_paddick']:.3f}), D95 {sm['d95_deliverable']:.2f} Gy")
     if args.out:
         print(f"  dose saved to {args.out}")
+    if args.rtplan_out:
+        f = out["rtplan_out"]
+        print(f"  RT Plan written to {f['rtplan']} (with {f['rtstruct']}, {f['rtdose']} and {f['ct_files']} CT files)")
     return 0
 
 
@@ -402,14 +504,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_phantoms)
 
     sp = sub.add_parser("score", help="score a dose against a case's structures and goals")
-    sp.add_argument("--dose", required=True, metavar="FILE.npz", help="npz with an array `dose` in Gy, (z, y, x), on the case grid")
-    _add_case_args(sp)
+    sp.add_argument("--dose", metavar="FILE.npz", help="npz with an array `dose` in Gy, (z, y, x), on the case grid")
+    _add_case_args(sp, required=False)
+    sp.add_argument("--rtdose", nargs="+", metavar="FILE", help="a planning system's RTDOSE file(s) (summed; with --rtstruct)")
+    sp.add_argument("--rtstruct", metavar="FILE", help="the RTSTRUCT of --rtdose")
+    sp.add_argument("--ct", metavar="DIR", help="with --rtdose: the CT series; structures on the CT grid instead of "
+                    "sub-voxel structures on the dose grid")
+    sp.add_argument("--target", metavar="NAME", help="with --rtdose: the target of CI/GI (default: the first PTV/CTV/GTV)")
+    sp.add_argument("--skip-outside", action="store_true", help="with --rtdose: leave out structures outside the dose grid")
+    sp.add_argument("--supersample", type=int, metavar="S",
+                    help="with --rtdose: in-plane sub-pixels per dose voxel and axis (default: >= 5, at most 1 mm)")
     sp.add_argument("--rx", type=float, metavar="GY", help="prescription for CI/GI/HI (default: the case's)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_score)
 
     sp = sub.add_parser("dose", help="build the influence matrix of a case and report sizes and timings")
-    _add_case_args(sp)
+    _add_case_args(sp, ct_alias=True)
+    sp.add_argument("--rtplan", metavar="FILE", help="re-compute this DICOM RT Plan's dose on the case")
+    sp.add_argument("--rtdose", metavar="FILE", help="with --rtplan: the plan's RTDOSE for a 3D gamma (and its grid)")
+    sp.add_argument("--gamma", default="3,3", metavar="PCT,MM", help="with --rtdose: gamma criterion (default 3,3)")
+    sp.add_argument("--normalise", action="store_true", help="with --rtdose: scale to its maximum first (shape only)")
+    sp.add_argument("--mlc", metavar="NAME", help="with --rtplan: MLC model when the plan lacks LeafPositionBoundaries")
+    sp.add_argument("--out", metavar="FILE.dcm", help="with --rtplan: save the re-computed dose as an RTDOSE")
     sp.add_argument("--angles", metavar="DEG,...", help="gantry angles (default: the case's suggested beams)")
     sp.add_argument("--bixel", type=float, default=5.0, metavar="MM", help="bixel size (default 5 mm)")
     sp.add_argument("--grid", "--dose-grid-mm", dest="dose_grid_mm", type=float, metavar="MM",
@@ -437,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--machine", metavar="NAME",
                     help="MLC model for --sequence (default generic_5mm_60; see rtlab.core.mlc.list_mlcs)")
     sp.add_argument("--out", metavar="FILE.npz", help="save the dose (array `dose`, Gy, CT grid) for `rtlab score`")
+    sp.add_argument("--rtplan-out", metavar="FILE.dcm", help="with --sequence: write the plan as a DICOM RT Plan "
+                    "(CT, RTSTRUCT and RTDOSE beside it)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_plan)
 

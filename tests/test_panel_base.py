@@ -108,7 +108,7 @@ def test_every_panel_is_a_panel():
     import rtlab.widgets as w
 
     names = [n for names in w.PANELS.values() for n in names if n != "Panel"]
-    assert len(names) == 12
+    assert len(names) == 13
     for n in names:
         cls = getattr(w, n)
         assert issubclass(cls, Panel), n

@@ -150,6 +150,11 @@ class DeliverableResult:
         The grid of ``dose``.
     timings : dict
         ``sequence_s`` per beam (list) and ``dose_s``.
+    leaf_alignment : str
+        ``'grid'`` or ``'isocentre'`` (:func:`sequence_plan`); an RT Plan export needs the leaves'
+        true geometry ('isocentre', or a bixel grid whose rows fall on the leaf boundaries).
+    dose_rate_mu_min : float
+        Dose rate of the sliding window's leaf-speed term.
     """
 
     method: str
@@ -163,6 +168,8 @@ class DeliverableResult:
     dose_optimised: np.ndarray
     grid: object
     timings: dict = field(default_factory=dict)
+    leaf_alignment: str = "grid"
+    dose_rate_mu_min: float = 600.0
 
     # -- MU and segments ----------------------------------------------------------------------
     @property
@@ -282,9 +289,8 @@ def _leaf_y0(bixels, h: float, mlc: MLC, alignment: str) -> float:
     if alignment == "isocentre":
         return y_true
     # 'grid': the nearest leaf boundary takes the first bixel edge
-    edge0 = -mlc.field_length_mm / 2
-    k = int(np.clip(np.round((y_true - edge0) / mlc.leaf_width_mm), 0, mlc.n_pairs))
-    return edge0 + k * mlc.leaf_width_mm
+    edges = mlc.boundaries_mm
+    return float(edges[int(np.argmin(np.abs(edges - y_true)))])
 
 
 def sequence_plan(im, x, machine="generic_5mm_60", method: str = "sliding", *, fractions: int = 1,
@@ -404,4 +410,4 @@ def sequence_plan(im, x, machine="generic_5mm_60", method: str = "sliding", *, f
     t_dose = time.perf_counter() - t0
     grid = im.ct_grid if on == "ct" else im.grid
     return DeliverableResult(method, mlc, fractions, float(k), beams, w, out_w, dose, dose_opt, grid,
-                             {"sequence_s": t_seq, "dose_s": t_dose})
+                             {"sequence_s": t_seq, "dose_s": t_dose}, leaf_alignment, float(dose_rate_mu_min))

@@ -501,8 +501,7 @@ def fluence_to_leaf_rows(fluence, bixel_y_mm: float, mlc, y0_mm: float | None = 
     n = f.shape[0]
     y0 = -n * by / 2 if y0_mm is None else float(y0_mm)
     be = y0 + by * np.arange(n + 1)
-    w = mlc.leaf_width_mm
-    all_edges = -mlc.field_length_mm / 2 + w * np.arange(mlc.n_pairs + 1)
+    all_edges = mlc.boundaries_mm  # leaf-pair edges, centred on the axis (equal or unequal widths)
     if be[0] < all_edges[0] - 1e-9 or be[-1] > all_edges[-1] + 1e-9:
         raise ValueError(
             f"fluence spans y in [{be[0]:g}, {be[-1]:g}] mm, beyond MLC {mlc.name!r}'s "
@@ -512,7 +511,7 @@ def fluence_to_leaf_rows(fluence, bixel_y_mm: float, mlc, y0_mm: float | None = 
     last = int(np.searchsorted(all_edges, be[-1] - 1e-9, side="right"))
     le = all_edges[first:last + 1]
     ov = np.clip(np.minimum(be[1:, None], le[None, 1:]) - np.maximum(be[:-1, None], le[None, :-1]), 0, None)
-    rows = (ov.T @ f) / w  # area-weighted mean over the leaf width (uncovered parts count as 0)
+    rows = (ov.T @ f) / np.diff(le)[:, None]  # area-weighted mean over each leaf's width (uncovered parts count as 0)
     return rows, le, ov / by
 
 

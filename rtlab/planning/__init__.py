@@ -10,7 +10,10 @@
 * :mod:`~rtlab.planning.problem` -- :func:`prepare_plan` -> :class:`PlanProblem` (influence
   matrix, operator, objective, start point); :meth:`PlanProblem.with_objective`;
 * :mod:`~rtlab.planning.pipeline` -- :func:`optimise_plan` -> :class:`PlanResult` (dose, MU,
-  history, scores, review), :func:`plan_case`.
+  history, scores, review), :func:`plan_case`;
+* :mod:`~rtlab.planning.rtplan` -- DICOM RT Plans: :func:`export_plan_dicom` (a sequenced plan as
+  CT, RTSTRUCT, RTDOSE and RT Plan), :func:`recompute_rtplan` (an RT Plan's dose with rtlab's
+  engine), :func:`gamma_against` (against its RTDOSE).
 
 See ``docs/methods/planning.md``.
 """
@@ -20,6 +23,7 @@ from ..evaluate.compare import score_summary
 from .pipeline import PlanResult, optimise_plan, plan_case
 from .problem import PlanProblem, angles_for, prepare_plan
 from .recipes import build_objective, region_of_interest
+from .rtplan import RecomputedPlan, delivery_to_rtplan, export_plan_dicom, gamma_against, recompute_rtplan
 from .settings import (CONFORMITY_RECIPE, OBJECTIVES, QUADRATIC_RECIPE, PlanSettings, control_point_find_options,
                        full_recipe)
 
@@ -41,4 +45,9 @@ __all__ = [
     "QUADRATIC_RECIPE",
     "control_point_find_options",
     "OBJECTIVES",
+    "delivery_to_rtplan",
+    "export_plan_dicom",
+    "recompute_rtplan",
+    "gamma_against",
+    "RecomputedPlan",
 ]

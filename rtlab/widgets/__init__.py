@@ -17,7 +17,8 @@ and one meaning of ``wait()``):
   with the viewer, the DVH and the score table;
 * method panels: :class:`IDSPanel` (paper 004), :class:`SequencingPanel` and :class:`BeamAnglePanel` (paper 003),
   :class:`GKPanel` (patent 002), :class:`RegionPanel` (patent 000 C), :class:`BatchPanel`
-  (patent 001).
+  (patent 001);
+* :class:`DicomPanel` - a planning system's RTDOSE + RTSTRUCT: dose, contours, DVH, score.
 
 See ``docs/widgets.md``.
 """
@@ -55,6 +56,7 @@ PANELS = {
     "gk_panel": ["GKPanel"],
     "region_panel": ["RegionPanel"],
     "batch_panel": ["BatchPanel"],
+    "dicom_panel": ["DicomPanel"],
     "panel": ["Panel"],
 }
 

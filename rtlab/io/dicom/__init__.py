@@ -27,13 +27,21 @@ package imports without it.
 
 Modules: :mod:`~.read` (:func:`load_dicom`), :mod:`~.write` (:func:`save_dicom_ct`,
 :func:`save_rtstruct`, :func:`save_dicom`), :mod:`~.rtdose` (:func:`save_rtdose`,
-:func:`load_rtdose`), :mod:`~.polygons` (contours <-> masks), :mod:`~.common` (shared helpers).
+:func:`load_rtdose`), :mod:`~.polygons` (contours <-> masks), :mod:`~.common` (shared helpers);
+for a planning system's files: :mod:`~.rt` (:func:`load_dicom_rt`: RTDOSE + RTSTRUCT, with or
+without CT), :mod:`~.contours` (ROIs, volumes, sub-voxel masks, :func:`save_rois`),
+:mod:`~.dose_file` (:func:`read_rtdose` with the DVHSequence) and :mod:`~.rtplan`
+(:func:`load_rtplan`, :func:`save_rtplan`).
 """
 
 from .common import CT_IMAGE_STORAGE, RT_DOSE_STORAGE, RT_STRUCTURE_SET_STORAGE
+from .contours import ROI, read_rois, save_rois
+from .dose_file import RTDose, TPSDVH, add_dvh_sequence, read_rtdose
 from .polygons import mask_to_polygons, rasterize_polygons
 from .read import load_dicom
+from .rt import DicomRT, RTStructure, load_dicom_rt
 from .rtdose import load_rtdose, save_rtdose
+from .rtplan import RT_PLAN_STORAGE, PlanBeam, PlanControlPoint, RTPlan, load_rtplan, save_rtplan
 from .write import save_dicom, save_dicom_ct, save_rtstruct
 
 __all__ = [
@@ -45,6 +53,22 @@ __all__ = [
     "load_rtdose",
     "rasterize_polygons",
     "mask_to_polygons",
+    "load_dicom_rt",
+    "DicomRT",
+    "RTStructure",
+    "read_rtdose",
+    "RTDose",
+    "TPSDVH",
+    "add_dvh_sequence",
+    "ROI",
+    "read_rois",
+    "save_rois",
+    "load_rtplan",
+    "save_rtplan",
+    "RTPlan",
+    "PlanBeam",
+    "PlanControlPoint",
+    "RT_PLAN_STORAGE",
     "CT_IMAGE_STORAGE",
     "RT_DOSE_STORAGE",
     "RT_STRUCTURE_SET_STORAGE",

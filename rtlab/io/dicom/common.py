@@ -73,7 +73,9 @@ def floats(value, n: int | None, keyword: str, where) -> np.ndarray:
     try:
         a = np.asarray([float(v) for v in value], dtype=float)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: DICOM tag {keyword} must hold numbers, got {value!r}") from None
+        shown = repr(value)
+        shown = shown if len(shown) <= 120 else shown[:117] + "..."
+        raise ValueError(f"{where}: DICOM tag {keyword} must hold numbers, got {shown}") from None
     if n is not None and a.size != n:
         raise ValueError(f"{where}: DICOM tag {keyword} must hold {n} numbers, got {a.size}")
     if not np.all(np.isfinite(a)):
@@ -82,7 +84,12 @@ def floats(value, n: int | None, keyword: str, where) -> np.ndarray:
 
 
 def ds_num(v) -> str:
-    return valuerep.format_number_as_ds(float(v))
+    """``v`` as a DICOM decimal string (at most 16 characters)."""
+    s = valuerep.format_number_as_ds(float(v))
+    p = 14
+    while len(s) > 16 and p > 1:  # pydicom rounds 9.999999999999998 up to the 17 characters '10.00000000000000'
+        s, p = f"{float(v):.{p}g}", p - 1
+    return s
 
 
 DICOM_TO_RTLAB = {0: 2, 1: 1, 2: 0}

@@ -66,6 +66,7 @@ def save_rtdose(dose, grid: Grid, path, reference=None, plan_uid: str | None = N
     ds.SeriesNumber = 3
     ds.SeriesDescription = description
     ds.InstanceNumber = 1
+    ds.OperatorsName = ""  # Type 2 of the RT Series module
     nz, ny, nx = grid.shape
     dz, dy, dx = grid.spacing
     oz, oy, ox = grid.origin
