@@ -10,7 +10,8 @@ the same 50 mm lateral cut-off, the dose on the CT grid, and the same water-equi
 
 Figures (pyRadPlan is the reference, rtlab the evaluated dose):
 
-* 3D gamma (``rtlab.qa.gamma``, global, 10 % threshold) at 3 %/3 mm and 2 %/2 mm, on
+* 3D gamma (``rtlab.qa.gamma``, global, 10 % threshold, search step DTA/10) at 3 %/3 mm and
+  2 %/2 mm (and 1 %/1 mm, to show what is left), on
   **absolute** dose (Gy per unit weight; criterion relative to pyRadPlan's maximum) and on
   **relative** dose (each cube normalised to its own maximum); targets >= 99 % and >= 95 %;
 * ``max_dose_ratio``: rtlab's maximum / pyRadPlan's (target within 2 %);
@@ -18,7 +19,9 @@ Figures (pyRadPlan is the reference, rtlab the evaluated dose):
   the 80-20 % penumbra of the lateral profile through the isocentre (both edges);
 * water (SSD 1000 mm, 1 mm voxels, open 3/5/10/20 cm fields of 5 mm bixels, weights 1,
   180 mm cut-off so that no tabulated kernel is truncated): d_max, PDD(100 mm), output factors
-  relative to 10 x 10 at its d_max, penumbra of 10 x 10 at 100 mm, largest PDD difference.
+  relative to 10 x 10 at its d_max, largest PDD difference (central axis only: pyRadPlan 0.5.0
+  returned a constant dose along the cross-plane rows of this synthetic water phantom, cause not
+  found, so its water profiles are not compared; the penumbra is compared on TG119).
 
 pyRadPlan runs in **its own Python environment** (``--peer-python``, e.g. a venv with
 ``pip install pyRadPlan "pydantic<2.14"``) through ``benchmarks/_matrad_peer.py``; its results are
@@ -148,7 +151,7 @@ def _gammas(ref, ev, grid, interp_fraction):
 
     out = {}
     for tag, a, b in (("abs", ref, ev), ("rel", ref / ref.max(), ev / ev.max())):
-        for crit, (dd, dta) in (("3_3", (0.03, 3.0)), ("2_2", (0.02, 2.0))):
+        for crit, (dd, dta) in (("3_3", (0.03, 3.0)), ("2_2", (0.02, 2.0)), ("1_1", (0.01, 1.0))):
             r = gamma(a, b, grid, dose_criterion=dd, dta_mm=dta, cutoff=0.1, interp_fraction=interp_fraction)
             out[f"gamma_{crit}_{tag}_pct"] = round(100.0 * float(r.pass_rate), 2)
     return out
@@ -248,9 +251,10 @@ def _water(machine, peer):
         out[f"water_pdd100_pct_{tag}"] = {L: round(float(np.interp(100.0, depth, cur[L][k]) / cur[L][k].max() * 100), 2)
                                           for L in fields}
         out[f"water_output_factor_{tag}"] = {L: round(float(cur[L][k][i10[tag]] / c10[i10[tag]]), 4) for L in fields}
-        j = int(np.argmin(np.abs(depths - 100.0)))
-        p = cur[100][k + 1][j]
-        out[f"water_penumbra_10x10_100mm_{tag}"] = round(_penumbra(x, 100 * p / p[160]), 2)
+        if tag == "rtlab":  # pyRadPlan's water profiles are not used (module docstring)
+            j = int(np.argmin(np.abs(depths - 100.0)))
+            p = cur[100][k + 1][j]
+            out[f"water_penumbra_10x10_100mm_{tag}"] = round(_penumbra(x, 100 * p / p[160]), 2)
     d = [np.abs(cur[L][2] / cur[L][2].max() - cur[L][0] / cur[L][0].max())[depth >= 5].max() * 100 for L in fields]
     out["water_pdd_max_abs_diff_pct_beyond_5mm"] = {L: round(float(v), 2) for L, v in zip(fields, d)}
     out["water_abs_ratio_10x10_at_dmax"] = round(float(cur[100][2][i10["peer"]] / cur[100][0][i10["peer"]]), 4)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rtlab.dose import generic_6mv, mu_per_unit_fluence, reference_dose
-from rtlab.dose.commission import (FIT_TOLERANCE, BeamData, example_beam_data, fit_machine, in_air_output_ratio,
+from rtlab.dose.commission import (FIT_TOLERANCE, BeamData, compare_to_data, example_beam_data, fit_machine, in_air_output_ratio,
                                    model_values, read_beam_data, water_curves, water_dose)
 from rtlab.dose.machine import Machine
 
@@ -101,6 +101,9 @@ def test_generic_6mv_reproduces_the_shipped_data():
     for k, v, mv in zip(data.kind, data.value, model):
         diff = (mv / v - 1) * 100 if k == "output_factor" else mv - v
         assert abs(diff) <= FIT_TOLERANCE[k], (k, v, mv)
+    cmp = compare_to_data(m, data)
+    assert cmp.within_tolerance and max(cmp.max_difference.values()) < 0.2  # the docs' table
+    assert "| output factor | 30 | 1000 | 100 | 0.8275 | 0.8284 | +0.10 % |" in cmp.to_markdown()
     # and refitting the data gives the same curves (the stored parameters are rounded fits)
     fit = fit_machine(data, starts=1)
     assert fit.within_tolerance

@@ -36,7 +36,7 @@ def test_prepare_then_optimise_equals_plan_case(case, problem):
     # the start point: uniform weights with target median dose = prescription
     e = problem.operator.matvec(problem.x0)
     rows = problem.operator.ct_rows(case.structures["PTV"].mask)
-    assert float(np.median(e[rows])) == pytest.approx(50.0, rel=1e-9)
+    assert float(np.median(e[rows])) == pytest.approx(50.0, rel=1e-6)  # float32 product (eps 6e-8)
 
 
 def test_with_objective_reuses_the_operator_and_applies_edits(problem):

@@ -79,7 +79,7 @@ from .machine import FWHM_TO_SIGMA, Machine, depth_components
 
 __all__ = ["BeamData", "read_beam_data", "example_beam_data", "WaterCurves", "water_dose", "water_curves",
            "fit_machine", "FitResult", "model_values", "normalise", "EXAMPLE_BEAM_DATA", "FIT_TOLERANCE",
-           "DEFAULT_HEAD_SCATTER_SIGMA_MM", "in_air_output_ratio"]
+           "DEFAULT_HEAD_SCATTER_SIGMA_MM", "in_air_output_ratio", "compare_to_data"]
 
 #: File name of the shipped example beam data (package ``rtlab.data``).
 EXAMPLE_BEAM_DATA = "beam_data_6mv_representative.csv"
@@ -573,7 +573,24 @@ def fit_machine(data, name: str = "commissioned", primary_fwhm_mm: float = 5.0, 
             best = r
     p = full(best.x)
     m = normalise(_build(p, betas23, sad, name))
-    model = model_values(m, data)
+    params = {n: float(v) for (n, _, _), v in zip(_PARAMS, p)}
+    params.update(b2_per_mm=float(betas23[0]), b3_per_mm=float(betas23[1]), norm=m.norm,
+                  primary_fitted=bool(fit_primary), head_scatter_sigma_fitted=head_scatter_sigma_mm is None)
+    m.meta = {"commissioned_from": data.comments[:3], "fit_parameters": params}
+    res = compare_to_data(m, data)
+    res.parameters, res.cost = params, float(best.cost)
+    return res
+
+
+def compare_to_data(machine: Machine, data) -> FitResult:
+    """Model against measurement for every row of ``data`` (a :class:`FitResult` without fit parameters).
+
+    Differences are percentage points for PDD and profile rows, % of the measured value for output
+    factors and mm for d_max; ``ok`` marks rows within :data:`FIT_TOLERANCE`.
+    """
+    if not isinstance(data, BeamData):
+        data = read_beam_data(data)
+    model = model_values(machine, data)
     table, maxd = [], {}
     for i in range(len(data)):
         k = str(data.kind[i])
@@ -583,11 +600,7 @@ def fit_machine(data, name: str = "commissioned", primary_fwhm_mm: float = 5.0, 
                           depth_mm=float(data.depth_mm[i]), x_mm=float(data.x_mm[i]), data=float(data.value[i]),
                           model=float(model[i]), difference=float(diff), ok=ok))
         maxd[k] = max(maxd.get(k, 0.0), abs(float(diff)))
-    params = {n: float(v) for (n, _, _), v in zip(_PARAMS, p)}
-    params.update(b2_per_mm=float(betas23[0]), b3_per_mm=float(betas23[1]), norm=m.norm,
-                  primary_fitted=bool(fit_primary), head_scatter_sigma_fitted=head_scatter_sigma_mm is None)
-    m.meta = {"commissioned_from": data.comments[:3], "fit_parameters": params}
-    return FitResult(m, params, table, maxd, all(r["ok"] for r in table), float(best.cost))
+    return FitResult(machine, {}, table, maxd, all(r["ok"] for r in table), float("nan"))
 
 
 def in_air_output_ratio(machine: Machine, field_mm: float) -> float:
