@@ -10,7 +10,7 @@ from rtlab.methods import beam_angles as ba
 from rtlab.methods import geometry_gradients as gg
 from rtlab.phantoms import get_phantom
 
-CUT = 80.0  # holds the whole lateral kernel, so the engine's cut-off adds no steps
+CUT = 220.0  # holds the whole lateral kernel (4 x the widest Gaussian, 51.5 mm), so the cut-off adds no steps
 
 
 @pytest.fixture(scope="module")
