@@ -66,11 +66,10 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..core.case import Case
-from ..dose import DEFAULT_CUTOFF_MM, build_influence
-from ..dose.influence import InfluenceMatrix
+from ..dose import build_influence
+from ..dose.influence import join_influence
 from ..evaluate.qa import qa_report
 from ..io import load_dicom, load_matrad, load_npz
 from ..methods.conversion import METHODS, convert_plan, get_machine
@@ -188,7 +187,7 @@ def rtlab_influence(case, beam_index: int, angles: Sequence[float] | None = None
 
     a = _angles(case, angles)
     return build_influence(case, [a[int(beam_index)]], machine=get_machine(standard).source, dose_grid_mm=dose_grid_mm,
-                           cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm, progress=False,
+                           cutoff_mm=cutoff_mm, progress=False,
                            bixel_mm=bixel_mm, gpu=False)
 
 
@@ -203,31 +202,11 @@ def merge_influences(parts):
     Returns
     -------
     InfluenceMatrix
-        Columns beam after beam, as :func:`rtlab.dose.influence.build_influence` of all beams.
+        Columns beam after beam, as :func:`rtlab.dose.influence.build_influence` of all beams
+        (:func:`rtlab.dose.influence.join_influence`: the narrow matrices side by side, the
+        broad Gaussians' node paths joined).
     """
-
-    parts = list(parts)
-    if not parts or not all(isinstance(p, InfluenceMatrix) for p in parts):
-        raise TypeError("parts must be a non-empty list of rtlab.dose.InfluenceMatrix (one per beam)")
-    p0 = parts[0]
-    for i, p in enumerate(parts[1:], 1):
-        if not (p.grid.is_same(p0.grid) and p.ct_grid.is_same(p0.ct_grid) and np.array_equal(p.voxel_index, p0.voxel_index)
-                and p.machine.key() == p0.machine.key() and p.cutoff_mm == p0.cutoff_mm):
-            raise ValueError(f"parts[{i}] was built on other voxels, grid, source or cut-off than parts[0]; "
-                             "build every beam of a case with the same settings")
-    if len(parts) == 1:
-        return p0
-    A = sp.hstack([p.matrix for p in parts], format="csr", dtype=np.float32)
-    A.sort_indices()
-    slices, beams, col = [], [], 0
-    for p in parts:
-        for s, b in zip(p.beamlet_slices, p.beams):
-            slices.append(slice(col + s.start, col + s.stop))
-            beams.append(b)
-        col += p.matrix.shape[1]
-    timings = {k: float(sum(p.timings.get(k, 0.0) for p in parts)) for k in p0.timings}
-    return InfluenceMatrix(A, p0.grid, p0.ct_grid, p0.voxel_index, slices, beams, p0.machine, p0.cutoff_mm,
-                           p0.ct_mask, timings, backend=p0.backend)
+    return join_influence(parts)
 
 
 def plan_from_influence(case, im, objective: str = "conformity", falloff: float | None = None,

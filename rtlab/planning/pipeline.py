@@ -306,7 +306,7 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
         Solver settings (:class:`rtlab.optimize.Solver`; the change rule is patent 000 claim 6).
     machine : rtlab.dose.Machine, optional
     cutoff_mm : float, optional
-        Lateral kernel cut-off (default :data:`rtlab.dose.DEFAULT_CUTOFF_MM`).
+        Lateral cut-off of the sparse influence matrix (default automatic, :func:`rtlab.dose.broad.auto_cutoff_mm`).
     backend : str
         Mat-vec backend (``'numba'``, ``'auto'``, ``'gpu'``, ...).
     progress : bool

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..core.case import Case
-from ..dose import DEFAULT_CUTOFF_MM, build_influence
+from ..dose import build_influence
 from ..dose.operator import PlanOperator
 from ..methods.conformity import ConformityTerm
 from ..optimize import SquaredDeviation
@@ -194,7 +194,7 @@ def prepare_plan(case, angles: Sequence[float] | None = None, objective: str = "
     else:
         angles = angles_for(case, angles)
         im = build_influence(case, angles, machine=machine, dose_grid_mm=settings.dose_grid_mm,
-                             cutoff_mm=DEFAULT_CUTOFF_MM if settings.cutoff_mm is None else settings.cutoff_mm,
+                             cutoff_mm=settings.cutoff_mm,
                              progress=progress, bixel_mm=settings.bixel_mm)
     roi = None if im.grid.is_same(case.grid) else region_of_interest(case, settings.roi_mm)
     op = PlanOperator(im, roi=roi, backend=settings.backend)

@@ -26,7 +26,6 @@ import numpy as np
 
 from .. import planning
 from ..core.case import Case
-from ..dose import DEFAULT_CUTOFF_MM
 from ..planning import PlanSettings
 from .panel import Panel, esc, ipywidgets
 
@@ -99,7 +98,9 @@ class DoseEnginePanel(Panel):
         Initial dose-grid spacing (mm); ``None`` = the CT grid. Values other than the CT grid
         and :data:`DOSE_GRID_CHOICES` are added to the choices.
     cutoff_mm : float, optional
-        Initial lateral kernel cut-off (mm); default :data:`rtlab.dose.DEFAULT_CUTOFF_MM`.
+        Initial lateral cut-off (mm) of the sparse matrix's narrow Gaussians; default (None, shown
+        as 0) automatic (:func:`rtlab.dose.broad.auto_cutoff_mm`; the broad Gaussians are never
+        truncated).
 
     Attributes
     ----------
@@ -110,7 +111,7 @@ class DoseEnginePanel(Panel):
     dose_grid_mm : ipywidgets.Dropdown
         Dose-grid spacing: value ``None`` (CT grid) or mm (``dose_grid`` is its old name).
     cutoff : ipywidgets.BoundedFloatText
-        Lateral cut-off (mm).
+        Lateral cut-off (mm) of the narrow Gaussians; 0 = automatic.
     compute_button : ipywidgets.Button
     progress : ipywidgets.FloatProgress
         0-1 over the stages (build, open-field dose); during the build it creeps towards 0.9
@@ -148,7 +149,6 @@ class DoseEnginePanel(Panel):
         if angles is None:
             angles = case.gantry_angles() or [0.0, 72.0, 144.0, 216.0, 288.0]
         angles = parse_angles(angles)
-        cutoff_mm = DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm
         s = PlanSettings(bixel_mm=bixel_mm, dose_grid_mm=dose_grid_mm, cutoff_mm=cutoff_mm)  # checks them
 
         self.problem = None
@@ -173,16 +173,18 @@ class DoseEnginePanel(Panel):
         self.dose_grid_mm = ipywidgets.Dropdown(options=choices,
                                              value=None if dose_grid_mm is None else float(dose_grid_mm),
                                              description="dose grid", style=style, layout=lay)
-        self.cutoff = ipywidgets.BoundedFloatText(value=float(cutoff_mm), min=5.0, max=200.0, step=5.0,
-                                                  description="lateral cut-off (mm)", style=style, layout=lay)
+        self.cutoff = ipywidgets.BoundedFloatText(value=0.0 if cutoff_mm is None else float(cutoff_mm), min=0.0,
+                                                  max=400.0, step=5.0, description="cut-off (mm, 0 = auto)",
+                                                  style=style, layout=lay)
         self.compute_button = ipywidgets.Button(description="Compute dose", button_style="primary", icon="play",
                                                 tooltip="build the beamlet influence matrix (runs in the background)")
         self.progress = ipywidgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="",
                                                  layout=ipywidgets.Layout(width="260px"))
         self.compute_button.on_click(lambda _b: self.compute())
         help_ = ipywidgets.HTML(
-            "<small>Beamlet influence matrix with the SVD pencil-beam engine. A coarser dose grid and a "
-            "smaller cut-off are faster; the plan is always scored on the CT grid.</small>")
+            "<small>Beamlet influence matrix with the SVD pencil-beam engine (narrow Gaussians in a sparse "
+            "matrix up to the cut-off, broad ones untruncated on node grids). A coarser dose grid is faster; "
+            "the plan is always scored on the CT grid.</small>")
         super().__init__([help_, self.angles_text, self.bixel, self.dose_grid_mm, self.cutoff,
                           ipywidgets.HBox([self.compute_button, self.progress]), self.status, self.out])
 
@@ -208,7 +210,7 @@ class DoseEnginePanel(Panel):
         -------
         dict
             ``angles`` (list of deg), ``bixel_mm``, ``dose_grid_mm`` (mm or None),
-            ``cutoff_mm``.
+            ``cutoff_mm`` (mm, or None for automatic when the box holds 0).
 
         Raises
         ------
@@ -216,8 +218,9 @@ class DoseEnginePanel(Panel):
             Unparseable angles or a non-positive size.
         """
         angles = parse_angles(self.angles_text.value)
+        cut = float(self.cutoff.value)
         s = PlanSettings(bixel_mm=float(self.bixel.value), dose_grid_mm=self.dose_grid_mm.value,
-                         cutoff_mm=float(self.cutoff.value))  # checks them
+                         cutoff_mm=None if cut == 0 else cut)  # checks them
         return {"angles": angles, "bixel_mm": s.bixel_mm, "dose_grid_mm": s.dose_grid_mm, "cutoff_mm": s.cutoff_mm}
 
     # ------------------------------------------------------------------ work
