@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from .catalog import resolve_machine
 from .fluence import FluenceDose
 from .influence import build_influence
 
@@ -13,7 +14,7 @@ __all__ = ["engine_summary"]
 
 
 def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bool = False, cutoff_mm=None,
-                   patch_bixels: int = 5, machine=None) -> dict:
+                   patch_bixels: int = 5, machine=None, return_influence: bool = False):
     """Build the influence matrix and the fluence engine for ``angles`` and time them.
 
     Parameters
@@ -27,8 +28,11 @@ def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bo
         Build and multiply on the CUDA device.
     patch_bixels : int
         Side of the square patch of the patch-update timing (bixels).
-    machine : rtlab.dose.Machine, optional
-        Beam model (default :func:`rtlab.dose.generic_6mv`).
+    machine : rtlab.dose.Machine, str or path-like, optional
+        Beam model: a Machine, a built-in name or a matRad machine file
+        (:func:`rtlab.dose.resolve_machine`; default :func:`rtlab.dose.generic_6mv`).
+    return_influence : bool
+        Also return the (second) influence matrix built.
 
     Returns
     -------
@@ -44,8 +48,12 @@ def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bo
         sparse matrix's, resolved), ``broad_sigma_mm``, ``gpu`` (False, or the GPU mat-vec
         backend), ``build_backend`` (``'cpu'``, or ``'cuda'`` with ``gpu=True``: the influence
         matrix is then counted and filled by the numba.cuda kernels of :mod:`rtlab.dose.gpu`;
-        raises ``ValueError`` without a CUDA device).
+        raises ``ValueError`` without a CUDA device), ``machine`` (the beam model's name),
+        ``isocenter_mm`` (``(z, y, x)`` mm of the first beam; all beams of a case share it unless
+        the case's beams say otherwise), ``beamlets_per_beam``. With ``return_influence``: the
+        tuple ``(dict, InfluenceMatrix)``.
     """
+    machine = resolve_machine(machine)
     kw = dict(dose_grid_mm=dose_grid_mm, cutoff_mm=cutoff_mm, progress=False, bixel_mm=bixel_mm, gpu=bool(gpu),
               machine=machine)
     t0 = time.perf_counter()
@@ -70,11 +78,14 @@ def engine_summary(case, angles, bixel_mm: float = 5, dose_grid_mm=None, gpu: bo
     fd = FluenceDose(case, im.beams, im.machine, dose_grid_mm=dose_grid_mm)
     fd.set_bixel_weights(x)
     pu = fd.time_patch_updates(patch_bixels)
-    return {
+    out = {
         "n_voxels": int(im.shape[0]), "n_beamlets": int(im.shape[1]), "nnz": im.nnz,
         "nnz_narrow": int(im.matrix.nnz), "nnz_broad": int(im.broad.nnz) if im.broad is not None else 0,
         "build_s": round(build, 4), "compile_s": round(max(first - build, 0.0), 3),
         "matvec_ms": matvec_ms, "matvec_scipy_ms": scipy_ms, "patch_update_ms": round(pu, 3),
         "cutoff_mm": float(im.cutoff_mm), "broad_sigma_mm": im.broad_sigma_mm, "gpu": op.backend if gpu else False,
         "build_backend": im.backend, "timings": {k: round(v, 4) for k, v in im.timings.items()},
+        "machine": im.machine.name, "isocenter_mm": [round(float(v), 4) for v in im.beams[0].isocenter],
+        "beamlets_per_beam": [int(sl.stop - sl.start) for sl in im.beamlet_slices],
     }
+    return (out, im) if return_influence else out
