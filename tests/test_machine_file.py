@@ -156,3 +156,34 @@ def test_default_isocentre_is_the_targets_centre_of_mass():
     ref = g.index_to_world(np.argwhere(a | b).mean(axis=0))
     np.testing.assert_allclose(c.isocenter(), ref, atol=1e-9)
     assert np.abs(c.isocenter() - c.structures.targets[0].centroid()).max() > 5.0
+
+
+def test_dose_panel_machine_picker(sphere, mfile, monkeypatch, tmp_path):
+    import rtlab.planning
+    from rtlab.widgets import DoseEnginePanel
+    from rtlab.widgets.dose_panel import MATRAD_FILE
+
+    p = DoseEnginePanel(sphere, angles=[0, 120, 240], dose_grid_mm=6.0)
+    names = [v for _, v in p.machine_choice.options]
+    assert names[:2] == ["generic_6mv", "generic_6mv_v1"] and MATRAD_FILE in names
+    assert p.settings()["machine"].key() == generic_6mv().key()
+    # a file typed into the path box reaches prepare_plan as the fitted Machine (the library call)
+    p.machine_choice.value = MATRAD_FILE
+    with pytest.raises(ValueError, match="type the path"):
+        p.settings()
+    p.machine_file.value = str(tmp_path / "absent.mat")
+    with pytest.raises(ValueError, match="matRad machine file: file .*absent.mat.* does not exist"):
+        p.compute()
+    p.machine_file.value = str(mfile)
+    p.compute(block=True)
+    assert p.problem.influence.machine.name == "small"
+    ref = rtlab.planning.prepare_plan(sphere, angles=[0, 120, 240], dose_grid_mm=6.0, machine=str(mfile))
+    np.testing.assert_allclose(p.dose, ref.operator.dose_ct(ref.x0), rtol=1e-5, atol=1e-5)
+    # constructor: a path preselects the file, a Machine is shown as given
+    q = DoseEnginePanel(sphere, machine=str(mfile))
+    assert q.machine_choice.value == MATRAD_FILE and q.machine_file.value == str(mfile)
+    m = generic_6mv(1)
+    r = DoseEnginePanel(sphere, machine=m)
+    assert r.settings()["machine"] is m
+    with pytest.raises(ValueError, match="does not exist"):
+        DoseEnginePanel(sphere, machine=str(tmp_path / "nope.mat"))
