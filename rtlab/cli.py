@@ -41,6 +41,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import phantoms
@@ -142,8 +143,6 @@ def cmd_phantoms(args) -> int:
 
 def _recompute_dose(args, case, machine):
     """Dose of the plan file's beamlet weights re-computed with ``machine`` (``score --machine-file``)."""
-    import numpy as np
-
     with np.load(args.dose) as z:
         missing = [k for k in ("x", "angles", "bixel_mm") if k not in z.files]
         if missing:
@@ -197,8 +196,6 @@ def cmd_dose(args) -> int:
     out = {"case": case.name, "angles": angles, "bixel_mm": settings.bixel_mm, "dose_grid_mm": settings.dose_grid_mm,
            **out}
     if args.out:
-        import numpy as np
-
         # every beamlet weight 1: Gy per unit weight on the CT grid (z, y, x)
         dose = im.dose(np.ones(im.shape[1]), on="ct")
         save_npz(args.out, dose=dose, grid=case.grid, isocenter_mm=np.asarray(out["isocenter_mm"]),
