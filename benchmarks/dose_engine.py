@@ -6,8 +6,10 @@ Cases (TG-119 C-shape, ``get_phantom('tg119_cshape_easy')``, CT 2.5 x 3 x 3 mm, 
 * ``beams9``: 9 beams at 0:40:320 deg on a 3 mm dose grid.
 
 For each: influence-matrix build time (median of ``--repeats`` builds after a warm-up build;
-``compile_s`` = first build minus that median: numba compilation or cache loading), mat-vec
-``A @ x`` with the numba :class:`rtlab.dose.sparse.DoseOperator` (median) and its effective
+``compile_s`` = first build minus that median: numba compilation or cache loading), the
+engine's dose product ``A_n x + P K x`` as planning runs it (``dose_matvec_ms``,
+:meth:`rtlab.dose.InfluenceMatrix.operator`, numba; ``nnz`` counts both sparse parts), the sparse
+matrix's mat-vec ``A_n @ x`` alone with the numba :class:`rtlab.dose.sparse.DoseOperator` (median) and its effective
 bandwidth (bytes of data + indices + indptr + x + y per second) beside a plain numpy copy and
 a 2-thread numba copy measured in the same run; for ``beams9`` the patch update (5 x 5 bixels on
 each of the 9 beams in one :meth:`rtlab.dose.FluenceDose.patch_update_many` call,
@@ -122,6 +124,11 @@ def bench_case(case, name, repeats, gpu):
         parts.append(im.timings)
     med = float(np.median(builds))
     k = int(np.argsort(builds)[len(builds) // 2])
+    # the engine's dose A_n x + P K x as planning multiplies it (InfluenceOperator, numba) ...
+    eng = im.operator(backend="numba")
+    xe = np.ones(im.shape[1])
+    t_dose = median_time(lambda: eng.matvec(xe), 15, warmup=2)
+    # ... and its sparse matrix alone (the bandwidth figure: bytes of the CSR product per second)
     A = im.matrix
     op = DoseOperator(A, backend="numba")
     x = np.ones(A.shape[1], np.float32)
@@ -132,12 +139,14 @@ def bench_case(case, name, repeats, gpu):
     mv_bw = mv_bytes / t_mv / 1e9
     res = {
         "beams": len(angles), "dose_grid_mm": dose_grid_mm, "rows": int(A.shape[0]), "beamlets": int(A.shape[1]),
-        "nnz": int(A.nnz), "build_backend": im.backend,
+        "nnz": int(im.nnz), "nnz_narrow": int(A.nnz), "nnz_broad": int(im.broad.nnz) if im.broad is not None else 0,
+        "cutoff_mm": float(im.cutoff_mm), "build_backend": im.backend,
         "build_s": round(med, 3), "build_all_s": [round(b, 3) for b in builds],
         "compile_s": round(max(first - med, 0.0), 3),
         "build_cpu_s": round(float(np.median(cpus)), 3),
         "build_cpu_note": "process CPU seconds summed over threads (robust to other load; quiet 2-core wall ~ cpu/2)",
         "parts_s": {kk: round(v, 3) for kk, v in parts[k].items()},
+        "dose_matvec_ms": round(t_dose * 1e3, 3),
         "matvec_ms": round(t_mv * 1e3, 3), "matvec_gbs": round(mv_bw, 2),
         "numpy_copy_gbs": round(np_bw, 2), "numba_copy_gbs": round(nb_bw, 2),
         "matvec_frac_of_numpy_copy": round(mv_bw / np_bw, 3), "matvec_frac_of_numba_copy": round(mv_bw / nb_bw, 3),

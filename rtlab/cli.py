@@ -11,11 +11,17 @@ Subcommands
     :func:`rtlab.evaluate.dose_volume.score_dicom_rt`): structures on the dose grid with
     sub-voxel resolution (or on the CT with ``--ct``), the TPS's DVHSequence figures beside
     rtlab's with the differences.
-``rtlab dose --rtplan FILE (--dicom DIR | --ct DIR | --matrad FILE | --phantom NAME) [--rtdose FILE] [--out RD.dcm] [--json]``
+``rtlab dose --rtplan FILE (--dicom DIR | --ct DIR | --matrad FILE | --phantom NAME) [--rtdose FILE] [--out RD.dcm] [--machine-file FILE] [--json]``
     Re-compute a DICOM RT Plan's dose (:func:`rtlab.planning.recompute_rtplan`) and, with
     ``--rtdose``, its 3D gamma against the plan's RTDOSE (``--gamma 3,3`` in %, mm).
-``rtlab dose (--phantom NAME | --matrad FILE | --dicom DIR) [--angles 0,72,...] [--bixel MM] [--grid MM] [--gpu] [--json]``
-    Build the influence matrix and report sizes and timings.
+``rtlab dose (--phantom NAME | --matrad FILE | --dicom DIR) [--angles 0,72,...] [--bixel MM] [--grid MM] [--gpu] [--machine-file FILE] [--out FILE.npz] [--json]``
+    Build the influence matrix and report sizes, timings, the isocentre and the beamlet count;
+    ``--out`` saves the dose of unit beamlet weights (Gy per unit weight, CT grid).
+
+``--machine-file FILE`` (``dose``, ``plan``, ``batch``, ``score``) names the beam model: a matRad
+photon machine file (:func:`rtlab.dose.load_matrad_machine`) or a built-in name
+(:func:`rtlab.dose.resolve_machine`). ``score --machine-file`` re-computes the dose of a plan file's
+beamlet weights (written by ``plan --out``) with that model before scoring.
 ``rtlab plan (--phantom NAME | --matrad FILE | --dicom DIR) [--angles ...] [--objective conformity|quadratic] [--falloff G] [--control-points] [--grid MM] [--json] [--out FILE.npz]``
     Build the dose, optimise (:func:`rtlab.planning.plan_case`), print timings and the score
     table; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads;
@@ -64,10 +70,11 @@ from ._util import check_output_path, json_safe
 from .batch import run_batch_cli
 from .core.mlc import get_mlc
 from .core.validate import check_angles, check_spacing
-from .dose import engine_summary
+from .dose import build_influence, engine_summary, resolve_machine
 from .evaluate.compare import score, score_summary
 from .evaluate.dose_volume import score_dicom_rt
-from .io import load_dicom, load_dicom_rt, load_dose_npz, load_matrad, load_rtplan, read_rtdose, save_rtdose
+from .io import (load_dicom, load_dicom_rt, load_dose_npz, load_matrad, load_rtplan, read_rtdose, save_npz,
+                 save_rtdose)
 from .methods.deliverable import sequence_plan
 from .methods.gk.plan import gk_summary
 from .planning import OBJECTIVES, PlanSettings, export_plan_dicom, gamma_against, plan_case, recompute_rtplan
@@ -103,6 +110,22 @@ def _settings(**kw) -> PlanSettings:
             if msg.startswith(name + " "):
                 raise CLIError(f"{flag} ({name}) {msg[len(name):].lstrip()}") from None
         raise CLIError(msg) from None
+
+
+def _machine(args):
+    """The beam model of ``--machine-file`` (a matRad photon machine file or a built-in name), or None."""
+    f = getattr(args, "machine_file", None)
+    if f is None:
+        return None
+    try:
+        return resolve_machine(f, "--machine-file")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _add_machine_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--machine-file", metavar="FILE", help=f"beam model {what}: a matRad photon machine file "
+                   "(photons_<name>.mat) or a built-in name (generic_6mv, generic_6mv_v1); default generic_6mv")
 
 
 def _parse_floats(text: str, what: str) -> list[float]:
@@ -197,6 +220,23 @@ def cmd_phantoms(args) -> int:
     return 0
 
 
+def _recompute_dose(args, case, machine):
+    """Dose of the plan file's beamlet weights re-computed with ``machine`` (``score --machine-file``)."""
+    with np.load(args.dose) as z:
+        missing = [k for k in ("x", "angles", "bixel_mm") if k not in z.files]
+        if missing:
+            raise CLIError(f"--machine-file re-computes the dose from the plan's beamlet weights, but {args.dose} "
+                           f"lacks {missing}; write it with `rtlab plan ... --out FILE.npz`")
+        x, angles, bixel = np.asarray(z["x"], float), [float(a) for a in z["angles"]], float(z["bixel_mm"])
+        grid = float(z["dose_grid_mm"]) if "dose_grid_mm" in z.files else float("nan")
+    im = build_influence(case, angles, machine=machine, bixel_mm=bixel, dose_grid_mm=None if np.isnan(grid) else grid,
+                         progress=False)
+    if x.size != im.shape[1]:
+        raise CLIError(f"{args.dose} holds {x.size} beamlet weights but this case and angles have {im.shape[1]} "
+                       "beamlets; was the plan made on another case?")
+    return im.dose(x, on="ct")
+
+
 def cmd_score(args) -> int:
     _positive("--rx", args.rx, "Gy")
     if args.rtdose or args.rtstruct:
@@ -209,7 +249,13 @@ def cmd_score(args) -> int:
     _check_case_source(args)
     case = load_case(args)
     dose = load_dose_npz(args.dose, expected_shape=case.grid.shape)
+    machine = _machine(args)
+    stored = None
+    if machine is not None:
+        stored, dose = dose, _recompute_dose(args, case, machine)
     out = score_summary(case, dose, args.rx)
+    if stored is not None:
+        out.update(recomputed_with=machine.name, dose_change_max_gy=round(float(abs(dose - stored).max()), 4))
     if args.json:
         print(json.dumps(out))
         return 0
@@ -259,7 +305,7 @@ def cmd_dose_rtplan(args) -> int:
     plan = load_rtplan(args.rtplan, mlc=args.mlc)
     case = load_case(args)
     grid = read_rtdose(args.rtdose).grid if (args.rtdose and args.dose_grid_mm is None) else args.dose_grid_mm
-    rc = recompute_rtplan(plan, case, dose_grid=grid, progress=not args.json and sys.stderr.isatty())
+    rc = recompute_rtplan(plan, case, machine=_machine(args), dose_grid=grid, progress=not args.json and sys.stderr.isatty())
     out = {"case": case.name, "rtplan": str(args.rtplan), "beams": len(plan.beams), "fractions": plan.fractions,
            "mu_per_fraction": plan.mu_per_fraction, "dose_max_gy": float(rc.dose.max()),
            "grid_shape": list(rc.grid.shape), "grid_spacing_mm": list(rc.grid.spacing),
@@ -298,25 +344,39 @@ def _angles(args, case, given: list[float] | None = None) -> list[float]:
 def cmd_dose(args) -> int:
     if args.rtplan:
         return cmd_dose_rtplan(args)
-    if args.rtdose or args.out:
-        raise CLIError("--rtdose and --out go with --rtplan FILE")
+    if args.rtdose:
+        raise CLIError("--rtdose goes with --rtplan FILE")
+    if args.out is not None:
+        try:
+            check_output_path(args.out, "--out", suffix=".npz")
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     settings = _settings(bixel_mm=args.bixel, dose_grid_mm=args.dose_grid_mm, cutoff_mm=args.cutoff)
     given = _parse_angles(args.angles)
     _check_case_source(args)
     case = load_case(args)
     angles = _angles(args, case, given)
-    out = engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm, gpu=args.gpu,
-                         cutoff_mm=settings.cutoff_mm)
+    out, im = engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm,
+                             gpu=args.gpu, cutoff_mm=settings.cutoff_mm, machine=_machine(args), return_influence=True)
     out = {"case": case.name, "angles": angles, "bixel_mm": settings.bixel_mm, "dose_grid_mm": settings.dose_grid_mm,
            **out}
+    if args.out:
+        # every beamlet weight 1: Gy per unit weight on the CT grid (z, y, x)
+        dose = im.dose(np.ones(im.shape[1]), on="ct")
+        save_npz(args.out, dose=dose, grid=case.grid, isocenter_mm=np.asarray(out["isocenter_mm"]),
+                 angles=np.asarray(angles, float), bixel_mm=np.asarray(settings.bixel_mm))
+        out["out"] = str(args.out)
+        out["dose_max_gy_per_unit_weight"] = round(float(dose.max()), 6)
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0
     print(f"{case.name}: {len(angles)} beams at {', '.join(f'{a:g}' for a in angles)} deg, "
           f"{settings.bixel_mm:g} mm bixels, dose grid {settings.dose_grid_mm or 'CT'} mm")
-    for k in ("n_voxels", "n_beamlets", "nnz", "build_s", "compile_s", "matvec_ms", "matvec_scipy_ms",
-              "patch_update_ms", "cutoff_mm", "gpu"):
+    for k in ("machine", "isocenter_mm", "n_voxels", "n_beamlets", "nnz", "build_s", "compile_s", "matvec_ms",
+              "matvec_scipy_ms", "patch_update_ms", "cutoff_mm", "gpu"):
         print(f"  {k:<16} {out[k]}")
+    if args.out:
+        print(f"  unit-weight dose saved to {args.out} (max {out['dose_max_gy_per_unit_weight']} Gy per unit weight)")
     return 0
 
 
@@ -352,13 +412,14 @@ def cmd_plan(args) -> int:
     angles = _angles(args, case, given)
     if not angles:
         raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
-    res = plan_case(case, angles, settings=settings, progress=not args.json and sys.stderr.isatty())
+    machine = _machine(args)
+    res = plan_case(case, angles, settings=settings, machine=machine, progress=not args.json and sys.stderr.isatty())
     out = score_summary(case, res.dose, settings.rx)
     t = res.timings
     out.update(build_s=round(t["build_s"], 3), optimize_s=round(t["optimize_s"], 3), iterations=int(t["iterations"]),
                mu_total=round(res.mu_total, 1), status=t["status"], objective=settings.objective, angles=angles,
                falloff_gy_per_mm=settings.falloff_gy_per_mm, control_points=settings.control_points,
-               dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm)
+               dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm, machine_model=res.influence.machine.name)
     seq = None
     if args.sequence:
         fractions = max(1, int(round((case.prescription or settings.rx or 2.0) / 2.0)))
@@ -487,6 +548,10 @@ def cmd_batch(args) -> int:
     kw = dict(policy=args.policy, max_qa_attempts=args.qa_attempts, dashboard_address=dash)
     if args.fanout is not None:
         kw["fanout"] = args.fanout
+    if args.machine_file is not None:
+        _machine(args)  # fail here, before any worker starts, on a missing or broken file
+        opts["machine_file"] = str(Path(args.machine_file).resolve()) if Path(args.machine_file).is_file() \
+            else args.machine_file
     quiet = bool(args.json)
     summary = run_batch_cli(args.cases, args.machines, args.scheduler, args.workers, args.out, spacing=args.spacing,
                             stage_options=opts, progress=not quiet and sys.stderr.isatty(), verbose=not quiet, **kw)
@@ -519,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--supersample", type=int, metavar="S",
                     help="with --rtdose: in-plane sub-pixels per dose voxel and axis (default: >= 5, at most 1 mm)")
     sp.add_argument("--rx", type=float, metavar="GY", help="prescription for CI/GI/HI (default: the case's)")
+    _add_machine_arg(sp, "to re-compute the dose with from the plan file's beamlet weights (a file written by "
+                     "`rtlab plan --out`) before scoring")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_score)
 
@@ -529,14 +596,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gamma", default="3,3", metavar="PCT,MM", help="with --rtdose: gamma criterion (default 3,3)")
     sp.add_argument("--normalise", action="store_true", help="with --rtdose: scale to its maximum first (shape only)")
     sp.add_argument("--mlc", metavar="NAME", help="with --rtplan: MLC model when the plan lacks LeafPositionBoundaries")
-    sp.add_argument("--out", metavar="FILE.dcm", help="with --rtplan: save the re-computed dose as an RTDOSE")
     sp.add_argument("--angles", metavar="DEG,...", help="gantry angles (default: the case's suggested beams)")
     sp.add_argument("--bixel", type=float, default=5.0, metavar="MM", help="bixel size (default 5 mm)")
     sp.add_argument("--grid", "--dose-grid-mm", dest="dose_grid_mm", type=float, metavar="MM",
                     help="dose-grid spacing dose_grid_mm (default: the CT grid)")
     sp.add_argument("--cutoff", type=float, metavar="MM", help="lateral kernel cut-off (default: the engine's)")
     sp.add_argument("--gpu", action="store_true", help="use the CUDA mat-vec path (fails without a device)")
-    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_machine_arg(sp, "")
+    sp.add_argument("--out", metavar="FILE", help="save the dose of unit beamlet weights as FILE.npz (array `dose`, "
+                    "Gy per unit weight, CT grid (z, y, x)) with the isocentre; with --rtplan: the re-computed dose "
+                    "as an RTDOSE FILE.dcm")
+    sp.add_argument("--json", action="store_true", help="print one JSON object (with isocentre and beamlet count)")
     sp.set_defaults(func=cmd_dose)
 
     sp = sub.add_parser("plan", help="build the dose, optimise and score a plan")
@@ -556,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sequence the optimised fluence into MLC leaf motions (sliding window or step-and-shoot)")
     sp.add_argument("--machine", metavar="NAME",
                     help="MLC model for --sequence (default generic_5mm_60; see rtlab.core.mlc.list_mlcs)")
+    _add_machine_arg(sp, "of the dose engine")
     sp.add_argument("--out", metavar="FILE.npz", help="save the dose (array `dose`, Gy, CT grid) for `rtlab score`")
     sp.add_argument("--rtplan-out", metavar="FILE.dcm", help="with --sequence: write the plan as a DICOM RT Plan "
                     "(CT, RTSTRUCT and RTDOSE beside it)")
@@ -600,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--policy", default="shortest_queue", choices=("idle", "shortest_queue"),
                     help="machine choice by congestion when --fanout is less than the machines")
     sp.add_argument("--qa-attempts", type=int, default=2, metavar="N", help="conversions tried per plan until QA passes")
+    _add_machine_arg(sp, "of the standard plans (the conversion targets keep their own sources)")
     sp.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     sp.set_defaults(func=cmd_batch)
 

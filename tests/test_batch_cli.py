@@ -26,6 +26,7 @@ def test_per_beam_influence_and_plan_equal_plan_case():
     im = merge_influences(parts)
     full = build_influence(case, ANGLES, machine=get_machine("standard").source, progress=False, gpu=False)
     assert im.shape == full.shape and (im.matrix != full.matrix).nnz == 0
+    assert (im.broad.P != full.broad.P).nnz == 0 and im.broad.n_nodes == full.broad.n_nodes
     assert im.beamlet_slices == full.beamlet_slices
     p = plan_from_influence(case, im, max_iter=8)
     q = plan_case(case, ANGLES, machine=get_machine("standard").source, max_iter=8)

@@ -23,7 +23,7 @@ def plan():
     r = lambda n: rows_for(S[n], im.voxel_index)  # noqa: E731
     obj = Objective([SquaredUnderdose(r("PTV"), 50, 100, "ptv_min"), SquaredOverdose(r("PTV"), 53, 50, "ptv_max"),
                      SquaredOverdose(r("Core"), 20, 10, "core"), SquaredOverdose(r("Body"), 30, 1, "body")])
-    x = solve(im.matrix, obj, max_iter=80).x
+    x = solve(im.operator(), obj, max_iter=80).x
     return case, im, x
 
 

@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent(
     from rtlab.planning import plan_case
     case = get_phantom("tg119_cshape_easy", spacing=8.0)
     p = plan_case(case, [0, 120, 240], "conformity", max_iter=8, dose_grid_mm=8.0)
-    out["influence"] = h(p.influence.matrix.data, p.influence.matrix.indices)
+    out["influence"] = h(p.influence.matrix.data, p.influence.matrix.indices, p.influence.broad.P.data,
+                         p.influence.broad.P.indices)
     out["plan"] = h(p.x, p.dose)
 
     import rtlab.dose.pointkernel as pk

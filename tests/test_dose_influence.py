@@ -17,7 +17,7 @@ def box():
 
 
 def test_numba_matches_numpy_reference(box):
-    im = build_influence(box, [0, 90], cutoff_mm=25.0, progress=False)
+    im = build_influence(box, [0, 90], cutoff_mm=25.0, progress=False, broad_sigma_mm=None)  # all in the matrix
     assert isinstance(im.matrix, sp.csr_matrix) and im.matrix.dtype == np.float32
     pts = box.grid.index_to_world(np.stack(np.unravel_index(im.voxel_index, box.grid.shape), 1))
     for b, beam in enumerate(im.beams):
@@ -162,7 +162,7 @@ def test_holey_bixel_mask_matches_numpy_reference(box):
     mask[3, :] = False  # empty row
     mask[4, ::2] = False  # four one-bixel runs
     beam = Beam(30.0, bixels=BixelGrid(5.0, -3, -3, mask))
-    im = build_influence(box, [beam], cutoff_mm=18.0, progress=False, gpu=False)
+    im = build_influence(box, [beam], cutoff_mm=18.0, progress=False, gpu=False, broad_sigma_mm=None)
     pts = box.grid.index_to_world(np.stack(np.unravel_index(im.voxel_index, box.grid.shape), 1))
     bv = beam_voxels(box, im.beams[0], im.machine, pts, 18.0)
     comp, sig, w = im.machine.gaussians()

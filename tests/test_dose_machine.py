@@ -90,12 +90,21 @@ def test_load_matrad_machine(tmp_path):
     # fitted kernels reproduce the integrals (2, 0.3, 0.15) and the tabulated shape
     comp, sig, w = m.gaussians(1000.0)
     for i, tot in enumerate((2.0, 0.3, 0.15)):
-        assert abs(w[comp == i].sum() - tot) < 0.06 * tot  # NNLS on a fixed 14-width basis
-    # the fitted kernel (without penumbra) of component 2 at r = 10 mm matches the table
+        assert abs(w[comp == i].sum() - tot) < 0.06 * tot
+    # and exactly the mass matRad's 0.5 mm grid sees in the table (its linear interpolation adds ~2 % to the
+    # narrow 1 mm Gaussian of kernel 1)
+    from rtlab.dose.machine import encircled_mass
+    pos = np.arange(0.0, 180.0, 0.5)
+    tabs = (2.0 * np.exp(-pos**2 / 2) / (2 * np.pi), 0.3 * np.exp(-pos**2 / 200) / (200 * np.pi),
+            0.1 * np.exp(-pos**2 / 1800) / (1800 * np.pi) + 0.05 * np.exp(-pos**2 / 50) / (50 * np.pi))
+    for i, t in enumerate(tabs):
+        assert w[comp == i].sum() == pytest.approx(encircled_mass(pos, t, [pos[-1]])[0], rel=2e-3)
+    # the fitted kernel (without penumbra) of component 2 at r = 20 mm matches the table; the point
+    # mass (matRad's r = 0 cell, now a Gaussian of the penumbra's width) adds nothing at 20 mm
     sp = 4.0 / 2.3548
     r = 20.0
     k2 = sum(c * np.exp(-r**2 / (2 * (s * s - sp * sp))) / (2 * np.pi * (s * s - sp * sp))
-             for s, c in zip(sig[comp == 1], w[comp == 1]))
+             for s, c in zip(sig[comp == 1], w[comp == 1]) if s > sp * (1 + 1e-9))
     ref = 0.3 * np.exp(-r**2 / 200) / (2 * np.pi * 100)
     assert abs(k2 - ref) < 0.1 * ref
 

@@ -299,6 +299,9 @@ def test_callback_events_and_outputs(case):
     assert np.isfinite(df["mu"].iloc[0]) and df["mu"].iloc[0] > 0
     plan = s.to_plan()
     assert plan.weights.size == plan.n_beamlets and np.all(plan.weights >= 0)
+    # a cut-off that holds the whole lateral kernel: this compares the bixel averaging only (the
+    # default 40 mm cut-off drops ~6 % of the commissioned machine's scatter, docs/dose_engine.md)
+    plan.cutoff_mm = 4 * plan.machine.max_sigma()
     pd_ = plan.dose()
     assert np.abs(pd_ - s.dose)[s.target_mask].mean() < 0.03 * s.reference_gy
 

@@ -66,11 +66,10 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..core.case import Case
-from ..dose import DEFAULT_CUTOFF_MM, build_influence
-from ..dose.influence import InfluenceMatrix
+from ..dose import build_influence, resolve_machine
+from ..dose.influence import join_influence
 from ..evaluate.qa import qa_report
 from ..io import load_dicom, load_matrad, load_npz
 from ..methods.conversion import METHODS, convert_plan, get_machine
@@ -169,8 +168,22 @@ def rtlab_n_beams(case, angles: Sequence[float] | None = None) -> int:
     return len(_angles(case, angles))
 
 
+def standard_treatment_machine(standard="standard", machine_file=None):
+    """The standard treatment machine, its source replaced by ``machine_file``'s beam model when given.
+
+    ``machine_file``: a matRad photon machine file or built-in beam-model name
+    (:func:`rtlab.dose.resolve_machine`; loaded once per worker process); the MLC stays the
+    standard machine's. Returns a :class:`rtlab.methods.conversion.TreatmentMachine`.
+    """
+    std = get_machine(standard)
+    if machine_file is None:
+        return std
+    return replace(std, source=resolve_machine(machine_file, "machine_file"))
+
+
 def rtlab_influence(case, beam_index: int, angles: Sequence[float] | None = None, bixel_mm: float = 5.0,
-                    dose_grid_mm: float | None = None, cutoff_mm: float | None = None, standard: str = "standard"):
+                    dose_grid_mm: float | None = None, cutoff_mm: float | None = None, standard: str = "standard",
+                    machine_file=None):
     """Default ``influence``: the influence matrix of beam ``beam_index`` on the standard machine.
 
     Parameters
@@ -184,11 +197,14 @@ def rtlab_influence(case, beam_index: int, angles: Sequence[float] | None = None
         As in :func:`rtlab.planning.plan_case` (mm).
     standard : str
         The standard machine (:mod:`rtlab.methods.conversion.machines`); its source computes the dose.
+    machine_file : str, optional
+        A matRad machine file (or built-in beam-model name) replacing the standard machine's
+        source (:func:`standard_treatment_machine`).
     """
 
     a = _angles(case, angles)
-    return build_influence(case, [a[int(beam_index)]], machine=get_machine(standard).source, dose_grid_mm=dose_grid_mm,
-                           cutoff_mm=DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm, progress=False,
+    return build_influence(case, [a[int(beam_index)]], machine=standard_treatment_machine(standard, machine_file).source, dose_grid_mm=dose_grid_mm,
+                           cutoff_mm=cutoff_mm, progress=False,
                            bixel_mm=bixel_mm, gpu=False)
 
 
@@ -203,31 +219,11 @@ def merge_influences(parts):
     Returns
     -------
     InfluenceMatrix
-        Columns beam after beam, as :func:`rtlab.dose.influence.build_influence` of all beams.
+        Columns beam after beam, as :func:`rtlab.dose.influence.build_influence` of all beams
+        (:func:`rtlab.dose.influence.join_influence`: the narrow matrices side by side, the
+        broad Gaussians' node paths joined).
     """
-
-    parts = list(parts)
-    if not parts or not all(isinstance(p, InfluenceMatrix) for p in parts):
-        raise TypeError("parts must be a non-empty list of rtlab.dose.InfluenceMatrix (one per beam)")
-    p0 = parts[0]
-    for i, p in enumerate(parts[1:], 1):
-        if not (p.grid.is_same(p0.grid) and p.ct_grid.is_same(p0.ct_grid) and np.array_equal(p.voxel_index, p0.voxel_index)
-                and p.machine.key() == p0.machine.key() and p.cutoff_mm == p0.cutoff_mm):
-            raise ValueError(f"parts[{i}] was built on other voxels, grid, source or cut-off than parts[0]; "
-                             "build every beam of a case with the same settings")
-    if len(parts) == 1:
-        return p0
-    A = sp.hstack([p.matrix for p in parts], format="csr", dtype=np.float32)
-    A.sort_indices()
-    slices, beams, col = [], [], 0
-    for p in parts:
-        for s, b in zip(p.beamlet_slices, p.beams):
-            slices.append(slice(col + s.start, col + s.stop))
-            beams.append(b)
-        col += p.matrix.shape[1]
-    timings = {k: float(sum(p.timings.get(k, 0.0) for p in parts)) for k in p0.timings}
-    return InfluenceMatrix(A, p0.grid, p0.ct_grid, p0.voxel_index, slices, beams, p0.machine, p0.cutoff_mm,
-                           p0.ct_mask, timings, backend=p0.backend)
+    return join_influence(parts)
 
 
 def plan_from_influence(case, im, objective: str = "conformity", falloff: float | None = None,
@@ -283,7 +279,8 @@ def _qa_dict(qa) -> dict:
 
 def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "fluence", max_iter: int = 50,
                   attempts_per_task: int = 2, escalate: float = 2.0, tighten: float = 4.0,
-                  qa_kwargs: Mapping | None = None, standard_machine: str = "standard", **convert_options) -> dict:
+                  qa_kwargs: Mapping | None = None, standard_machine: str = "standard", machine_file=None,
+                  **convert_options) -> dict:
     """Default ``convert``: :func:`rtlab.methods.conversion.convert_plan` of the standard plan.
 
     Parameters
@@ -303,6 +300,8 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
         DVH and fidelity weights by ``tighten**attempt``.
     qa_kwargs : dict, optional
         :func:`rtlab.evaluate.qa.qa_report` settings (criteria, thresholds, max_dvh_diff_gy).
+    machine_file : str, optional
+        The standard plan's beam model (:func:`standard_treatment_machine`).
 
     Returns
     -------
@@ -318,7 +317,8 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
     opts = dict(isodose_weight=1.0 * f, dvh_weight=1.0 * f, fidelity_weight=0.1 * f)
     opts.update(convert_options)
     n_iter = int(round(max_iter * float(escalate) ** k))
-    r = convert_plan(case, standard["x"], standard["im"], machine, standard_machine, method=method,
+    std = standard_treatment_machine(standard_machine, machine_file)
+    r = convert_plan(case, standard["x"], standard["im"], machine, std, method=method,
                      max_iter=n_iter, max_attempts=int(attempts_per_task), tighten=tighten,
                      qa_kwargs=dict(qa_kwargs or {}), **opts)
     hist = [{kk: v for kk, v in a.items() if kk != "time_s"} for a in r.attempts]
@@ -387,7 +387,8 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
                  dose_grid_mm: float | None = None, cutoff_mm: float | None = None, objective: str = "conformity",
                  max_iter: int = 50, convert_method: str = "fluence", convert_max_iter: int = 50,
                  attempts_per_task: int = 2, escalate: float = 2.0, tighten: float = 4.0,
-                 qa_kwargs: Mapping | None = None, standard: str = "standard", **plan_options) -> Stages:
+                 qa_kwargs: Mapping | None = None, standard: str = "standard", machine_file=None,
+                 **plan_options) -> Stages:
     """rtlab's real stages with one set of settings (see the module docstring).
 
     Parameters
@@ -404,11 +405,15 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
         :func:`rtlab.evaluate.qa.qa_report` settings for conversion and QA.
     standard : str
         The standard machine's name.
+    machine_file : str, optional
+        Beam model of the standard plans: a matRad photon machine file or a built-in name
+        (``rtlab batch --machine-file``); the standard machine's MLC is kept, and conversion
+        targets keep their own sources. The path travels to the workers, which load it once.
     **plan_options
         Further :func:`plan_from_influence` options (``rx``, ``roi_mm``, ``recipe``, ``falloff``, ...).
     """
 
-    get_machine(standard)  # fail early on an unknown name
+    standard_treatment_machine(standard, machine_file)  # fail early on an unknown name or a broken file
     if convert_method not in METHODS:
         raise ValueError(f"convert_method must be one of {METHODS}, got {convert_method!r}")
     for name, v in (("max_iter", max_iter), ("convert_max_iter", convert_max_iter),
@@ -423,11 +428,11 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
         load=partial(rtlab_load, spacing=spacing),
         n_beams=partial(rtlab_n_beams, angles=a),
         influence=partial(rtlab_influence, angles=a, bixel_mm=bixel_mm, dose_grid_mm=dose_grid_mm,
-                          cutoff_mm=cutoff_mm, standard=standard),
+                          cutoff_mm=cutoff_mm, standard=standard, machine_file=machine_file),
         optimize=partial(rtlab_optimize, objective=objective, max_iter=int(max_iter), **plan_options),
         convert=partial(rtlab_convert, method=convert_method, max_iter=int(convert_max_iter),
                         attempts_per_task=int(attempts_per_task), escalate=escalate, tighten=tighten,
-                        qa_kwargs=qk, standard_machine=standard),
+                        qa_kwargs=qk, standard_machine=standard, machine_file=machine_file),
         qa=partial(rtlab_qa, qa_kwargs=qk),
     )
 

@@ -70,7 +70,7 @@ class BeamSpec:
     couch : float
         Couch angle in degrees.
     isocenter : tuple of float, optional
-        ``(z, y, x)`` in mm; ``None`` means the centroid of the (first) target.
+        ``(z, y, x)`` in mm; ``None`` means the case's default (:meth:`Case.isocenter`).
     """
 
     gantry: float
@@ -145,13 +145,23 @@ class Case:
         return [b.gantry for b in self.beams]
 
     def isocenter(self) -> np.ndarray:
-        """Default isocentre ``(z, y, x)`` mm: the first beam's, else the first target's centroid."""
+        """Default isocentre ``(z, y, x)`` mm: the first beam's, else the targets' centre of mass.
+
+        The centre of mass is that of the union of all target voxels (each voxel counted once),
+        matRad's default (``matRad_getIsoCenter``); for one target it is its centroid. A case
+        without targets gets the grid centre.
+        """
         for b in self.beams:
             if b.isocenter is not None:
                 return np.asarray(b.isocenter, float)
-        t = self.structures.targets
+        t = [s for s in self.structures.targets if s.mask.any()]
         if t:
-            return t[0].centroid()
+            if len(t) == 1:
+                return t[0].centroid()
+            m = np.zeros(self.grid.shape, bool)
+            for s in t:
+                m |= s.mask
+            return self.grid.index_to_world(np.argwhere(m).mean(axis=0))
         return self.grid.center
 
     def summary(self) -> str:

@@ -3,6 +3,7 @@
 See ``docs/dose_engine.md``. Public API:
 
 * :class:`Machine`, :func:`generic_6mv`, :func:`load_matrad_machine` -- beam model;
+* :func:`resolve_machine`, :func:`list_dose_machines` -- a beam model by built-in name or matRad file;
 * :func:`radiological_depth`, :func:`fan_depth` -- Siddon ray tracing;
 * :func:`build_influence` -> :class:`InfluenceMatrix` -- beamlet dose matrix (float32 CSR);
 * :class:`PlanOperator` -- weights to the dose an objective sees (CT-grid rows + dose-grid rows);
@@ -17,6 +18,7 @@ Nothing here knows about optimisation. Submodules with optional dependencies (``
 on first use.
 """
 
+from .catalog import BUILTIN_MACHINES, list_dose_machines, resolve_machine
 from .engine import DoseEngine, PatchDoseEngine
 from .fluence import FluenceDose
 from .influence import DEFAULT_CUTOFF_MM, InfluenceMatrix, build_influence
@@ -31,6 +33,7 @@ from .voxels import resolve_dose_grid
 
 __all__ = [
     "Machine", "generic_6mv", "load_matrad_machine", "depth_components",
+    "resolve_machine", "list_dose_machines", "BUILTIN_MACHINES",
     "radiological_depth", "fan_depth",
     "InfluenceMatrix", "build_influence", "DEFAULT_CUTOFF_MM", "resolve_dose_grid",
     "PlanOperator", "FluenceDose", "PointKernelDose", "DoseEngine", "PatchDoseEngine",

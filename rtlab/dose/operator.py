@@ -1,12 +1,18 @@
-"""The evaluation operator of a plan: beamlet weights to the dose an objective sees.
+"""The evaluation operators of a plan: beamlet weights to the dose at the rows, and to what an objective sees.
+
+:class:`InfluenceOperator` is an influence matrix's dose at its rows as a fast linear operator:
+``d = A_n x + P K x`` (the narrow sparse matrix plus the broad Gaussians' node path of
+:mod:`rtlab.dose.broad`), both sparse products on a :class:`~rtlab.dose.sparse.DoseOperator`
+(numba on the CPU, cuSPARSE / numba.cuda on a GPU), the node convolution ``K x`` on the host.
 
 With a dose grid coarser than the CT grid, objectives and scores are evaluated on the CT grid:
 the CT-grid dose is the trilinear interpolation of the dose-grid dose, ``d_ct = R A x`` with
 ``R`` the sparse interpolation matrix of :func:`rtlab.core.geometry.trilinear_matrix` (8
 non-zeros per CT voxel, the same interpolation as :func:`rtlab.core.geometry.resample`, order 1).
 :class:`PlanOperator` applies ``E x = [R_roi A x ; A x]``: the CT voxels of a region of interest
-followed by every dose-grid row; its adjoint is ``A^T (R_roi^T g_ct + g_dose)``. Both products
-run on the numba :class:`~rtlab.dose.sparse.DoseOperator`. On the CT grid itself ``E = A``.
+followed by every dose-grid row; its adjoint is ``A^T (R_roi^T g_ct + g_dose)``. On the CT grid
+itself ``E = A``. :class:`ComposedOperator` is ``E M`` for a parameter map ``x = M y`` (plan
+conversion optimises leaf positions ``y``).
 """
 
 from __future__ import annotations
@@ -15,9 +21,110 @@ import numpy as np
 
 from ..core.geometry import trilinear_matrix
 from ..core.selection import rows_for
-from .sparse import DoseOperator
+from .sparse import DoseOperator, is_device_array
 
-__all__ = ["PlanOperator", "trilinear_matrix"]
+__all__ = ["PlanOperator", "InfluenceOperator", "ComposedOperator", "trilinear_matrix"]
+
+
+class InfluenceOperator:
+    """``d = A_n x + P K x``: an :class:`~rtlab.dose.InfluenceMatrix`'s dose at its rows, fast.
+
+    Parameters
+    ----------
+    influence : rtlab.dose.InfluenceMatrix
+    backend : str
+        :class:`rtlab.dose.sparse.DoseOperator` backend of both sparse parts (default ``'numba'``).
+    check : bool
+        Check inputs for NaN/inf (see :class:`~rtlab.dose.sparse.DoseOperator`).
+
+    Attributes
+    ----------
+    shape : (n_rows, n_beamlets)
+    nnz : int
+        Stored entries of both sparse parts.
+    backend : str
+    """
+
+    def __init__(self, influence, backend: str = "numba", check: bool = True):
+        self.influence = influence
+        self.A = DoseOperator(influence.matrix, backend=backend, check=check)
+        self.broad = influence.broad
+        self.P = None if self.broad is None else DoseOperator(self.broad.P, backend=backend, check=check)
+        self.backend = self.A.backend
+        self.shape = tuple(influence.matrix.shape)
+
+    def __repr__(self) -> str:
+        return f"InfluenceOperator(shape={self.shape}, nnz={self.nnz}, backend={self.backend!r})"
+
+    @property
+    def nnz(self) -> int:
+        return self.A.nnz + (self.P.nnz if self.P is not None else 0)
+
+    def prepare_transpose(self) -> "InfluenceOperator":
+        """Build the transposes now (see :meth:`rtlab.dose.sparse.DoseOperator.prepare_transpose`)."""
+        self.A.prepare_transpose()
+        if self.P is not None:
+            self.P.prepare_transpose()
+        return self
+
+    def _host(self, v, name):
+        if self.P is not None and is_device_array(v):
+            raise TypeError(f"{name} is a device array; the node path needs host arrays (numpy): the GPU "
+                            "backends still run both sparse products on the device")
+        return v
+
+    def matvec(self, x, out=None) -> np.ndarray:
+        """Dose ``A_n x + P K x`` (Gy, float32, one value per row; host arrays in and out)."""
+        x = self._host(x, "x")
+        y = self.A.matvec(x, out=out)
+        if self.P is not None:
+            y += self.P.matvec(self.broad.nodes(x).astype(np.float32))
+        return y
+
+    def rmatvec(self, g, out=None) -> np.ndarray:
+        """``A_n^T g + K^T P^T g`` (float64, one value per beamlet)."""
+        g = self._host(g, "g")
+        r = self.A.rmatvec(g, out=out)
+        if self.P is not None:
+            r += self.broad.nodes_adjoint(self.P.rmatvec(g))
+        return r
+
+    def __matmul__(self, x):
+        return self.matvec(x)
+
+    def compose(self, M) -> "ComposedOperator":
+        """``self @ M`` for a (sparse) matrix ``M`` of shape ``(n_beamlets, n_params)``."""
+        return ComposedOperator(self, M)
+
+
+class ComposedOperator:
+    """``E M``: an operator with ``matvec`` / ``rmatvec`` composed with a matrix ``M`` (``x = M y``).
+
+    ``matvec(y) = E (M y)``, ``rmatvec(g) = M^T (E^T g)``; ``compose`` chains further maps
+    (``(E M) S = E (M S)``).
+    """
+
+    def __init__(self, op, M):
+        if M.ndim != 2 or M.shape[0] != op.shape[1]:
+            raise ValueError(f"M has shape {M.shape}; it must map parameters to the operator's {op.shape[1]} columns")
+        self.op = op
+        self.M = M
+        self.shape = (op.shape[0], M.shape[1])
+
+    def __repr__(self) -> str:
+        return f"ComposedOperator(shape={self.shape}, inner={self.op!r})"
+
+    def matvec(self, y) -> np.ndarray:
+        return self.op.matvec(np.asarray(self.M @ np.asarray(y, np.float64), np.float64).ravel())
+
+    def rmatvec(self, g) -> np.ndarray:
+        return np.asarray(self.M.T @ np.asarray(self.op.rmatvec(g), np.float64), np.float64).ravel()
+
+    def __matmul__(self, y):
+        return self.matvec(y)
+
+    def compose(self, S) -> "ComposedOperator":
+        return ComposedOperator(self.op, self.M @ S)
 
 
 class PlanOperator:
@@ -34,6 +141,8 @@ class PlanOperator:
 
     Attributes
     ----------
+    A : InfluenceOperator
+        The dose-grid rows ``A x`` (narrow matrix plus node path).
     shape : (n_eval, n_beamlets)
     n_ct : int
         Number of CT-voxel rows (first rows of ``E x``).
@@ -43,7 +152,7 @@ class PlanOperator:
 
     def __init__(self, influence, roi=None, backend: str = "numba"):
         self.influence = influence
-        self.A = DoseOperator(influence.matrix, backend=backend)
+        self.A = InfluenceOperator(influence, backend=backend)
         self.A.prepare_transpose()
         ct = influence.ct_grid
         self.on_ct = influence.grid.is_same(ct)
@@ -94,6 +203,10 @@ class PlanOperator:
 
     def __matmul__(self, x):
         return self.matvec(x)
+
+    def compose(self, M) -> ComposedOperator:
+        """``E M`` for a (sparse) matrix ``M`` of shape ``(n_beamlets, n_params)``."""
+        return ComposedOperator(self, M)
 
     # -- DoseEngine protocol (rtlab.dose.engine) ----------------------------------------------
     def dose(self, x) -> np.ndarray:

@@ -45,6 +45,7 @@ from .csr import check_matrix
 
 __all__ = [
     "DoseOperator",
+    "is_device_array",
     "BACKENDS",
     "csr_matvec",
     "csr_rmatvec",
@@ -145,7 +146,7 @@ def _row_bounds(indptr: np.ndarray, n_chunks: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 def _check_vector(name: str, v, n: int, what: str, check_nan: bool = True) -> np.ndarray:
     """Validate a host vector of length ``n``; return it as a contiguous float array."""
-    if _is_device_array(v):
+    if is_device_array(v):
         raise TypeError(
             f"{name} is a GPU (device) array but this operator runs on the CPU; pass a numpy "
             "array, or use DoseOperator(A, backend='gpu') / op.to_device() to keep data on the GPU"
@@ -177,7 +178,7 @@ def _check_out(out, n: int, dtype, what: str) -> np.ndarray:
     return out
 
 
-def _is_device_array(v) -> bool:
+def is_device_array(v) -> bool:
     """CuPy array, numba device array (real or simulated), or anything exposing CUDA memory."""
     if isinstance(v, np.ndarray):
         return False
@@ -373,7 +374,7 @@ class DoseOperator:
         """
         n_rows, n_cols = self.shape
         if self._device is not None:
-            if _is_device_array(x):
+            if is_device_array(x):
                 return self._device.matvec(x, out=out, check=self.check)
             xh = _check_vector("x", x, n_cols, "beamlet", self.check)
             if out is not None:
@@ -413,7 +414,7 @@ class DoseOperator:
         """
         n_rows, n_cols = self.shape
         if self._device is not None:
-            if _is_device_array(g):
+            if is_device_array(g):
                 return self._device.rmatvec(g, out=out, check=self.check)
             gh = _check_vector("g", g, n_rows, "voxel", self.check)
             if out is not None:

@@ -102,7 +102,8 @@ def beam_voxels(case, beam: Beam, machine: Machine, points, margin_mm: float, ra
     """Project ``points`` (n, 3) for ``beam``, trace its fan and evaluate the depth factors.
 
     Voxels whose projection lies more than ``margin_mm`` outside the bixel grid's edges, or
-    behind the source, get NaN coordinates and zero factors. Projection, fan look-up and
+    behind the source, get NaN coordinates and zero factors. The fan covers the projections of
+    the voxels in reach (not the whole band). Projection, fan look-up and
     depth factors run in parallel numba kernels (:func:`rtlab.dose.kernels.beam_geometry`,
     :func:`rtlab.dose.kernels.lookup_depth_factors`).
     """
@@ -120,8 +121,10 @@ def beam_voxels(case, beam: Beam, machine: Machine, points, margin_mm: float, ra
                                        umin - margin_mm, umax + margin_mm, vmin - margin_mm, vmax + margin_mm,
                                        u, v, t)
     if n_in:
-        fan = fan_depth(case.density, case.grid, beam, (umin - margin_mm, umax + margin_mm),
-                        (vmin - margin_mm, vmax + margin_mm), (tmin, tmax), ray_mm=ray_mm)
+        # the fan covers the in-band voxels' projections only (its lattice is anchored at the
+        # central axis, so the depths do not depend on the extent)
+        fan = fan_depth(case.density, case.grid, beam, (np.nanmin(u), np.nanmax(u)), (np.nanmin(v), np.nanmax(v)),
+                        (tmin, tmax), ray_mm=ray_mm)
         K.lookup_depth_factors(fan.fan, fan.u0, fan.du, fan.v0, fan.dv, fan.t0, fan.dt, u, v, t,
                                f64(machine.betas), float(machine.mu), float(beam.sad), depth, w)
     return BeamVoxels(u, v, t, depth, w, _ssd(case, beam))

@@ -220,8 +220,9 @@ def optimise_beams(im, objective, beam_idx=None, *, max_iter: int = 30, x0=None,
     x0 : ndarray, optional
         Start on the chosen columns; default uniform weights giving the first target term's
         prescription as mean target dose (a preliminary open-field plan).
-    csc : scipy.sparse.csc_matrix, optional
-        ``im.matrix`` in CSC form (pass it when calling repeatedly: column slicing is then cheap).
+    csc : optional
+        Ignored (kept for existing calls): :meth:`rtlab.dose.InfluenceMatrix.select_beams` caches
+        the column form on ``im``.
 
     Returns
     -------
@@ -236,11 +237,11 @@ def optimise_beams(im, objective, beam_idx=None, *, max_iter: int = 30, x0=None,
     if min(beam_idx) < 0 or max(beam_idx) >= len(im.beams):
         raise ValueError(f"beam_idx must index im.beams (0..{len(im.beams) - 1}), got {beam_idx}")
     cols = _columns(im, beam_idx)
-    # float64: scipy would up-cast a float32 matrix on every product
-    A = (csc if csc is not None else im.matrix.tocsc())[:, cols].tocsr().astype(np.float64)
+    # the chosen beams' engine (narrow matrix and broad node path; columns cached on im)
+    A = im.select_beams(beam_idx).operator()
     if x0 is None:
         t = next((t for t in objective.dose_terms if t.dose_level and t.rows is not None), None)
-        d1 = np.asarray(A @ np.ones(A.shape[1])).ravel()
+        d1 = np.asarray(A.matvec(np.ones(A.shape[1])), np.float64)
         if t is not None:
             ref = float(d1[t.rows].mean())
             level = t.dose_level
@@ -248,7 +249,7 @@ def optimise_beams(im, objective, beam_idx=None, *, max_iter: int = 30, x0=None,
             ref, level = float(d1.max()), 1.0
         x0 = np.full(A.shape[1], level / ref if ref > 0 else 1.0)
     res = solve(A, objective, x0, method="lbfgsb", max_iter=max_iter, callback=callback)
-    x = np.zeros(im.matrix.shape[1])
+    x = np.zeros(im.shape[1])
     x[cols] = res.x
     return x, res
 
@@ -447,13 +448,12 @@ def select_beam_angles(case, n_beams: int = 5, candidates=None, *, weights=PAPER
         rx = float(case.prescription or max(t.prescription or 0 for t in case.structures.targets))
         fractions = max(1, int(round(rx / 2.0)))
     obj = default_objective(case, im, objective) if isinstance(objective, str) else objective
-    csc = im.matrix.tocsc()
     evaluations: dict = {}
 
     def evaluate(subset):
         key = tuple(sorted(int(i) for i in subset))
         if key not in evaluations:
-            x, res = optimise_beams(im, obj, key, max_iter=max_iter, csc=csc)
+            x, res = optimise_beams(im, obj, key, max_iter=max_iter)
             ev = plan_quantities(im, x, key, fractions)
             ev.update({"objective": float(res.objective), "x": x, "angles": [float(cand[i]) for i in key]})
             evaluations[key] = ev

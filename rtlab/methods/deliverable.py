@@ -74,7 +74,7 @@ def _check_weights(im, x) -> np.ndarray:
     if not hasattr(im, "beamlet_slices") or not hasattr(im, "beams"):
         raise TypeError(f"im must be an rtlab.dose.InfluenceMatrix (from build_influence), got {type(im).__name__}")
     w = np.asarray(x, dtype=float).ravel()
-    n = im.matrix.shape[1]
+    n = im.shape[1]
     if w.size != n:
         raise ValueError(f"x has {w.size} entries but the influence matrix has {n} beamlets; pass the optimised weights")
     if not np.all(np.isfinite(w)):

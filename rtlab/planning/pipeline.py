@@ -135,11 +135,16 @@ class PlanResult:
         return out
 
     def save(self, path):
-        """Save the dose (array ``dose``, Gy, CT grid) plus ``x`` and ``mu`` to ``path`` (npz, atomic).
+        """Save the dose (array ``dose``, Gy, CT grid) plus ``x``, ``mu``, ``angles`` (deg),
+        ``bixel_mm`` and ``dose_grid_mm`` (NaN: the CT grid) to ``path`` (npz, atomic).
 
-        The file is what ``rtlab score --dose`` reads.
+        The file is what ``rtlab score --dose`` reads; with ``--machine-file`` the score
+        re-computes the dose of ``x`` on those beams with another beam model.
         """
-        return save_npz(path, dose=self.dose, grid=self.case.grid, x=self.x, mu=self.mu)
+        g = self.settings.dose_grid_mm
+        return save_npz(path, dose=self.dose, grid=self.case.grid, x=self.x, mu=self.mu,
+                        angles=np.asarray(self.angles, float), bixel_mm=np.asarray(float(self.settings.bixel_mm)),
+                        dose_grid_mm=np.asarray(float("nan") if g is None else float(g)))
 
     def review(self, **solver_options):
         """A :class:`rtlab.optimize.PlanSession` on this plan (patent 000, para. 101, claim 12).
@@ -313,9 +318,13 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
         :func:`control_point_find_options`) sets how the control points are found.
     max_iter, change_threshold, change_window, method
         Solver settings (:class:`rtlab.optimize.Solver`; the change rule is patent 000 claim 6).
-    machine : rtlab.dose.Machine, optional
+    machine : rtlab.dose.Machine, str or path-like, optional
+        The beam model: a Machine, a built-in name (``'generic_6mv'``, ``'generic_6mv_v1'``) or
+        the path of a matRad photon machine file (``photons_<name>.mat``; loaded and fitted by
+        :func:`rtlab.dose.load_matrad_machine`, once per process). Default
+        :func:`rtlab.dose.generic_6mv`. See :func:`rtlab.dose.resolve_machine`.
     cutoff_mm : float, optional
-        Lateral kernel cut-off (default :data:`rtlab.dose.DEFAULT_CUTOFF_MM`).
+        Lateral cut-off of the sparse influence matrix (default automatic, :func:`rtlab.dose.broad.auto_cutoff_mm`).
     backend : str
         Mat-vec backend (``'numba'``, ``'auto'``, ``'gpu'``, ...).
     progress : bool

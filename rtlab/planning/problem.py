@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..core.case import Case
-from ..dose import DEFAULT_CUTOFF_MM, build_influence
+from ..dose import build_influence, resolve_machine
 from ..dose.operator import PlanOperator
 from ..methods.conformity import ConformityTerm
 from ..optimize import SquaredDeviation
@@ -163,6 +163,10 @@ def prepare_plan(case, angles: Sequence[float] | None = None, objective: str = "
         separate batch tasks and joined). Its beams give the angles and the bixel size, its grid
         the dose grid; ``angles``, ``bixel_mm``, ``dose_grid_mm``, ``machine`` and ``cutoff_mm``
         are then ignored.
+    machine : rtlab.dose.Machine, str or path-like, optional
+        The beam model: a Machine, a built-in name (:data:`rtlab.dose.BUILTIN_MACHINES`) or the
+        path of a matRad photon machine file (:func:`rtlab.dose.resolve_machine`); default
+        :func:`rtlab.dose.generic_6mv`.
     settings : PlanSettings, optional
         All settings at once (then ``objective`` ... ``backend`` are not used).
 
@@ -193,8 +197,8 @@ def prepare_plan(case, angles: Sequence[float] | None = None, objective: str = "
         t0 -= float(im.timings.get("total_s", 0.0))  # count the (earlier) build in build_s
     else:
         angles = angles_for(case, angles)
-        im = build_influence(case, angles, machine=machine, dose_grid_mm=settings.dose_grid_mm,
-                             cutoff_mm=DEFAULT_CUTOFF_MM if settings.cutoff_mm is None else settings.cutoff_mm,
+        im = build_influence(case, angles, machine=resolve_machine(machine, "machine"), dose_grid_mm=settings.dose_grid_mm,
+                             cutoff_mm=settings.cutoff_mm,
                              progress=progress, bixel_mm=settings.bixel_mm)
     roi = None if im.grid.is_same(case.grid) else region_of_interest(case, settings.roi_mm)
     op = PlanOperator(im, roi=roi, backend=settings.backend)

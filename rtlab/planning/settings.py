@@ -258,7 +258,8 @@ class PlanSettings(Mapping):
     w1, w2 : float, optional
         Split conformity objective ``w1 (F - C1)^2 + w2 (S - C2)^2`` (patent 000 eq 7); conformity only.
     cutoff_mm : float, optional
-        Lateral kernel cut-off (mm); default :data:`rtlab.dose.DEFAULT_CUTOFF_MM`.
+        Lateral cut-off (mm) of the sparse influence matrix (its narrow Gaussians); default automatic
+        (:func:`rtlab.dose.broad.auto_cutoff_mm`; the broad Gaussians are never truncated).
     backend : str
         Mat-vec backend of :class:`rtlab.dose.sparse.DoseOperator`.
     method : {'lbfgsb', 'pg'}

@@ -2,8 +2,9 @@
 
 A thin panel over :func:`rtlab.planning.prepare_plan` (which builds the beamlet influence
 matrix with :func:`rtlab.dose.build_influence`, the evaluation operator and the objective).
-The user sets the gantry angles, the bixel size, the dose-grid spacing and the lateral
-kernel cut-off and presses **Compute**; the work runs in a background thread (the kernel
+The user sets the gantry angles, the bixel size, the dose-grid spacing, the lateral
+kernel cut-off and the beam model (a built-in machine or a matRad photon machine file: the
+machine picker, :func:`rtlab.dose.resolve_machine`) and presses **Compute**; the work runs in a background thread (the kernel
 stays responsive) with a progress bar and a status line. When it is done the panel holds
 
 * ``problem`` -- the :class:`~rtlab.planning.PlanProblem` (influence matrix, operator,
@@ -19,6 +20,7 @@ the same as pressing the button and waiting.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from .. import planning
 from ..core.case import Case
-from ..dose import DEFAULT_CUTOFF_MM
+from ..dose import Machine, list_dose_machines, resolve_machine
 from ..planning import PlanSettings
 from .panel import Panel, esc, ipywidgets
 
@@ -34,6 +36,9 @@ __all__ = ["DoseEnginePanel", "parse_angles", "DOSE_GRID_CHOICES"]
 
 #: Dose-grid spacings (mm) offered besides the CT grid itself.
 DOSE_GRID_CHOICES = (2.5, 3.0, 5.0)
+
+#: Machine-picker values besides the built-in names: a matRad file (path box), a Machine given in Python.
+MATRAD_FILE, GIVEN = "matrad-file", "given"
 
 
 def parse_angles(text) -> list[float]:
@@ -99,7 +104,13 @@ class DoseEnginePanel(Panel):
         Initial dose-grid spacing (mm); ``None`` = the CT grid. Values other than the CT grid
         and :data:`DOSE_GRID_CHOICES` are added to the choices.
     cutoff_mm : float, optional
-        Initial lateral kernel cut-off (mm); default :data:`rtlab.dose.DEFAULT_CUTOFF_MM`.
+        Initial lateral cut-off (mm) of the sparse matrix's narrow Gaussians; default (None, shown
+        as 0) automatic (:func:`rtlab.dose.broad.auto_cutoff_mm`; the broad Gaussians are never
+        truncated).
+    machine : None, str, path-like or rtlab.dose.Machine
+        Initial beam model: None (default :func:`rtlab.dose.generic_6mv`), a built-in name, or a
+        matRad photon machine file (its path goes into :attr:`machine_file`); a Machine object is
+        used as long as the picker is not changed (shown as "(given)").
 
     Attributes
     ----------
@@ -110,7 +121,12 @@ class DoseEnginePanel(Panel):
     dose_grid_mm : ipywidgets.Dropdown
         Dose-grid spacing: value ``None`` (CT grid) or mm (``dose_grid`` is its old name).
     cutoff : ipywidgets.BoundedFloatText
-        Lateral cut-off (mm).
+        Lateral cut-off (mm) of the narrow Gaussians; 0 = automatic.
+    machine_choice : ipywidgets.Dropdown
+        The beam model: the built-in names (:func:`rtlab.dose.list_dose_machines`) or
+        ``'matRad file'`` (then :attr:`machine_file` names it).
+    machine_file : ipywidgets.Text
+        Path of a matRad photon machine file (``photons_<name>.mat``), used with ``'matRad file'``.
     compute_button : ipywidgets.Button
     progress : ipywidgets.FloatProgress
         0-1 over the stages (build, open-field dose); during the build it creeps towards 0.9
@@ -139,7 +155,7 @@ class DoseEnginePanel(Panel):
     EVENTS = ("computed",)
 
     def __init__(self, case, viewer=None, angles=None, bixel_mm: float = 5.0, dose_grid_mm: float | None = None,
-                 cutoff_mm: float | None = None):
+                 cutoff_mm: float | None = None, machine=None):
         if not isinstance(case, Case):
             raise TypeError(f"case must be an rtlab.core.case.Case (e.g. rtlab.phantoms.get_phantom(...)), "
                             f"got {type(case).__name__}")
@@ -148,7 +164,6 @@ class DoseEnginePanel(Panel):
         if angles is None:
             angles = case.gantry_angles() or [0.0, 72.0, 144.0, 216.0, 288.0]
         angles = parse_angles(angles)
-        cutoff_mm = DEFAULT_CUTOFF_MM if cutoff_mm is None else cutoff_mm
         s = PlanSettings(bixel_mm=bixel_mm, dose_grid_mm=dose_grid_mm, cutoff_mm=cutoff_mm)  # checks them
 
         self.problem = None
@@ -173,17 +188,34 @@ class DoseEnginePanel(Panel):
         self.dose_grid_mm = ipywidgets.Dropdown(options=choices,
                                              value=None if dose_grid_mm is None else float(dose_grid_mm),
                                              description="dose grid", style=style, layout=lay)
-        self.cutoff = ipywidgets.BoundedFloatText(value=float(cutoff_mm), min=5.0, max=200.0, step=5.0,
-                                                  description="lateral cut-off (mm)", style=style, layout=lay)
+        self.cutoff = ipywidgets.BoundedFloatText(value=0.0 if cutoff_mm is None else float(cutoff_mm), min=0.0,
+                                                  max=400.0, step=5.0, description="cut-off (mm, 0 = auto)",
+                                                  style=style, layout=lay)
+        opts = [(n, n) for n in list_dose_machines()] + [("matRad file", MATRAD_FILE)]
+        self._given_machine = machine if isinstance(machine, Machine) else None
+        if self._given_machine is not None:
+            opts.insert(0, (f"{machine.name} (given)", GIVEN))
+            value, path = GIVEN, ""
+        elif machine is None or (isinstance(machine, str) and machine in list_dose_machines()):
+            value, path = machine or list_dose_machines()[0], ""
+        else:
+            resolve_machine(machine, "machine")  # a missing or broken file fails here, with its name
+            value, path = MATRAD_FILE, os.fspath(machine)
+        self.machine_choice = ipywidgets.Dropdown(options=opts, value=value, description="machine", style=style,
+                                                  layout=lay)
+        self.machine_file = ipywidgets.Text(value=path, description="matRad machine file",
+                                            placeholder="path/to/photons_Generic.mat", style=style, layout=lay)
         self.compute_button = ipywidgets.Button(description="Compute dose", button_style="primary", icon="play",
                                                 tooltip="build the beamlet influence matrix (runs in the background)")
         self.progress = ipywidgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="",
                                                  layout=ipywidgets.Layout(width="260px"))
         self.compute_button.on_click(lambda _b: self.compute())
         help_ = ipywidgets.HTML(
-            "<small>Beamlet influence matrix with the SVD pencil-beam engine. A coarser dose grid and a "
-            "smaller cut-off are faster; the plan is always scored on the CT grid.</small>")
-        super().__init__([help_, self.angles_text, self.bixel, self.dose_grid_mm, self.cutoff,
+            "<small>Beamlet influence matrix with the SVD pencil-beam engine (narrow Gaussians in a sparse "
+            "matrix up to the cut-off, broad ones untruncated on node grids). A coarser dose grid is faster; "
+            "the plan is always scored on the CT grid.</small>")
+        super().__init__([help_, self.angles_text, self.bixel, self.dose_grid_mm, self.cutoff, self.machine_choice,
+                          self.machine_file,
                           ipywidgets.HBox([self.compute_button, self.progress]), self.status, self.out])
 
     # ------------------------------------------------------------------ state
@@ -208,17 +240,33 @@ class DoseEnginePanel(Panel):
         -------
         dict
             ``angles`` (list of deg), ``bixel_mm``, ``dose_grid_mm`` (mm or None),
-            ``cutoff_mm``.
+            ``cutoff_mm`` (mm, or None for automatic when the box holds 0), ``machine``
+            (an :class:`rtlab.dose.Machine`, :func:`rtlab.dose.resolve_machine` of the picker).
 
         Raises
         ------
         ValueError
-            Unparseable angles or a non-positive size.
+            Unparseable angles, a non-positive size, or a missing / broken machine file.
         """
         angles = parse_angles(self.angles_text.value)
+        cut = float(self.cutoff.value)
         s = PlanSettings(bixel_mm=float(self.bixel.value), dose_grid_mm=self.dose_grid_mm.value,
-                         cutoff_mm=float(self.cutoff.value))  # checks them
-        return {"angles": angles, "bixel_mm": s.bixel_mm, "dose_grid_mm": s.dose_grid_mm, "cutoff_mm": s.cutoff_mm}
+                         cutoff_mm=None if cut == 0 else cut)  # checks them
+        return {"angles": angles, "bixel_mm": s.bixel_mm, "dose_grid_mm": s.dose_grid_mm, "cutoff_mm": s.cutoff_mm,
+                "machine": self.machine()}
+
+    def machine(self):
+        """The beam model the picker names (:func:`rtlab.dose.resolve_machine`; files fitted once)."""
+        choice = self.machine_choice.value
+        if choice == GIVEN:
+            return self._given_machine
+        if choice == MATRAD_FILE:
+            path = self.machine_file.value.strip()
+            if not path:
+                raise ValueError("machine: choose a built-in machine or type the path of a matRad photon machine "
+                                 "file (photons_<name>.mat) into 'matRad machine file'")
+            return resolve_machine(path, "matRad machine file")
+        return resolve_machine(choice, "machine")
 
     # ------------------------------------------------------------------ work
     def compute(self, block: bool = False) -> threading.Thread | None:
@@ -274,7 +322,7 @@ class DoseEnginePanel(Panel):
         ticker.start()
         try:
             problem = _prepare(self.case, angles=kw["angles"], bixel_mm=kw["bixel_mm"],
-                               dose_grid_mm=kw["dose_grid_mm"], cutoff_mm=kw["cutoff_mm"])
+                               dose_grid_mm=kw["dose_grid_mm"], cutoff_mm=kw["cutoff_mm"], machine=kw["machine"])
             build_s = time.perf_counter() - t0
             done.set()
             ticker.join()
@@ -285,7 +333,7 @@ class DoseEnginePanel(Panel):
             self.problem, self.dose = problem, dose
             self.timings = {"build_s": build_s, "dose_s": dose_s}
             im = problem.influence
-            msg = (f"influence matrix {im.shape[0]} voxels x {im.shape[1]} beamlets "
+            msg = (f"{im.machine.name}: influence matrix {im.shape[0]} voxels x {im.shape[1]} beamlets "
                    f"({im.nnz / 1e6:.1f} M non-zeros) for {n} beams in {build_s:.1f} s; "
                    f"open-field dose max {float(dose.max()):.1f} Gy")
             self.out.append_stdout(msg + "\n")

@@ -45,6 +45,7 @@ import pandas as pd
 from ...core.beams import Beam, BixelGrid
 from ...core.case import Case
 from ...core.geometry import Grid, Structure, StructureSet
+from ...dose.commission import penumbra_80_20
 from ...dose.influence import build_influence
 from ...dose.machine import Machine
 from ...evaluate.qa import gamma
@@ -87,20 +88,6 @@ class DoseCurves:
 
 
 _CURVE_CACHE: dict = {}
-
-
-def _crossing(x, y, level):
-    """Positions where the piecewise-linear ``y(x)`` crosses ``level`` (in increasing x)."""
-    s = np.sign(y - level)
-    idx = np.flatnonzero(s[:-1] * s[1:] < 0)
-    return x[idx] + (level - y[idx]) * (x[idx + 1] - x[idx]) / (y[idx + 1] - y[idx])
-
-
-def _penumbra(x, prof):
-    c80, c20 = _crossing(x, prof, 80.0), _crossing(x, prof, 20.0)
-    if len(c80) < 2 or len(c20) < 2:
-        return float("nan")
-    return float(((c80[0] - c20[0]) + (c20[-1] - c80[-1])) / 2)
 
 
 def dose_curves(source, field_mm: float = 100.0, profile_depth_mm: float = 100.0) -> DoseCurves:
@@ -166,7 +153,7 @@ def dose_curves(source, field_mm: float = 100.0, profile_depth_mm: float = 100.0
     prof_raw = dose[2, iy, :]
     prof = 100.0 * prof_raw / prof_raw[ix0]
     pdd10 = float(np.interp(100.0, depth, pdd))
-    out = DoseCurves(depth, pdd, x.copy(), prof, dmax, pdd10, _penumbra(x, prof), field_mm, float(y[iy]))
+    out = DoseCurves(depth, pdd, x.copy(), prof, dmax, pdd10, penumbra_80_20(x, prof), field_mm, float(y[iy]))
     _CURVE_CACHE[key] = copy.deepcopy(out)
     return out
 

@@ -335,7 +335,9 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
                            voxels=im.ct_mask, progress=False)
     if not np.array_equal(im_t.voxel_index, im.voxel_index):  # pragma: no cover - same inputs, same rows
         raise RuntimeError("the target influence matrix selected other voxels than the standard one")
-    B = (im_t.matrix @ P).tocsr()
+    # leaf parameters y -> beamlet weights P y -> dose: the target engine's operator (narrow matrix and
+    # broad node path) composed with P (an explicit product would be dense through the broad Gaussians)
+    B = im_t.operator().compose(P)
     timings["influence_s"] = time.perf_counter() - t0
     timings["optimise_s"] = 0.0
     timings["qa_s"] = 0.0
@@ -376,7 +378,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         if method == "dao":
             S, s0, segs = _segment_matrix(y, layout, tgt.mlc, n_levels)
             if S.shape[1]:
-                r2 = Solver((B @ S).tocsr(), obj, max_iter=max_iter).run(s0)
+                r2 = Solver(B.compose(S), obj, max_iter=max_iter).run(s0)
                 for beam_segs, in_beam in zip(segs, _split(r2.x, segs)):
                     for s, wv in zip(beam_segs, in_beam):
                         s.mu = float(wv)

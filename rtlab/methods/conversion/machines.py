@@ -17,14 +17,17 @@ model: depth parameters ``b_i``, ``mu`` and lateral Gaussian kernels) plus an
 =====================  ============================================  ==============================
 name                   source                                        MLC
 =====================  ============================================  ==============================
-``standard``           ``generic_6mv`` (mu 0.005066 /mm, 5 mm        ``generic_5mm_60`` (5 mm, 60
-                       primary FWHM)                                 pairs, interdigitation)
-``linac_10mm_hard``    harder: mu 0.0046 /mm, b_1 0.30 /mm,          ``generic_10mm_40_noid`` (10 mm,
-                       same kernels                                  40 pairs, no interdigitation)
-``linac_5mm_soft``     softer: mu 0.0056 /mm, b_1 0.35 /mm,          ``generic_5mm_60``
-                       7 mm primary FWHM, near scatter 14 mm / 0.27
+``standard``           ``generic_6mv`` (commissioned 6 MV: mu        ``generic_5mm_60`` (5 mm, 60
+                       0.0047 /mm, 5 mm primary FWHM, head scatter)  pairs, interdigitation)
+``linac_10mm_hard``    harder: the standard with mu x 0.908          ``generic_10mm_40_noid`` (10 mm,
+                       (0.00427 /mm), b_1 x 0.923, same kernels      40 pairs, no interdigitation)
+``linac_5mm_soft``     softer: mu x 1.105 (0.00520 /mm), b_1 x       ``generic_5mm_60``
+                       1.076, 7 mm primary FWHM, near scatter
+                       width x 1.167, weight x 1.08
 =====================  ============================================  ==============================
 
+The specific machines are defined relative to the standard source (same ratios as when the
+standard was the hand-tuned ``generic_6mv(version=1)``: 0.0046 and 0.0056 against 0.005066 /mm).
 Every source is normalised like ``generic_6mv``: a unit-fluence 10 x 10 cm field at SSD 1000 mm
 gives 1 Gy at d_max on the axis (closed form), so a fluence means about the same MU on each.
 
@@ -40,7 +43,7 @@ import numpy as np
 from scipy.special import erf
 
 from ...core.mlc import MLC, get_mlc
-from ...dose.machine import FWHM_TO_SIGMA, Machine, generic_6mv
+from ...dose.machine import FWHM_TO_SIGMA, GENERIC_6MV, Machine, generic_6mv
 
 __all__ = ["TreatmentMachine", "make_source", "get_machine", "list_machines", "register_machine", "STANDARD_MACHINE"]
 
@@ -92,7 +95,7 @@ class TreatmentMachine:
 
 
 def make_source(name: str, betas, mu: float, primary_fwhm_mm: float = 5.0, scatter_sigmas=(12.0, 30.0),
-                scatter_weights=(0.25, 0.10), sad: float = 1000.0) -> Machine:
+                scatter_weights=(0.25, 0.10), sad: float = 1000.0, head_scatter=(0.0, 0.0)) -> Machine:
     """A one-Gaussian-per-component SVD source normalised like :func:`rtlab.dose.generic_6mv`.
 
     Parameters
@@ -108,21 +111,26 @@ def make_source(name: str, betas, mu: float, primary_fwhm_mm: float = 5.0, scatt
         Width (mm) and weight of the near and far scatter Gaussians (components 2 and 3).
     sad : float
         Source-axis distance (mm).
+    head_scatter : (weight, sigma_mm)
+        Head-scatter (extra-focal) source, :attr:`rtlab.dose.Machine.head_scatter_weight` and
+        ``head_scatter_sigma`` (default none).
 
     Returns
     -------
     Machine
         ``norm`` set so that a unit-fluence 10 x 10 cm field at SSD 1000 mm gives 1 Gy at d_max
-        on the axis (closed form ``sum_i c_i D_i(d) erf(50/(sqrt2 s_i))^2 (SAD/(SAD+d))^2``).
+        on the axis (closed form ``sum_g c_g D_i(g)(d) erf(50/(sqrt2 s_g))^2 (SAD/(SAD+d))^2``).
     """
     sig = (float(primary_fwhm_mm) * FWHM_TO_SIGMA, float(scatter_sigmas[0]), float(scatter_sigmas[1]))
     wts = (1.0, float(scatter_weights[0]), float(scatter_weights[1]))
     m = Machine(name=name, betas=tuple(betas), mu=mu, sad=sad, kernel_sigmas=[[np.array([s]) for s in sig]],
                 kernel_weights=[[np.array([w]) for w in wts]], kernel_ssds=(float(sad),), norm=1.0,
-                penumbra_fwhm=float(primary_fwhm_mm))
+                penumbra_fwhm=float(primary_fwhm_mm), head_scatter_weight=float(head_scatter[0]),
+                head_scatter_sigma=float(head_scatter[1]))
     d = np.arange(0.0, 60.0, 0.1)
-    c = np.array([erf(50.0 / (np.sqrt(2) * s)) ** 2 for s in sig])
-    dd = (m.depth_dose(d) * np.asarray(wts) * c).sum(-1) * (sad / (sad + d)) ** 2
+    comp, gs, gw = m.gaussians(sad)
+    c = gw * erf(50.0 / (np.sqrt(2) * gs)) ** 2
+    dd = (m.depth_dose(d)[:, comp] * c).sum(-1) * (sad / (sad + d)) ** 2
     m.norm = float(1.0 / dd.max())
     return m
 
@@ -132,17 +140,29 @@ def _standard():
                             "standard model: generic 6 MV, 5 mm leaves x 60 pairs, interdigitation")
 
 
+def _variant(name, b1_scale, mu_scale, primary_fwhm_mm=5.0, near_scale=(1.0, 1.0)):
+    """The standard source with scaled ``b_1``, ``mu`` and near-scatter width/weight (same head scatter)."""
+    p = GENERIC_6MV
+    b = p["betas"]
+    return make_source(name, betas=(b[0] * b1_scale, b[1], b[2]), mu=p["mu"] * mu_scale, primary_fwhm_mm=primary_fwhm_mm,
+                       scatter_sigmas=(p["sigmas"][1] * near_scale[0], p["sigmas"][2]),
+                       scatter_weights=(p["weights"][1] * near_scale[1], p["weights"][2]), sad=p["sad"],
+                       head_scatter=p["head_scatter"])
+
+
 def _hard_10mm():
-    src = make_source("hard_6MV", betas=(0.30, 0.016, 0.0051), mu=0.0046)
+    # as before relative to the standard: mu x 0.908 (0.0046 / 0.005066), b_1 x 0.923 (0.30 / 0.3252)
+    src = _variant("hard_6MV", 0.30 / 0.3252, 0.0046 / 0.005066)
     return TreatmentMachine("linac_10mm_hard", src, get_mlc("generic_10mm_40_noid"),
-                            "harder 6 MV (mu 0.0046/mm), 10 mm leaves x 40 pairs, no interdigitation")
+                            f"harder 6 MV (mu {src.mu:.5f}/mm), 10 mm leaves x 40 pairs, no interdigitation")
 
 
 def _soft_5mm():
-    src = make_source("soft_6MV", betas=(0.35, 0.016, 0.0051), mu=0.0056, primary_fwhm_mm=7.0,
-                      scatter_sigmas=(14.0, 30.0), scatter_weights=(0.27, 0.10))
+    # mu x 1.105, b_1 x 1.076, 7 mm primary penumbra, near scatter 14/12 wider and 0.27/0.25 heavier
+    src = _variant("soft_6MV", 0.35 / 0.3252, 0.0056 / 0.005066, primary_fwhm_mm=7.0,
+                   near_scale=(14.0 / 12.0, 0.27 / 0.25))
     return TreatmentMachine("linac_5mm_soft", src, get_mlc("generic_5mm_60"),
-                            "softer 6 MV (mu 0.0056/mm), 7 mm primary penumbra, 5 mm leaves x 60 pairs")
+                            f"softer 6 MV (mu {src.mu:.5f}/mm), 7 mm primary penumbra, 5 mm leaves x 60 pairs")
 
 
 _FACTORIES = {STANDARD_MACHINE: _standard, "linac_10mm_hard": _hard_10mm, "linac_5mm_soft": _soft_5mm}

@@ -34,7 +34,9 @@ source and the voxel; moving the source by ``delta`` pivots the ray about the vo
 module integrated the pivot term along each ray and it changed no printed digit). (b) The
 lateral kernel is chosen from the beam's SSD table (a step function of the SSD) and entries
 beyond ``cutoff_mm`` are dropped: both make the engine's dose piecewise, not smooth, in the
-isocentre; the analytic derivative is that of the smooth model between those steps. (c) The
+isocentre; the analytic derivative is that of the smooth model between those steps. Like the
+engine (:mod:`rtlab.dose.broad`), only the Gaussians narrower than ``broad_sigma_mm`` are cut
+off; the broad ones reach every voxel within the engine's reach. (c) The
 engine's depth is interpolated in a fan of rays (spacing one voxel) and along them; where the
 depth dose is steep (the build-up, depth < 5 mm) that interpolation makes the engine's
 finite differences noisy at sub-voxel steps. The tests therefore compare the analytic gradient
@@ -66,6 +68,7 @@ from scipy.special import ndtr
 
 from ...core.beams import Beam
 from ...dose import build_influence
+from ...dose.broad import BROAD_REACH_SIGMAS, DEFAULT_BROAD_SIGMA_MM, auto_cutoff_mm, split_gaussians
 from ...dose.machine import generic_6mv
 from ...dose.voxels import beam_voxels, select_voxels
 from ...evaluate.metrics import dose_at_volume, paddick_ci
@@ -133,7 +136,8 @@ def shifted_beam(beam: Beam, iso_shift=(0.0, 0.0, 0.0), d_gantry: float = 0.0) -
                    gantry=float(beam.gantry) + float(d_gantry))
 
 
-def engine_beam_dose(case, beam: Beam, weights, machine=None, voxels="body", cutoff_mm: float = 40.0) -> np.ndarray:
+def engine_beam_dose(case, beam: Beam, weights, machine=None, voxels="body", cutoff_mm: float | None = None,
+                     broad_sigma_mm: float | None = DEFAULT_BROAD_SIGMA_MM) -> np.ndarray:
     """Dose (Gy) of one beam at the selected voxels, from the numba influence engine.
 
     Builds the beam's influence columns (:func:`rtlab.dose.build_influence`, CPU kernels, CT grid)
@@ -142,8 +146,9 @@ def engine_beam_dose(case, beam: Beam, weights, machine=None, voxels="body", cut
     """
     beam = _check_beam(beam)
     w = _weights(beam, weights)
-    im = build_influence(case, [beam], machine, cutoff_mm=cutoff_mm, voxels=voxels, progress=False, gpu=False)
-    return np.asarray(im.matrix.astype(np.float64) @ w).ravel()
+    im = build_influence(case, [beam], machine, cutoff_mm=cutoff_mm, voxels=voxels, progress=False, gpu=False,
+                         broad_sigma_mm=broad_sigma_mm)
+    return im.matvec(w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,16 +176,16 @@ class IsoGradient:
     depth: np.ndarray
 
 
-def dose_iso_gradient(case, beam: Beam, weights, machine=None, voxels="body", cutoff_mm: float = 40.0,
-                      chunk: int = 4096) -> IsoGradient:
+def dose_iso_gradient(case, beam: Beam, weights, machine=None, voxels="body", cutoff_mm: float | None = None,
+                      chunk: int = 4096, broad_sigma_mm: float | None = DEFAULT_BROAD_SIGMA_MM) -> IsoGradient:
     """Analytic ``dD/d(iso)`` of one beam with its fluence fixed (patent 002, eq. 10 for the linac model).
 
     Implements the chain rule of the module docstring: ``-(dD/du grad_P u + dD/dv grad_P v) +
     (2 D / t) e_b`` with ``dD/du`` from the derivative of the error-function difference. The
     lateral factors and their derivatives are evaluated densely in numpy (``chunk`` voxels at a
     time); projection, radiological depth and depth factors come from the engine's
-    :func:`rtlab.dose.influence.beam_voxels`. Entries beyond the lateral cut-off are dropped as in
-    the engine.
+    :func:`rtlab.dose.influence.beam_voxels`. Entries of the narrow Gaussians beyond the lateral
+    cut-off are dropped as in the engine; the broad ones (``sigma >= broad_sigma_mm``) are not.
 
     Parameters
     ----------
@@ -191,10 +196,13 @@ def dose_iso_gradient(case, beam: Beam, weights, machine=None, voxels="body", cu
         Fluence per bixel.
     machine : rtlab.dose.Machine, optional
     voxels : 'body', 'all' or bool mask on the CT grid
-    cutoff_mm : float
-        Lateral cut-off (mm).
+    cutoff_mm : float, optional
+        Lateral cut-off (mm) of the narrow Gaussians; default the engine's automatic one
+        (:func:`rtlab.dose.broad.auto_cutoff_mm`).
     chunk : int
         Voxels per dense block (memory ``chunk * n_bixels * 8`` bytes per array).
+    broad_sigma_mm : float or None
+        As :func:`rtlab.dose.build_influence` (None: every Gaussian is cut off).
 
     Returns
     -------
@@ -202,15 +210,21 @@ def dose_iso_gradient(case, beam: Beam, weights, machine=None, voxels="body", cu
     """
     beam = _check_beam(beam)
     w = _weights(beam, weights)
+    machine = generic_6mv() if machine is None else machine
+    if cutoff_mm is None:
+        cutoff_mm = auto_cutoff_mm(machine, beam.bixel_mm, broad_sigma_mm)
     if not (np.isfinite(cutoff_mm) and cutoff_mm > 0):
         raise ValueError(f"cutoff_mm must be a positive distance in mm, got {cutoff_mm!r}")
     if int(chunk) < 1:
         raise ValueError(f"chunk must be a positive number of voxels, got {chunk!r}")
-    machine = generic_6mv() if machine is None else machine
     vidx, _, _ = select_voxels(case, case.grid, voxels)
     pts = case.grid.index_to_world(np.stack(np.unravel_index(vidx, case.grid.shape), axis=1)).astype(np.float64)
-    bv = beam_voxels(case, beam, machine, pts, cutoff_mm)
+    widest = max((float(s[split_gaussians(s, broad_sigma_mm)].max()) for s in
+                  (machine.gaussians(x)[1] for x in machine.kernel_ssds) if split_gaussians(s, broad_sigma_mm).any()),
+                 default=0.0)
+    bv = beam_voxels(case, beam, machine, pts, max(cutoff_mm, BROAD_REACH_SIGMAS * widest))
     comp, sig, cw = machine.gaussians(bv.ssd)
+    broad = split_gaussians(sig, broad_sigma_mm)
     centers = beam.bixels.centers()  # (m, 2) (v, u)
     vc, uc = centers[:, 0], centers[:, 1]
     h = beam.bixel_mm
@@ -224,8 +238,9 @@ def dose_iso_gradient(case, beam: Beam, weights, machine=None, voxels="body", cu
         ii = ok[a:a + int(chunk)]
         du = bv.u[ii][:, None] - uc[None]
         dv = bv.v[ii][:, None] - vc[None]
-        keep = (du * du + dv * dv) <= cut2
-        for k, s, c in zip(comp, sig, cw):
+        keep_n = (du * du + dv * dv) <= cut2
+        for k, s, c, is_broad in zip(comp, sig, cw, broad):
+            keep = True if is_broad else keep_n
             ap, am = (du + h / 2) / s, (du - h / 2) / s
             bp, bm = (dv + h / 2) / s, (dv - h / 2) / s
             fu = ndtr(ap) - ndtr(am)
@@ -249,7 +264,7 @@ def dose_iso_gradient(case, beam: Beam, weights, machine=None, voxels="body", cu
 # finite differences through the engine
 # ---------------------------------------------------------------------------------------------
 def dose_geometry_fd(case, beam: Beam, weights, param: str, h: float | None = None, machine=None, voxels="body",
-                     cutoff_mm: float = 40.0) -> np.ndarray:
+                     cutoff_mm: float | None = None) -> np.ndarray:
     """Central difference ``dD/dp`` of one beam's engine dose (fluence fixed).
 
     Parameters
@@ -296,7 +311,7 @@ def _split(beams, weights):
     return beams, out
 
 
-def objective_iso_gradient(case, beams, weights, objective, machine=None, voxels="body", cutoff_mm: float = 40.0,
+def objective_iso_gradient(case, beams, weights, objective, machine=None, voxels="body", cutoff_mm: float | None = None,
                            method: str = "analytic", h: float = 0.5):
     """Objective value and its gradient w.r.t. the common isocentre of ``beams`` (fluence fixed).
 
@@ -339,7 +354,7 @@ def objective_iso_gradient(case, beams, weights, objective, machine=None, voxels
     return float(f), grad
 
 
-def objective_angle_gradient(case, beams, weights, objective, machine=None, voxels="body", cutoff_mm: float = 40.0,
+def objective_angle_gradient(case, beams, weights, objective, machine=None, voxels="body", cutoff_mm: float | None = None,
                              h: float = 1.0, doses=None):
     """Objective value and its derivative w.r.t. each beam's gantry angle (fluence fixed; central differences).
 
@@ -491,7 +506,7 @@ def refine_beam_angles(case, angles, *, kind: str = "quadratic", n_iter: int = 6
                              cutoff_mm=cutoff_mm, voxels=vox, progress=False, bixel_mm=bixel_mm, gpu=False)
         obj = objective(case, im) if objective is not None else ba.default_objective(case, im, kind)
         x, _ = ba.optimise_beams(im, obj, max_iter=fluence_iter)
-        return dict(im=im, obj=obj, x=x, f=float(obj.value(im.matrix.astype(np.float64) @ x)))
+        return dict(im=im, obj=obj, x=x, f=float(obj.value(im.matvec(x))))
 
     cur = evaluate(ang)
     ci0 = _ci(case, cur["im"], cur["x"], target)
@@ -503,8 +518,7 @@ def refine_beam_angles(case, angles, *, kind: str = "quadratic", n_iter: int = 6
     s = float(max_step_deg)
     for it in range(1, int(n_iter) + 1):
         im = cur["im"]
-        A = im.matrix.astype(np.float64).tocsc()
-        doses = [np.asarray(A[:, sl] @ cur["x"][sl]).ravel() for sl in im.beamlet_slices]
+        doses = im.beam_dose_vectors(cur["x"])
         _, g = objective_angle_gradient(case, im.beams, cur["x"], cur["obj"], machine, vox, cutoff_mm,
                                         h=fd_step_deg, doses=doses)
         gmax = float(np.max(np.abs(g)))

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -167,18 +168,17 @@ class ConformityPlanner:
     def uniform_start(self, case: Case, inf, d_ref: float) -> np.ndarray:
         """The preliminary plan: equal weights scaled to a mean target dose of ``d_ref``."""
         target, _, _ = case_masks(case)
-        A = inf.matrix
-        d1 = A @ np.ones(A.shape[1])
+        d1 = inf.matvec(np.ones(inf.shape[1]))
         m = float(np.mean(d1[rows_for(target, inf.voxel_index)]))
         if not m > 0:
             raise ValueError("the beams deliver no dose to the target; check the beam set-up")
-        return np.full(A.shape[1], d_ref / m)
+        return np.full(inf.shape[1], d_ref / m)
 
     def solve(self, case: Case, inf, d_ref: float, x0=None):
         """Run the optimisation; returns :class:`rtlab.optimize.OptimizationResult`."""
         if x0 is None:
             x0 = self.uniform_start(case, inf, d_ref)
-        return solve(inf.matrix, self.objective(case, inf, d_ref), x0, method="lbfgsb", max_iter=self.max_iter,
+        return solve(inf.operator(), self.objective(case, inf, d_ref), x0, method="lbfgsb", max_iter=self.max_iter,
                      change_threshold=self.change_threshold, change_window=self.change_window,
                      report_every=10 ** 6)
 
@@ -226,8 +226,10 @@ def warm_start_weights(A, region, d_ref: float, voxel_index=None, *, inside_leve
 
     Parameters
     ----------
-    A : scipy.sparse matrix or ndarray, shape ``(n_rows, n_beamlets)``
-        Influence matrix (Gy per unit weight).
+    A : InfluenceMatrix, linear operator, scipy.sparse matrix or ndarray, shape ``(n_rows, n_beamlets)``
+        Influence matrix (Gy per unit weight): an object with ``shape``, ``matvec`` and
+        ``rmatvec`` (:class:`rtlab.dose.InfluenceMatrix`, its :meth:`~rtlab.dose.InfluenceMatrix.operator`)
+        or a matrix.
     region : ndarray
         Predicted region: bool/probability on the grid (with ``voxel_index``) or one value per
         row of ``A``.
@@ -251,7 +253,8 @@ def warm_start_weights(A, region, d_ref: float, voxel_index=None, *, inside_leve
     ndarray of float64, shape ``(n_beamlets,)``, non-negative.
     """
     if not hasattr(A, "shape") or len(A.shape) != 2:
-        raise TypeError("A must be a 2-D scipy.sparse matrix or ndarray (rows = voxels, columns = beamlets)")
+        raise TypeError("A must be an InfluenceMatrix, a linear operator, or a 2-D scipy.sparse matrix or ndarray "
+                        "(rows = voxels, columns = beamlets)")
     n_rows, n_cols = A.shape
     r = np.asarray(region)
     if voxel_index is not None:
@@ -273,15 +276,21 @@ def warm_start_weights(A, region, d_ref: float, voxel_index=None, *, inside_leve
     n_in, n_out = int(inside.sum()), int((~inside).sum())
     w = np.where(inside, 1.0 / n_in, outside_weight / max(n_out, 1))
     t = np.where(inside, inside_level * d_ref, 0.0)
-    At = A.T.tocsr() if hasattr(A, "tocsr") else np.asarray(A).T
+    if callable(getattr(A, "matvec", None)) and callable(getattr(A, "rmatvec", None)) and not sp.issparse(A):
+        fwd = lambda v: np.asarray(A.matvec(v), np.float64).ravel()  # noqa: E731
+        adj = lambda g: np.asarray(A.rmatvec(g), np.float64).ravel()  # noqa: E731
+    else:
+        At = A.T.tocsr() if hasattr(A, "tocsr") else np.asarray(A).T
+        fwd = lambda v: np.asarray(A @ v).ravel()  # noqa: E731
+        adj = lambda g: np.asarray(At @ g).ravel()  # noqa: E731
 
     def fg(x):
-        d = np.asarray(A @ x).ravel()
+        d = fwd(x)
         res = d - t
-        return float(np.sum(w * res * res)), 2.0 * np.asarray(At @ (w * res)).ravel()
+        return float(np.sum(w * res * res)), 2.0 * adj(w * res)
 
     if x0 is None:
-        d1 = np.asarray(A @ np.ones(n_cols)).ravel()
+        d1 = fwd(np.ones(n_cols))
         m = float(d1[inside].mean())
         if not m > 0:
             raise ValueError("A delivers no dose inside the predicted region")
@@ -343,7 +352,7 @@ def compare_warm_start(cases, model, planner: ConformityPlanner | None = None, *
         obj = pl.objective(case, inf, d_ref)
         t0 = time.perf_counter()
         pred = model.predict_case(case, threshold=threshold)
-        x_pred = warm_start_weights(inf.matrix, pred, d_ref, inf.voxel_index, n_iter=warm_iter)
+        x_pred = warm_start_weights(inf, pred, d_ref, inf.voxel_index, n_iter=warm_iter)
         prep = time.perf_counter() - t0
         starts = {"uniform": (pl.uniform_start(case, inf, d_ref), 0.0), "predicted": (x_pred, prep)}
         final_regions = {}
@@ -356,7 +365,7 @@ def compare_warm_start(cases, model, planner: ConformityPlanner | None = None, *
                 "case": case.name, "start": name, "iterations": int(res.iterations),
                 "n_evals": int(res.meta.get("n_evals", -1)), "time_s": float(res.time), "prep_s": float(prep_s),
                 "ci_initial": paddick_ci_of(d0 >= d_ref, target), "ci_final": paddick_ci_of(d1 >= d_ref, target),
-                "objective_initial": float(obj.value(inf.matrix @ x0)), "objective_final": float(res.objective),
+                "objective_initial": float(obj.value(inf.matvec(x0))), "objective_final": float(res.objective),
                 "status": res.status,
             })
         dp = dice(pred, final_regions["uniform"])
