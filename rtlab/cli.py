@@ -46,6 +46,7 @@ from .io import load_dicom, load_dose_npz, load_matrad
 from .methods.deliverable import sequence_plan
 from .methods.gk.plan import gk_summary
 from .planning import OBJECTIVES, PlanSettings, plan_case
+from .planning.intent import GOAL_SETS, with_goals
 
 __all__ = ["main", "load_case", "build_parser"]
 
@@ -60,6 +61,13 @@ def _add_case_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--matrad", metavar="FILE", help="a matRad phantom .mat file (ct + cst)")
     src.add_argument("--dicom", metavar="DIR", help="a directory with a CT series and an RTSTRUCT")
     p.add_argument("--spacing", metavar="MM", help="phantom voxel size: one number or dz,dy,dx (only with --phantom)")
+
+
+def _add_goals_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--goals", choices=GOAL_SETS, default="auto",
+                   help="goals to plan towards and score: auto (TG-119's for a recognised TG-119 case such as "
+                        "matRad's TG119.mat, else the case's own; default), file (the case's own, e.g. read from a "
+                        "matRad cst), tg119, none")
 
 
 #: PlanSettings field (as its messages name it) -> the command-line flag that sets it.
@@ -118,10 +126,18 @@ def cmd_phantoms(args) -> int:
     return 0
 
 
+def _with_goals(case, args):
+    try:
+        return with_goals(case, args.goals)
+    except ValueError as exc:
+        raise CLIError(f"--goals {args.goals}: {exc}") from None
+
+
 def cmd_score(args) -> int:
-    case = load_case(args)
+    case = _with_goals(load_case(args), args)
     dose = load_dose_npz(args.dose, expected_shape=case.grid.shape)
     out = score_summary(case, dose, args.rx)
+    out["goal_set"] = case.meta.get("goal_set")
     if args.json:
         print(json.dumps(out))
         return 0
@@ -168,7 +184,9 @@ def cmd_plan(args) -> int:
                          rx=args.rx, max_iter=int(args.max_iter))
     if args.out is not None and not str(args.out).endswith(".npz"):
         raise CLIError(f"--out must name an .npz file, got {args.out!r}")
-    case = load_case(args)
+    case = _with_goals(load_case(args), args)
+    if settings.objective == "matrad" and "matrad" not in case.meta:
+        raise CLIError("--objective matrad plans with a matRad file's own cst objectives; use it with --matrad FILE")
     angles = _angles(args, case)
     if not angles:
         raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
@@ -178,7 +196,7 @@ def cmd_plan(args) -> int:
     out.update(build_s=round(t["build_s"], 3), optimize_s=round(t["optimize_s"], 3), iterations=int(t["iterations"]),
                mu_total=round(res.mu_total, 1), status=t["status"], objective=settings.objective, angles=angles,
                falloff_gy_per_mm=settings.falloff_gy_per_mm, control_points=settings.control_points,
-               dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm)
+               dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm, goal_set=case.meta.get("goal_set"))
     seq = None
     if args.sequence:
         fractions = max(1, int(round((case.prescription or 2.0) / 2.0)))
@@ -279,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dose", required=True, metavar="FILE.npz", help="npz with an array `dose` in Gy, (z, y, x), on the case grid")
     _add_case_args(sp)
     sp.add_argument("--rx", type=float, metavar="GY", help="prescription for CI/GI/HI (default: the case's)")
+    _add_goals_arg(sp)
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_score)
 
@@ -297,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_case_args(sp)
     sp.add_argument("--angles", metavar="DEG,...", help="gantry angles (default: the case's suggested beams)")
     sp.add_argument("--objective", default="conformity", metavar="NAME",
-                    help="objective recipe: conformity (patent 000, default) or quadratic")
+                    help="objective recipe: conformity (patent 000, default), quadratic, or matrad (a matRad "
+                         "file's own cst objectives and penalties)")
+    _add_goals_arg(sp)
     sp.add_argument("--falloff", type=float, metavar="GY_PER_MM",
                     help="dose falloff gradient G in Gy/mm (2 = 200 cGy/mm): falloff-adjusted targets and a low-dose ring")
     sp.add_argument("--control-points", action="store_true", help="add control-point dose bounds on the first target")

@@ -10,13 +10,16 @@
 * :mod:`~rtlab.planning.problem` -- :func:`prepare_plan` -> :class:`PlanProblem` (influence
   matrix, operator, objective, start point); :meth:`PlanProblem.with_objective`;
 * :mod:`~rtlab.planning.pipeline` -- :func:`optimise_plan` -> :class:`PlanResult` (dose, MU,
-  history, scores, review), :func:`plan_case`.
+  history, scores, review), :func:`plan_case`;
+* :mod:`~rtlab.planning.intent` -- :func:`with_goals` (the file's goals or TG-119's),
+  :func:`matrad_terms` (a matRad file's own objective, ``objective='matrad'``).
 
 See ``docs/methods/planning.md``.
 """
 
 from ..dose.operator import PlanOperator, trilinear_matrix
 from ..evaluate.compare import score_summary
+from .intent import GOAL_SETS, matrad_terms, tg119_goals, with_goals
 from .pipeline import PlanResult, optimise_plan, plan_case
 from .problem import PlanProblem, angles_for, prepare_plan
 from .recipes import build_objective, region_of_interest
@@ -41,4 +44,8 @@ __all__ = [
     "QUADRATIC_RECIPE",
     "control_point_find_options",
     "OBJECTIVES",
+    "with_goals",
+    "tg119_goals",
+    "matrad_terms",
+    "GOAL_SETS",
 ]
