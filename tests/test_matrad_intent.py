@@ -243,3 +243,11 @@ def test_cli_refuses_bad_goal_and_objective_choices(tmp_path):
     assert r.returncode == 2 and "not a TG-119 case" in r.stderr and "Traceback" not in r.stderr
     r = _cli("plan", "--phantom", "tg119_cshape_easy", "--objective", "matrad", "--json")
     assert r.returncode == 2 and "--matrad FILE" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_optimizer_panel_offers_matrad_only_for_matrad_cases(tmp_path):
+    from rtlab.phantoms import get_phantom
+    from rtlab.widgets import OptimizerPanel
+    write_case(tmp_path / "c.mat", 3)
+    assert "matrad" in OptimizerPanel(load_matrad(tmp_path / "c.mat")).objective.options
+    assert "matrad" not in OptimizerPanel(get_phantom("sphere", spacing=5.0)).objective.options
