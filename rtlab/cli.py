@@ -78,6 +78,7 @@ from .io import (load_dicom, load_dicom_rt, load_dose_npz, load_matrad, load_rtp
 from .methods.deliverable import sequence_plan
 from .methods.gk.plan import gk_summary
 from .planning import OBJECTIVES, PlanSettings, export_plan_dicom, gamma_against, plan_case, recompute_rtplan
+from .planning.intent import GOAL_SETS, with_goals
 
 __all__ = ["main", "load_case", "build_parser"]
 
@@ -93,6 +94,13 @@ def _add_case_args(p: argparse.ArgumentParser, required: bool = True, ct_alias: 
     names = ("--dicom", "--ct") if ct_alias else ("--dicom",)
     src.add_argument(*names, dest="dicom", metavar="DIR", help="a directory with a CT series and an RTSTRUCT")
     p.add_argument("--spacing", metavar="MM", help="phantom voxel size: one number or dz,dy,dx (only with --phantom)")
+
+
+def _add_goals_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--goals", choices=GOAL_SETS, default="auto",
+                   help="goals to plan towards and score: auto (TG-119's for a recognised TG-119 case such as "
+                        "matRad's TG119.mat, else the case's own; default), file (the case's own, e.g. read from a "
+                        "matRad cst), tg119, none")
 
 
 #: PlanSettings field (as its messages name it) -> the command-line flag that sets it.
@@ -220,6 +228,13 @@ def cmd_phantoms(args) -> int:
     return 0
 
 
+def _with_goals(case, args):
+    try:
+        return with_goals(case, args.goals)
+    except ValueError as exc:
+        raise CLIError(f"--goals {args.goals}: {exc}") from None
+
+
 def _recompute_dose(args, case, machine):
     """Dose of the plan file's beamlet weights re-computed with ``machine`` (``score --machine-file``)."""
     with np.load(args.dose) as z:
@@ -247,7 +262,7 @@ def cmd_score(args) -> int:
         raise CLIError("give --dose FILE.npz with --phantom/--matrad/--dicom, or --rtdose FILE --rtstruct FILE")
     _input_file("--dose", args.dose)
     _check_case_source(args)
-    case = load_case(args)
+    case = _with_goals(load_case(args), args)
     dose = load_dose_npz(args.dose, expected_shape=case.grid.shape)
     machine = _machine(args)
     stored = None
@@ -256,6 +271,7 @@ def cmd_score(args) -> int:
     out = score_summary(case, dose, args.rx)
     if stored is not None:
         out.update(recomputed_with=machine.name, dose_change_max_gy=round(float(abs(dose - stored).max()), 4))
+    out["goal_set"] = case.meta.get("goal_set")
     if args.json:
         print(json.dumps(out))
         return 0
@@ -408,7 +424,9 @@ def cmd_plan(args) -> int:
         raise CLIError("--rtplan-out needs --sequence step|sliding (an RT Plan holds leaf motions)")
     if args.rtplan_out is not None and not str(args.rtplan_out).lower().endswith(".dcm"):
         raise CLIError(f"--rtplan-out must name a .dcm file, got {args.rtplan_out!r}")
-    case = load_case(args)
+    case = _with_goals(load_case(args), args)
+    if settings.objective == "matrad" and "matrad" not in case.meta:
+        raise CLIError("--objective matrad plans with a matRad file's own cst objectives; use it with --matrad FILE")
     angles = _angles(args, case, given)
     if not angles:
         raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
@@ -419,7 +437,8 @@ def cmd_plan(args) -> int:
     out.update(build_s=round(t["build_s"], 3), optimize_s=round(t["optimize_s"], 3), iterations=int(t["iterations"]),
                mu_total=round(res.mu_total, 1), status=t["status"], objective=settings.objective, angles=angles,
                falloff_gy_per_mm=settings.falloff_gy_per_mm, control_points=settings.control_points,
-               dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm, machine_model=res.influence.machine.name)
+               dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm, machine_model=res.influence.machine.name,
+               goal_set=case.meta.get("goal_set"))
     seq = None
     if args.sequence:
         fractions = max(1, int(round((case.prescription or settings.rx or 2.0) / 2.0)))
@@ -586,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rx", type=float, metavar="GY", help="prescription for CI/GI/HI (default: the case's)")
     _add_machine_arg(sp, "to re-compute the dose with from the plan file's beamlet weights (a file written by "
                      "`rtlab plan --out`) before scoring")
+    _add_goals_arg(sp)
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_score)
 
@@ -613,7 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_case_args(sp)
     sp.add_argument("--angles", metavar="DEG,...", help="gantry angles (default: the case's suggested beams)")
     sp.add_argument("--objective", default="conformity", metavar="NAME",
-                    help="objective recipe: conformity (patent 000, default) or quadratic")
+                    help="objective recipe: conformity (patent 000, default), quadratic, or matrad (a matRad "
+                         "file's own cst objectives and penalties)")
+    _add_goals_arg(sp)
     sp.add_argument("--falloff", type=float, metavar="GY_PER_MM",
                     help="dose falloff gradient G in Gy/mm (2 = 200 cGy/mm): falloff-adjusted targets and a low-dose ring")
     sp.add_argument("--control-points", action="store_true", help="add control-point dose bounds on the first target")

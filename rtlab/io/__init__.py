@@ -31,11 +31,15 @@ from .dicom import (
     save_rtstruct,
 )
 from .matrad import is_body_name, load_matrad, read_mat, save_matrad
+from .matrad_objectives import MatradObjective, goals_from_objectives, matrad_objectives
 from .npz import NpzContents, load_dose_npz, load_npz, save_npz
 
 __all__ = [
     "load_matrad",
     "save_matrad",
+    "matrad_objectives",
+    "goals_from_objectives",
+    "MatradObjective",
     "read_mat",
     "is_body_name",
     "load_dicom",

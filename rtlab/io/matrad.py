@@ -28,6 +28,9 @@ Conversion to rtlab
   failing that, squared-underdosing) objective's dose; every other structure (``OAR``,
   ``IGNORED``) becomes ``'oar'``. The matRad type and objectives are kept in
   ``case.meta['matrad']``. Empty structures are skipped with a warning.
+* The ``cst`` objectives (matRad 2 structs or matRad 3 class structs) are read by
+  :mod:`rtlab.io.matrad_objectives` and become the case's goals (e.g. squared overdosing at
+  25 Gy -> ``D2 <= 25``); ``objective='matrad'`` plans with the objectives themselves.
 * CT numbers: ``ct.cubeHU`` when present; otherwise HU are derived from the density cube with
   :func:`rtlab.core.materials.density_to_hu`. The density cube is kept as ``Case.density``; when
   only HU are present the density comes from :func:`rtlab.core.materials.hu_to_density`. Both use
@@ -63,6 +66,7 @@ from ..core.case import Case
 from ..core.geometry import Grid, Structure, StructureSet
 from ..core.materials import DEFAULT_HU_TABLE, density_to_hu, hu_to_density
 from ..core.validate import MAX_NESTING, MAX_REFERENCES, check_decode_bytes, check_voxels, max_decode_bytes
+from .matrad_objectives import goals_from_objectives, matrad_objectives
 
 h5py = load("h5py", extra="dicom", purpose="reading MATLAB v7.3 (HDF5) files")
 
@@ -676,6 +680,8 @@ def _objective_summary(o: dict) -> dict:
         except ValueError:
             dose = None
     out = {"type": kind, "dose": dose}
+    if "parameters" in o:  # matRad 3: a cell of the class's parameters (doses in Gy, volumes in %)
+        out["parameters"] = _numbers(o["parameters"])
     for k in ("penalty", "EUD", "volume"):
         if k in o:
             try:
@@ -683,6 +689,22 @@ def _objective_summary(o: dict) -> dict:
             except ValueError:
                 pass
     return out
+
+
+def _numbers(x) -> list:
+    """The numbers of a (nested) MATLAB cell/array in column-major order; text and other values as None."""
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        out = []
+        for v in x.ravel(order="F"):
+            out.extend(_numbers(v))
+        return out
+    if isinstance(x, (list, tuple)):
+        return [v for it in x for v in _numbers(it)]
+    try:
+        a = np.asarray(x, dtype=float)
+    except (TypeError, ValueError):
+        return [None]
+    return [float(v) for v in a.ravel(order="F")]
 
 
 def _prescription(objectives: list[dict]) -> float | None:
@@ -733,7 +755,8 @@ def load_matrad(path, hu_table=None, name: str | None = None) -> Case:
     Case
         Grid ``(Nz, Ny, Nx)`` with spacing ``(res.z, res.y, res.x)`` mm, CT in HU, density
         (water = 1) and the structures. ``case.meta['matrad']`` holds the matRad type and the
-        objectives of every structure; ``case.meta['hu_table']`` the table used.
+        objectives of every structure; ``case.meta['hu_table']`` the table used. ``case.goals``
+        are the objectives read as goals (:func:`rtlab.io.matrad_objectives.goals_from_objectives`).
 
     Raises
     ------
@@ -882,7 +905,7 @@ def load_matrad(path, hu_table=None, name: str | None = None) -> Case:
         more = f" and {len(renamed) - 5} more" if len(renamed) > 5 else ""
         warnings.warn(f"{p.name}: {len(renamed)} duplicate structure name(s) renamed ({', '.join(renamed[:5])}{more})",
                       stacklevel=2)
-    return Case(
+    case = Case(
         name=name or p.stem,
         grid=grid,
         ct=hu,
@@ -891,6 +914,9 @@ def load_matrad(path, hu_table=None, name: str | None = None) -> Case:
         description=f"matRad phantom loaded from {p.name}",
         meta={"source": str(p), "matrad": info, "hu_table": np.asarray(table).tolist()},
     )
+    # the cst objectives read as goals (rtlab.io.matrad_objectives.goals_from_objectives)
+    case.goals = goals_from_objectives(matrad_objectives(case), {s.name: s.kind for s in structures.values()})
+    return case
 
 
 def _cell(*items, shape=None) -> np.ndarray:

@@ -14,12 +14,15 @@
 * :mod:`~rtlab.planning.rtplan` -- DICOM RT Plans: :func:`export_plan_dicom` (a sequenced plan as
   CT, RTSTRUCT, RTDOSE and RT Plan), :func:`recompute_rtplan` (an RT Plan's dose with rtlab's
   engine), :func:`gamma_against` (against its RTDOSE).
+* :mod:`~rtlab.planning.intent` -- :func:`with_goals` (the file's goals or TG-119's),
+  :func:`matrad_terms` (a matRad file's own objective, ``objective='matrad'``).
 
 See ``docs/methods/planning.md``.
 """
 
 from ..dose.operator import PlanOperator, trilinear_matrix
 from ..evaluate.compare import score_summary
+from .intent import GOAL_SETS, matrad_terms, tg119_goals, with_goals
 from .pipeline import PlanResult, optimise_plan, plan_case
 from .problem import PlanProblem, angles_for, prepare_plan
 from .recipes import build_objective, region_of_interest
@@ -50,4 +53,8 @@ __all__ = [
     "recompute_rtplan",
     "gamma_against",
     "RecomputedPlan",
+    "with_goals",
+    "tg119_goals",
+    "matrad_terms",
+    "GOAL_SETS",
 ]

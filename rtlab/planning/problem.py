@@ -20,6 +20,7 @@ from ..dose.operator import PlanOperator
 from ..methods.conformity import ConformityTerm
 from ..optimize import SquaredDeviation
 from .recipes import build_objective, region_of_interest, targets_with_rx
+from .intent import matrad_structures_mask
 from .settings import OBJECTIVES, PlanSettings
 
 __all__ = ["PlanProblem", "prepare_plan", "angles_for"]
@@ -201,6 +202,8 @@ def prepare_plan(case, angles: Sequence[float] | None = None, objective: str = "
                              cutoff_mm=settings.cutoff_mm,
                              progress=progress, bixel_mm=settings.bixel_mm)
     roi = None if im.grid.is_same(case.grid) else region_of_interest(case, settings.roi_mm)
+    if roi is not None and settings.objective == "matrad":
+        roi |= matrad_structures_mask(case)  # matRad evaluates its objectives on every voxel of a structure
     op = PlanOperator(im, roi=roi, backend=settings.backend)
     obj, info = build_objective(case, op, settings=settings)
     targets = targets_with_rx(case, settings.rx)

@@ -22,6 +22,9 @@ Objective recipes (``objective=``)
   :func:`control_point_find_options`; default ``None`` = the library defaults with
   ``mode='2d'``).
 
+``'matrad'`` (cases loaded from matRad files): the file's own ``cst`` objectives, each with its
+penalty as weight (:func:`rtlab.planning.intent.matrad_terms`); no rtlab terms are added.
+
 ``'quadratic'`` (the conventional objective, for comparison): mean squared deviation from ``D``
 in each target, the same organ terms, and a mean squared overdose of the normal tissue above
 ``normal_level * D``.
@@ -49,6 +52,7 @@ from ..methods.control_points import ControlPointTerm, find_control_points
 from ..methods.falloff import adjust_targets, falloff_conformity_terms
 from ..optimize import MaxDose, Objective, SquaredDeviation, SquaredOverdose, SquaredUnderdose
 from ..optimize.terms import Term
+from .intent import matrad_terms
 from .settings import (CONFORMITY_RECIPE, OBJECTIVES, QUADRATIC_RECIPE, PlanSettings,  # noqa: F401 (re-exported)
                        control_point_find_options)
 
@@ -140,7 +144,7 @@ def build_objective(case, op: PlanOperator, objective: str = "conformity", fallo
     ----------
     case : Case
     op : PlanOperator
-    objective : {'conformity', 'quadratic'}
+    objective : {'conformity', 'quadratic', 'matrad'}
     falloff : float, optional
         Dose falloff gradient ``G`` in **Gy/mm** (2.0 = 200 cGy/mm); conformity recipe only.
     control_points : bool
@@ -218,6 +222,9 @@ def build_objective(case, op: PlanOperator, objective: str = "conformity", fallo
             info["control_points"] = pts
             if term is not None:
                 terms.append(term)
+    elif objective == "matrad":
+        terms += matrad_terms(case, op)
+        limits = {}  # the file's own organ terms only
     else:
         for t, d in targets:
             terms.append(SquaredDeviation(op.ct_rows(t.mask, missing="raise"), d, rec["target_weight"],
@@ -236,7 +243,7 @@ def build_objective(case, op: PlanOperator, objective: str = "conformity", fallo
         r = op.ct_rows(m)
         if r.size:
             terms.append(SquaredOverdose(r, rec["oar_level"] * v, rec["oar_weight"], name=f"{name} overdose"))
-    if op.n_dose:
+    if op.n_dose and rec["guard_weight"] > 0:
         roi_ct = np.zeros(case.grid.shape, np.float32)
         roi_ct.ravel()[op.ct_index] = 1.0
         roi_dose = resample(roi_ct, case.grid, op.influence.grid, order=0) > 0.5

@@ -30,8 +30,9 @@ from ..methods.control_points import RingFilter, Thresholds
 __all__ = ["PlanSettings", "OBJECTIVES", "CONFORMITY_RECIPE", "QUADRATIC_RECIPE", "SOLVER_METHODS", "full_recipe",
            "control_point_find_options"]
 
-#: Objective recipes understood by :func:`plan_case`.
-OBJECTIVES = ("conformity", "quadratic")
+#: Objective recipes understood by :func:`plan_case`. ``'matrad'``: the case's own matRad ``cst``
+#: objectives with their penalties (cases loaded from matRad files; :mod:`rtlab.planning.intent`).
+OBJECTIVES = ("conformity", "quadratic", "matrad")
 
 #: Weights and dose levels of the conformity recipe (levels are fractions of the prescription
 #: ``D``, or of the goal value ``v`` for organs; quadratic terms are in Gy^2, averaged over
@@ -74,6 +75,13 @@ QUADRATIC_RECIPE = {
     "guard_weight": 0.3,
 }
 
+#: The ``'matrad'`` objective: the file's terms and penalties only, plus the guard of the dose-grid
+#: rows outside the evaluated structures (coarse dose grid only; weight 0 = off, as matRad).
+MATRAD_RECIPE = {
+    "guard_level": 0.8,
+    "guard_weight": 0.0,
+}
+
 #: Solver methods (:class:`rtlab.optimize.Solver`).
 SOLVER_METHODS = ("lbfgsb", "pg")
 
@@ -94,7 +102,7 @@ def full_recipe(objective: str, recipe: Mapping | None = None) -> dict:
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    base = CONFORMITY_RECIPE if objective == "conformity" else QUADRATIC_RECIPE
+    base = {"conformity": CONFORMITY_RECIPE, "quadratic": QUADRATIC_RECIPE, "matrad": MATRAD_RECIPE}[objective]
     rec = dict(base)
     if recipe is not None and not isinstance(recipe, Mapping):
         raise TypeError(f"recipe must be a dict of recipe entries (e.g. {{'steepness': 30}}) or None, "
@@ -234,7 +242,7 @@ class PlanSettings(Mapping):
 
     Parameters
     ----------
-    objective : {'conformity', 'quadratic'}
+    objective : {'conformity', 'quadratic', 'matrad'}
         Objective recipe (:mod:`rtlab.planning.recipes`).
     falloff_gy_per_mm : float, optional
         Dose falloff gradient ``G`` in Gy/mm (patent 000 eqs 16-17; 2.0 Gy/mm = 200 cGy/mm);

@@ -172,7 +172,9 @@ class OptimizerPanel(Panel):
 
         lay = ipywidgets.Layout(width="210px")
         style = {"description_width": "110px"}
-        self.objective = ipywidgets.Dropdown(options=list(OBJECTIVES), value="conformity", description="objective",
+        # 'matrad' (the file's own cst objectives) only for cases loaded from matRad files
+        choices = [o for o in OBJECTIVES if o != "matrad" or "matrad" in getattr(case, "meta", {})]
+        self.objective = ipywidgets.Dropdown(options=choices, value="conformity", description="objective",
                                              layout=lay, style=style)
         self.weights: dict[str, ipywidgets.BoundedFloatText] = {}
         self.weights_box = ipywidgets.VBox()
