@@ -453,9 +453,10 @@ def cmd_plan(args) -> int:
         out["out"] = str(args.out)
     if args.rtplan_out:
         files = export_plan_dicom(case, seq, res.influence.beams, args.rtplan_out, prescription_gy=settings.rx
-                                  or case.prescription)
+                                  or case.prescription, machine=res.influence.machine)
         out["rtplan_out"] = {k: str(files[k]) for k in ("rtplan", "rtstruct", "rtdose")}
         out["rtplan_out"]["ct_files"] = len(files["ct"])
+        out["rtplan_out"]["sequencer_gap"] = {k: round(v, 4) for k, v in files["sequencer_gap"].items()}
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0

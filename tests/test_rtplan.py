@@ -243,9 +243,16 @@ def test_round_trip_fluence_and_dose(planned, tmp_path, method, mlc):
     original = fd.dose(on="dose")  # the sequencer's fluence through the same engine
     g = gamma(original, rc.dose, rc.grid, dose_criterion=0.02, dta_mm=2.0, cutoff=0.1)
     assert g.pass_rate >= 0.99
-    # against the exported RTDOSE (the influence-matrix engine): engines differ by a few %
-    ga = gamma_against(rc, files["rtdose"], 0.03, 3.0)
-    assert ga["pass_rate"] >= 0.9
+    # the exported RTDOSE is the written plan's own re-computation (dose="plan")
+    ga = gamma_against(rc, files["rtdose"], 0.02, 2.0)
+    assert ga["pass_rate"] >= 0.999 and files["dose_source"] == "plan"
+    # the sequencer's own dose (influence matrix of bixel-averaged fluence) leaves out the fluence
+    # beyond the bixel mask: never more than the plan's, and within a few %
+    gap = files["sequencer_gap"]
+    assert 1.0 <= gap["total_ratio"] < 1.08
+    seq_rd = export_plan_dicom(case, res, im.beams, tmp_path / "s" / "RP.dcm", dose="sequencer")
+    np.testing.assert_allclose(read_rtdose(seq_rd["rtdose"]).dose, np.clip(res.dose, 0, None),
+                               atol=2e-4 * res.dose.max())
 
 
 def test_sliding_window_min_gap_leaks_as_on_a_machine(planned, tmp_path):
@@ -315,7 +322,7 @@ def test_cli_plan_rtplan_out_and_dose_rtplan(tmp_path, capsys):
                  "--out", str(tmp_path / "re.dcm"), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["beams"] == 3
-    assert out["gamma"]["pass_rate"] >= 0.95 and out["gamma"]["criterion"] == "3%/3mm"
+    assert out["gamma"]["pass_rate"] >= 0.99 and out["gamma"]["criterion"] == "3%/3mm"
     assert read_rtdose(tmp_path / "re.dcm").grid.shape == tuple(out["grid_shape"])
     assert main(["plan", "--phantom", "sphere", "--spacing", "8", "--rtplan-out", str(rp)]) == 2  # needs --sequence
     assert "needs --sequence" in capsys.readouterr().err

@@ -253,14 +253,16 @@ def delivery_to_rtplan(delivery, beams, case=None, *, label: str = "rtlab", ener
 
 
 def export_plan_dicom(case, delivery, beams, rtplan_path, *, write_ct: bool | None = None, label: str = "rtlab",
-                      prescription_gy: float | None = None, dvh: bool = True) -> dict:
+                      prescription_gy: float | None = None, dvh: bool = True, machine: Machine | None = None,
+                      dose: str = "plan") -> dict:
     """Write a consistent DICOM set for a sequenced plan: CT, RTSTRUCT, RTDOSE and RT Plan.
 
     Parameters
     ----------
     case : Case
     delivery : DeliverableResult
-        Its ``dose`` (Gy, whole course, on ``delivery.grid``) becomes the RTDOSE.
+        The sequenced plan (:func:`rtlab.methods.deliverable.sequence_plan`); the RTDOSE is on
+        ``delivery.grid``.
     beams : list of Beam
         ``influence.beams``.
     rtplan_path : path-like
@@ -271,6 +273,16 @@ def export_plan_dicom(case, delivery, beams, rtplan_path, *, write_ct: bool | No
         ``case.meta['dicom']`` with its SOP Instance UIDs and ``case.meta['source']`` its folder),
         whose images are then referenced. (A case written once by ``save_dicom_ct`` is written
         again: its CT files may not be where the new set goes.)
+    machine : Machine, optional
+        The beam model of the RTDOSE's re-computation (default :func:`rtlab.dose.generic_6mv`;
+        pass ``influence.machine``).
+    dose : {"plan", "sequencer"}
+        ``"plan"`` (default): the RTDOSE is the dose of the written RT Plan's apertures
+        (:func:`recompute_rtplan` on ``delivery.grid``), as a planning system's final dose
+        calculation is; it includes the fluence that isocentre-aligned leaves deliver beyond the
+        beam's bixel mask, which the sequencer's dose leaves out (``delivery.outside_mu``).
+        ``"sequencer"``: ``delivery.dose`` (bixel-averaged fluence through the influence matrix).
+        Either way ``sequencer_gap`` in the result compares the two.
     dvh : bool
         Write rtlab's DVHs (voxel-centre masks on the CT grid, bins of max(0.01 Gy, max dose / 1000)) into the
         RTDOSE's ``DVHSequence``, as a planning system does.
@@ -279,8 +291,12 @@ def export_plan_dicom(case, delivery, beams, rtplan_path, *, write_ct: bool | No
     -------
     dict
         ``rtplan``, ``rtstruct``, ``rtdose`` paths, ``ct`` (list of paths; empty when not written),
-        ``uids`` (``rtplan``, ``rtstruct``, ``rtdose``, ``frame_of_reference``, ``study``).
+        ``uids`` (``rtplan``, ``rtstruct``, ``rtdose``, ``frame_of_reference``, ``study``),
+        ``dose_source`` and ``sequencer_gap`` (``total_ratio``: total dose of the plan's apertures
+        over the sequencer's; ``max_abs_diff_gy`` and ``max_gy`` on ``delivery.grid``).
     """
+    if dose not in ("plan", "sequencer"):
+        raise ValueError(f"dose must be 'plan' (the RT Plan's apertures re-computed) or 'sequencer', got {dose!r}")
     rp = Path(rtplan_path)
     d = rp.parent
     d.mkdir(parents=True, exist_ok=True)
@@ -295,7 +311,12 @@ def export_plan_dicom(case, delivery, beams, rtplan_path, *, write_ct: bool | No
     rs_uid = str(rs_ds.SOPInstanceUID)
     from_uid = str(rs_ds.FrameOfReferenceUID)
     rp_uid = uid.generate_uid()
-    rd = save_rtdose(np.clip(delivery.dose, 0, None), delivery.grid, d / "RD.dcm", reference=case, plan_uid=rp_uid,
+    planned = recompute_rtplan(plan, case, machine=machine, dose_grid=delivery.grid).dose
+    seq_dose = np.asarray(delivery.dose, float)
+    gap = {"total_ratio": float(np.sum(planned) / max(np.sum(seq_dose), 1e-30)),
+           "max_abs_diff_gy": float(np.max(np.abs(planned - seq_dose))), "max_gy": float(np.max(seq_dose))}
+    rd_dose = planned if dose == "plan" else seq_dose
+    rd = save_rtdose(np.clip(rd_dose, 0, None), delivery.grid, d / "RD.dcm", reference=case, plan_uid=rp_uid,
                      description=f"rtlab {delivery.method} {delivery.mlc.name}")
     rd_uid = read_rtdose(rd).sop_instance_uid
     if dvh:
@@ -303,18 +324,18 @@ def export_plan_dicom(case, delivery, beams, rtplan_path, *, write_ct: bool | No
         for num, s in enumerate(case.structures.values(), start=1):
             if not s.mask.any():
                 continue
-            dose = delivery.dose if delivery.grid.is_same(case.grid) else None
-            if dose is None:
+            if not delivery.grid.is_same(case.grid):
                 break
-            dv = DoseVolume.from_mask(s.name, s.kind, dose, s.mask, case.grid,
-                                      bin_width=max(0.01, float(np.max(dose)) / 1000.0))
+            dv = DoseVolume.from_mask(s.name, s.kind, rd_dose, s.mask, case.grid,
+                                      bin_width=max(0.01, float(np.max(rd_dose)) / 1000.0))
             edges, cum = dv.cumulative()
             entries[num] = (edges, cum[:-1], dv.dmin, dv.dmax, dv.dmean)
         if entries:
             add_dvh_sequence(rd, entries, rs_uid)
     plan.frame_of_reference_uid = from_uid
     save_rtplan(plan, rp, reference=case, structure_set_uid=rs_uid, dose_uids=[rd_uid], sop_instance_uid=rp_uid)
-    return {"rtplan": rp, "rtstruct": rs, "rtdose": rd, "ct": ct_paths, "plan": plan,
+    return {"rtplan": rp, "rtstruct": rs, "rtdose": rd, "ct": ct_paths, "plan": plan, "dose_source": dose,
+            "sequencer_gap": gap,
             "uids": {"rtplan": rp_uid, "rtstruct": rs_uid, "rtdose": rd_uid, "frame_of_reference": from_uid,
                      "study": str(rs_ds.StudyInstanceUID)}}
 
