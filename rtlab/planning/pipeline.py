@@ -21,13 +21,15 @@ import numpy as np
 
 from .._util import is_int
 from ..evaluate.compare import score, score_summary
+from ..evaluate.metrics import evaluate
 from ..io.npz import save_npz
 from ..dose.operator import PlanOperator
 from ..optimize import OptimizationResult, PlanSession, Solver
 from .problem import PlanProblem, prepare_plan
+from .recipes import goal_term_name
 from .settings import SOLVER_FIELDS, PlanSettings
 
-__all__ = ["PlanResult", "optimise_plan", "plan_case"]
+__all__ = ["PlanResult", "optimise_plan", "plan_case", "meet_goals", "failing_goals"]
 
 
 @dataclass
@@ -347,4 +349,76 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
                                 recipe_overrides=recipe, cutoff_mm=cutoff_mm, backend=backend, max_iter=max_iter,
                                 change_threshold=change_threshold, change_window=change_window, method=method)
     problem = prepare_plan(case, angles, machine=machine, progress=progress, settings=settings)
-    return optimise_plan(problem, progress=progress, callback=callback, settings=settings)
+    res = optimise_plan(problem, progress=progress, callback=callback, settings=settings)
+    return meet_goals(problem, res, progress=progress, callback=callback, settings=settings)
+
+
+def failing_goals(case, dose) -> list:
+    """The goals of ``case`` that ``dose`` (CT grid, Gy) does not meet, ``[(Goal, value), ...]``."""
+    out = []
+    for g in case.goals:
+        v = float(evaluate(dose, case.structures[g.structure], g.metric, case.grid))
+        if not g.passed(v):
+            out.append((g, v))
+    return out
+
+
+def meet_goals(problem: PlanProblem, result: PlanResult, *, progress: bool = False, callback: Callable | None = None,
+               settings: PlanSettings | None = None) -> PlanResult:
+    """Goal-driven re-weighting of the conformity recipe (recipe entries ``goal_*``).
+
+    While some goal of the case fails, at most ``goal_rounds`` times: the weight of every
+    failing goal's term (``'goal <goal>'``, :func:`rtlab.planning.recipes.goal_terms`) is
+    multiplied by ``goal_round_factor`` and the optimiser runs again, warm-started from the last
+    beamlet weights, for ``max(1, round(goal_round_iter * max_iter))`` iterations. A goal
+    without a term (``Dmean``, volume goals) is not re-weighted. The weights stay changed on
+    ``problem.objective`` (so :attr:`PlanResult.objective` is the objective actually solved).
+
+    Returns ``result`` unchanged for another objective, with ``goal_rounds = 0``, or when every
+    goal is met; else the plan of the round (0 = ``result``) that fails the fewest goals (ties:
+    the smallest summed relative miss; later rounds win equal keys), whose ``timings`` add up
+    all rounds (``optimize_s``, ``iterations``, ...) and hold ``goal_rounds`` (rounds run),
+    ``goal_best_round`` (the round returned) and ``goal_reweighted`` (term name -> final weight
+    of each re-weighted term).
+    """
+    s = problem.settings if settings is None else replace(problem.settings, **{k: getattr(settings, k)
+                                                                               for k in SOLVER_FIELDS})
+    rec = s.recipe
+    if s.objective != "conformity" or not rec.get("goal_rounds"):
+        return result
+    obj = problem.objective
+    total = dict(result.timings)
+    reweighted: dict[str, float] = {}
+    n_iter = max(1, int(round(rec["goal_round_iter"] * s.max_iter)))
+    rounds = 0
+
+    def shortfall(fails):
+        # (number of failing goals, summed relative miss): the plan to keep is the smallest
+        return (len(fails), sum(abs(v - g.value) / max(abs(g.value), 1e-9) for g, v in fails))
+
+    fails = failing_goals(problem.case, result.dose)
+    best, best_key, best_round = result, shortfall(fails), 0
+    for _ in range(int(rec["goal_rounds"])):
+        names = [goal_term_name(g) for g, _v in fails]
+        names = [n for n in names if n in obj.names]
+        if not names or result.timings.get("status") == "cancelled":
+            break
+        for n in names:
+            obj[n].weight *= rec["goal_round_factor"]
+            reweighted[n] = float(obj[n].weight)
+        result = optimise_plan(problem, x0=result.x, progress=progress, callback=callback,
+                               settings=replace(s, max_iter=n_iter))
+        rounds += 1
+        for k in ("optimize_s", "optimize_cpu_s", "iterations", "n_evals"):
+            if total.get(k) is not None and result.timings.get(k) is not None:
+                total[k] += result.timings[k]
+        total["status"] = result.timings["status"]
+        fails = failing_goals(problem.case, result.dose)
+        key = shortfall(fails)
+        if key <= best_key:
+            best, best_key, best_round = result, key, rounds
+    if rounds:
+        total.update(goal_rounds=rounds, goal_reweighted=reweighted, goal_best_round=best_round,
+                     status=best.timings["status"])
+        result = replace(best, timings=total, x0=problem.x0)
+    return result

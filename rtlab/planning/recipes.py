@@ -13,6 +13,17 @@ Objective recipes (``objective=``)
   (log-sum-exp) over the region of interest above ``max_level * D``;
 * organs: mean squared overdose above ``oar_level * v`` for every ``<=`` dose goal ``v`` of an
   organ;
+* goals (:func:`goal_terms`): every dose-volume goal of the case, on a target or an organ,
+  becomes its own term, named ``'goal <goal>'``: ``Dx <= v`` a dose-volume maximum at
+  ``goal_max_level * v`` (x % of the structure may exceed it), ``Dx >= v`` a dose-volume
+  minimum at ``goal_min_level * v``; weight ``goal_target_weight`` (targets) or
+  ``goal_oar_weight`` (organs). With ``goal_rounds = n > 0``, :func:`rtlab.planning.plan_case`
+  then re-weights (:func:`rtlab.planning.pipeline.meet_goals`): after the optimisation, the
+  term of every goal the plan fails is multiplied by ``goal_round_factor`` and the optimiser
+  runs again from the last beamlet weights for ``goal_round_iter * max_iter`` iterations, at
+  most ``n`` rounds, stopping once every goal is met, and keeps the round's plan that fails
+  the fewest goals. The iteration budget is therefore
+  ``max_iter * (1 + n * goal_round_iter)`` at most (default 100 * (1 + 3 * 0.5) = 250);
 * guard (coarse dose grid only): mean squared overdose above ``guard_level * min(D)`` on the
   dose-grid rows outside the region of interest;
 * with ``control_points=True``: the dose bounds of :mod:`rtlab.methods.control_points`
@@ -51,12 +62,12 @@ from ..methods.conformity import ConformityTerm
 from ..methods.control_points import ControlPointTerm, find_control_points
 from ..methods.falloff import adjust_targets, falloff_conformity_terms
 from ..optimize import MaxDose, Objective, SquaredDeviation, SquaredOverdose, SquaredUnderdose
-from ..optimize.terms import Term
+from ..optimize.terms import DVHMax, DVHMin, Term
 from .intent import matrad_terms
 from .settings import (CONFORMITY_RECIPE, OBJECTIVES, QUADRATIC_RECIPE, PlanSettings,  # noqa: F401 (re-exported)
                        control_point_find_options)
 
-__all__ = ["build_objective", "apply_term_edits", "region_of_interest", "goal_limits", "targets_with_rx", "CONFORMITY_RECIPE",
+__all__ = ["build_objective", "goal_terms", "goal_term_name", "apply_term_edits", "region_of_interest", "goal_limits", "targets_with_rx", "CONFORMITY_RECIPE",
            "QUADRATIC_RECIPE", "OBJECTIVES", "control_point_find_options"]
 
 
@@ -74,6 +85,61 @@ def goal_limits(case) -> dict[str, float]:
         if unit != "Gy":
             continue
         out[s.name] = min(out.get(s.name, np.inf), float(g.value))
+    return out
+
+
+def goal_term_name(goal) -> str:
+    """Name of the objective term of a goal in the conformity recipe: ``'goal PTV D10 <= 55'``."""
+    return f"goal {goal}"
+
+
+def goal_terms(case, op: PlanOperator, rec: Mapping) -> list:
+    """The conformity recipe's terms for the case's dose-volume goals, ``[(Goal, Term), ...]``.
+
+    A goal ``Dx <= v`` on a structure becomes a dose-volume maximum
+    (:class:`~rtlab.optimize.terms.DVHMax`: at most ``x`` % of the structure above
+    ``goal_max_level * v``), a goal ``Dx >= v`` a dose-volume minimum
+    (:class:`~rtlab.optimize.terms.DVHMin`: at least ``x`` % at ``goal_min_level * v`` or more):
+    the goal itself as a penalty, with a small margin so that the plan lands on the goal's
+    side of it. ``Dmax``/``Dmin`` are the 0 % / 100 % cases and ``D<x>cc`` the fraction
+    ``x`` cc of the structure's volume. The term covers the whole structure (the goal's
+    volume), target overlap included. Weights: ``goal_target_weight`` on targets,
+    ``goal_oar_weight`` on organs. ``Dmean`` and volume goals (``V<x>Gy``) get no goal term
+    (organs keep their overdose term).
+    """
+    out, seen = [], set()
+    voxel_cc = float(np.prod(case.grid.spacing)) / 1000.0
+    for g in case.goals:
+        name = goal_term_name(g)
+        if name in seen:
+            continue
+        try:
+            spec = parse_metric(g.metric)
+        except ValueError:
+            continue
+        if spec.unit != "Gy" or spec.kind == "mean" or g.comparator not in ("<=", "<", ">=", ">"):
+            continue
+        s = case.structures[g.structure]
+        rows = op.ct_rows(s.mask)
+        if rows.size == 0:
+            continue
+        n = int(s.mask.sum())
+        if spec.kind == "max":
+            frac = 0.0
+        elif spec.kind == "min":
+            frac = 1.0
+        elif spec.kind == "d_cc":
+            frac = min(1.0, spec.x / (n * voxel_cc))
+        else:
+            frac = spec.x / 100.0
+        w = rec["goal_target_weight"] if s.kind == "target" else rec["goal_oar_weight"]
+        v = float(g.value)
+        if g.comparator in ("<=", "<"):
+            t = DVHMax(rows, rec["goal_max_level"] * v, frac, w, name=name)
+        else:
+            t = DVHMin(rows, rec["goal_min_level"] * v, frac, w, name=name)
+        seen.add(name)
+        out.append((g, t))
     return out
 
 
@@ -243,6 +309,8 @@ def build_objective(case, op: PlanOperator, objective: str = "conformity", fallo
         r = op.ct_rows(m)
         if r.size:
             terms.append(SquaredOverdose(r, rec["oar_level"] * v, rec["oar_weight"], name=f"{name} overdose"))
+    if objective == "conformity":
+        terms += [t for _, t in goal_terms(case, op, rec)]
     if op.n_dose and rec["guard_weight"] > 0:
         roi_ct = np.zeros(case.grid.shape, np.float32)
         roi_ct.ravel()[op.ct_index] = 1.0

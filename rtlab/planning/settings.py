@@ -49,6 +49,13 @@ CONFORMITY_RECIPE = {
     "max_softness": 0.5,        # Gy, log-sum-exp temperature
     "oar_level": 0.5,           # organ overdose above 0.5 v for a goal "<= v"
     "oar_weight": 2e-3,
+    "goal_max_level": 0.97,     # goal terms: "Dx <= v" -> DVH maximum at 0.97 v on x % of the structure
+    "goal_min_level": 1.02,     # "Dx >= v" -> DVH minimum at 1.02 v on x % of the structure
+    "goal_target_weight": 0.1,  # weight of a target's goal terms
+    "goal_oar_weight": 0.02,    # weight of an organ's goal terms
+    "goal_rounds": 3,           # goal-driven re-weighting: at most this many warm-started rounds (0 = off)
+    "goal_round_factor": 4.0,   # each round multiplies the weight of every failing goal's term by this
+    "goal_round_iter": 0.5,     # iterations of a round, as a fraction of max_iter
     "guard_level": 0.8,         # dose-grid rows outside the region of interest
     "guard_weight": 1e-2,
     "ring_fraction": 0.8,       # falloff: automatic low-dose ring at 0.8 D (para. 80)
@@ -119,6 +126,18 @@ def full_recipe(objective: str, recipe: Mapping | None = None) -> dict:
             raise TypeError(f"recipe entry {k!r} must be a number, got {v!r}") from None
     if "control_point_find" in rec:
         rec["control_point_find"] = control_point_find_options(rec["control_point_find"])
+    if "goal_rounds" in rec:
+        r = rec["goal_rounds"]
+        if not (np.isfinite(r) and r >= 0 and r == int(r)):
+            raise ValueError(f"recipe entry 'goal_rounds' must be a whole number >= 0 (0 = off), got {r!r}")
+        if not (np.isfinite(rec["goal_round_factor"]) and rec["goal_round_factor"] >= 1):
+            raise ValueError(f"recipe entry 'goal_round_factor' must be >= 1, got {rec['goal_round_factor']!r}")
+        if not (0 < rec["goal_round_iter"] <= 1):
+            raise ValueError(f"recipe entry 'goal_round_iter' must be in (0, 1] (a fraction of max_iter), "
+                             f"got {rec['goal_round_iter']!r}")
+        for k in ("goal_max_level", "goal_min_level", "goal_target_weight", "goal_oar_weight"):
+            if not (np.isfinite(rec[k]) and rec[k] >= 0):
+                raise ValueError(f"recipe entry {k!r} must be a finite number >= 0, got {rec[k]!r}")
     return rec
 
 
