@@ -74,7 +74,7 @@ from ..evaluate.qa import qa_report
 from ..io import load_dicom, load_matrad, load_npz
 from ..methods.conversion import METHODS, convert_plan, get_machine
 from ..phantoms import get_phantom, list_phantoms
-from ..planning import optimise_plan, prepare_plan
+from ..planning import meet_goals, optimise_plan, prepare_plan
 from .persist import check_id
 
 __all__ = ["Stages", "default_stages", "rtlab_stages", "CaseRef", "merge_influences", "plan_from_influence",
@@ -232,8 +232,9 @@ def plan_from_influence(case, im, objective: str = "conformity", falloff: float 
                         change_window: int = 5, method: str = "lbfgsb", backend: str = "numba"):
     """:func:`rtlab.planning.plan_case` on an influence matrix that is already built.
 
-    ``optimise_plan(prepare_plan(case, ..., influence=im))``: the same operator, objective
-    recipe, start point and solver as ``plan_case``; the result equals ``plan_case`` with the
+    ``meet_goals(optimise_plan(prepare_plan(case, ..., influence=im)))``: the same operator,
+    objective recipe, start point, solver and goal re-weighting as ``plan_case``; the result
+    equals ``plan_case`` with the
     same settings (tested). Used by the batch so that the beams' matrices can be built by
     separate tasks.
 
@@ -244,8 +245,9 @@ def plan_from_influence(case, im, objective: str = "conformity", falloff: float 
 
     problem = prepare_plan(case, objective=objective, falloff=falloff, control_points=control_points, rx=rx,
                            roi_mm=roi_mm, recipe=recipe, backend=backend, influence=im)
-    return optimise_plan(problem, max_iter=max_iter, change_threshold=change_threshold,
-                         change_window=change_window, method=method)
+    solver = replace(problem.settings, max_iter=max_iter, change_threshold=change_threshold,
+                     change_window=change_window, method=method)
+    return meet_goals(problem, optimise_plan(problem, settings=solver), settings=solver)
 
 
 def rtlab_optimize(case, influences, objective: str = "conformity", max_iter: int = 50, rx: float | None = None,

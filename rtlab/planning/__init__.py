@@ -23,7 +23,7 @@ See ``docs/methods/planning.md``.
 from ..dose.operator import PlanOperator, trilinear_matrix
 from ..evaluate.compare import score_summary
 from .intent import GOAL_SETS, matrad_terms, tg119_goals, with_goals
-from .pipeline import PlanResult, optimise_plan, plan_case
+from .pipeline import PlanResult, failing_goals, meet_goals, optimise_plan, plan_case
 from .problem import PlanProblem, angles_for, prepare_plan
 from .recipes import build_objective, region_of_interest
 from .rtplan import RecomputedPlan, delivery_to_rtplan, export_plan_dicom, gamma_against, recompute_rtplan
@@ -34,6 +34,8 @@ __all__ = [
     "plan_case",
     "prepare_plan",
     "optimise_plan",
+    "meet_goals",
+    "failing_goals",
     "PlanSettings",
     "PlanProblem",
     "PlanResult",
