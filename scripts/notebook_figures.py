@@ -240,7 +240,9 @@ def widen(args) -> int:
         recs = [r for r in per.values() if r.get("tolerance") and isinstance(r.get("value"), (int, float))]
         if not recs:
             continue
-        exp = recs[0]["expected"]
+        # the spread around the value ``update --config`` wrote (else the expected value logged)
+        ref = per.get(args.config) if getattr(args, "config", None) else None
+        exp = ref["value"] if ref is not None and isinstance(ref.get("value"), (int, float)) else recs[0]["expected"]
         dev = max(abs(r["value"] - exp) for r in recs)
         if dev > 0 and recs[0]["tolerance"] < args.factor * dev:
             base, _, occ = name.partition(" #")
@@ -268,7 +270,9 @@ def widen(args) -> int:
                     continue
                 ln, c0, c1, old = kws[key]
                 if key == "rel":
-                    exp = next(r["expected"] for r in figs[(nb_name, name if seen[name] == 1 else f"{name} #{seen[name]}")].values())
+                    per = figs[(nb_name, name if seen[name] == 1 else f"{name} #{seen[name]}")]
+                    ref = per.get(args.config) if getattr(args, "config", None) else None
+                    exp = ref["value"] if ref is not None else next(r["expected"] for r in per.values())
                     want = want / abs(exp)
                 new = _readable_above(want)
                 edits.append((ln, c0, c1, f"{new:g}"))
@@ -354,6 +358,8 @@ def main(argv=None) -> int:
     w = sub.add_parser("widen", help="raise tolerances below --factor x the measured deviation")
     w.add_argument("out")
     w.add_argument("--factor", type=float, default=3.0)
+    w.add_argument("--config", help="the configuration `update --config` took the expected values from: widen "
+                   "to the spread around its values (without it: around the expected values logged by `run`)")
     w.add_argument("--notebooks-dir", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     return {"run": run, "report": report, "update": update, "widen": widen}[args.cmd](args)
