@@ -290,6 +290,25 @@ def widen(args) -> int:
     return 0
 
 
+def clean(args) -> int:
+    """Drop what an execution adds besides outputs: cell timings and the notebook's widget state."""
+    changed = 0
+    for path in sorted(Path(args.notebooks_dir).glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        before = json.dumps(nb, sort_keys=True)
+        nb.get("metadata", {}).pop("widgets", None)
+        for cell in nb["cells"]:
+            cell.get("metadata", {}).pop("execution", None)
+        if json.dumps(nb, sort_keys=True) != before:
+            tmp = path.with_suffix(".ipynb.tmp")
+            tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            tmp.replace(path)
+            changed += 1
+            print(f"cleaned {path.name}")
+    print(f"{changed} notebook(s) cleaned")
+    return 0
+
+
 def update(args) -> int:
     """Rewrite expected values of literal ``check`` calls from one configuration's logs."""
     cdir = Path(args.out) / args.config
@@ -355,6 +374,8 @@ def main(argv=None) -> int:
     u.add_argument("out")
     u.add_argument("--config", default="host-2t")
     u.add_argument("--notebooks-dir", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
+    c = sub.add_parser("clean", help="drop execution timings and widget state that `nbconvert --execute` stores")
+    c.add_argument("--notebooks-dir", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
     w = sub.add_parser("widen", help="raise tolerances below --factor x the measured deviation")
     w.add_argument("out")
     w.add_argument("--factor", type=float, default=3.0)
@@ -362,7 +383,7 @@ def main(argv=None) -> int:
                    "to the spread around its values (without it: around the expected values logged by `run`)")
     w.add_argument("--notebooks-dir", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    return {"run": run, "report": report, "update": update, "widen": widen}[args.cmd](args)
+    return {"run": run, "report": report, "update": update, "widen": widen, "clean": clean}[args.cmd](args)
 
 
 if __name__ == "__main__":
