@@ -139,17 +139,38 @@ def _load(out: Path):
     return figs
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _reference(per: dict, config: str | None = None):
+    """The value a figure's deviations are measured from: ``config``'s measured value (the one
+    ``update --config`` wrote into the notebook), else the expected value the run logged."""
+    ref = per.get(config) if config else None
+    if ref is not None and _number(ref.get("value")):
+        return ref["value"]
+    exp = next(iter(per.values())).get("expected")
+    return exp if _number(exp) else None
+
+
+def _max_deviation(per: dict, config: str | None = None):
+    """Largest ``|value - reference|`` over the configurations (None without numbers)."""
+    exp = _reference(per, config)
+    vals = [r["value"] for r in per.values() if _number(r.get("value"))]
+    return max((abs(v - exp) for v in vals), default=None) if exp is not None and vals else None
+
+
 def report(args) -> int:
     figs = _load(Path(args.out))
     rows = []
     for (nb, name), per in sorted(figs.items()):
         recs = list(per.values())
         first = recs[0]
-        vals = [r["value"] for r in recs if isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)]
+        vals = [r["value"] for r in recs if _number(r["value"])]
         spread = (max(vals) - min(vals)) if vals else None
         exp = first.get("expected")
         tol = first.get("tolerance")
-        dev = max((abs(v - exp) for v in vals), default=None) if isinstance(exp, (int, float)) and vals else None
+        dev = _max_deviation(per)
         rows.append({"notebook": nb, "figure": name, "configs": len(recs),
                      "min": min(vals) if vals else None, "max": max(vals) if vals else None,
                      "spread": spread, "expected": exp, "tolerance": tol, "max_dev": dev,
@@ -237,13 +258,11 @@ def widen(args) -> int:
     figs = _load(Path(args.out))
     need = {}   # (notebook, name, occurrence) -> tolerance needed
     for (nb, name), per in figs.items():
-        recs = [r for r in per.values() if r.get("tolerance") and isinstance(r.get("value"), (int, float))]
+        recs = [r for r in per.values() if r.get("tolerance") and _number(r.get("value"))]
         if not recs:
             continue
         # the spread around the value ``update --config`` wrote (else the expected value logged)
-        ref = per.get(args.config) if getattr(args, "config", None) else None
-        exp = ref["value"] if ref is not None and isinstance(ref.get("value"), (int, float)) else recs[0]["expected"]
-        dev = max(abs(r["value"] - exp) for r in recs)
+        dev = _max_deviation({c: r for c, r in per.items() if r in recs}, args.config) or 0.0
         if dev > 0 and recs[0]["tolerance"] < args.factor * dev:
             base, _, occ = name.partition(" #")
             need[(nb, base, int(occ) if occ else 1)] = args.factor * dev
@@ -270,9 +289,7 @@ def widen(args) -> int:
                     continue
                 ln, c0, c1, old = kws[key]
                 if key == "rel":
-                    per = figs[(nb_name, name if seen[name] == 1 else f"{name} #{seen[name]}")]
-                    ref = per.get(args.config) if getattr(args, "config", None) else None
-                    exp = ref["value"] if ref is not None else next(r["expected"] for r in per.values())
+                    exp = _reference(figs[(nb_name, name if seen[name] == 1 else f"{name} #{seen[name]}")], args.config)
                     want = want / abs(exp)
                 new = _readable_above(want)
                 edits.append((ln, c0, c1, f"{new:g}"))
