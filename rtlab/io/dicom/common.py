@@ -264,7 +264,12 @@ def write_dataset(ds, path: Path) -> Path:
 
 
 def reference_info(reference) -> dict:
-    """Patient/study/frame UIDs from a Case (meta['dicom']), dataset.Dataset(s) or DICOM file path(s)."""
+    """Patient/study/frame UIDs from a Case (meta['dicom']), dataset.Dataset(s) or DICOM file path(s).
+
+    From datasets or files also ``SOPClassUID`` (of the first), so that a writer can tell a CT
+    series (whose slices an RTSTRUCT references) from another reference (an RTDOSE); a Case's
+    ``meta['dicom']`` describes its CT series.
+    """
     if reference is None:
         return {}
     if isinstance(reference, Case):
@@ -292,6 +297,7 @@ def reference_info(reference) -> dict:
         "FrameOfReferenceUID": str(ds.get("FrameOfReferenceUID", "")),
         "PatientID": str(ds.get("PatientID", "")),
         "PatientName": str(ds.get("PatientName", "")),
+        "SOPClassUID": str(ds.get("SOPClassUID", "")),
         "SOPInstanceUIDs": [str(d.get("SOPInstanceUID", "")) for d in dss],
     }
 
