@@ -39,8 +39,8 @@ from pathlib import Path
 from ...core.geometry import Grid
 from ...core.subvoxel import SubvoxelMask
 from ..matrad import is_body_name
-from .common import (CT_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE, dataset, ds_num, floats, new_file_dataset, patient_study,
-                     reference_info, require_pydicom, required, sequence, uid, write_dataset)
+from .common import (CT_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE, dataset, ds_num, floats, new_rt_dataset, reference_info,
+                     require_pydicom, required, sequence, uid, write_dataset)
 from .polygons import rasterize_polygons
 
 __all__ = ["ROI", "read_rois", "plane_spacing", "roi_volume", "subvoxel_mask", "kind_of", "clip_polygon",
@@ -397,13 +397,7 @@ def save_rois(rois, path, reference=None, label: str = "rtlab", sop_instance_uid
     """
     require_pydicom()
     info = reference_info(reference)
-    ds = new_file_dataset(RT_STRUCTURE_SET_STORAGE, sop_instance_uid or uid.generate_uid())
-    patient_study(ds, info, label)
-    ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = uid.generate_uid()
-    ds.SeriesNumber = 2
-    ds.InstanceNumber = 1
-    ds.OperatorsName = ""
+    ds = new_rt_dataset(RT_STRUCTURE_SET_STORAGE, sop_instance_uid or uid.generate_uid(), info, label, "RTSTRUCT", 2)
     ds.StructureSetLabel = label[:16] or "rtlab"
     ds.StructureSetDate = ds.InstanceCreationDate
     ds.StructureSetTime = ds.InstanceCreationTime
