@@ -201,6 +201,26 @@ def _expected_literal(value: float, tol: float) -> str:
     return repr(float(value))
 
 
+def _write_notebook(path: Path, nb: dict) -> None:
+    """Write a notebook atomically, as nbformat writes it (sorted keys, indent 1, a final newline)."""
+    tmp = path.with_suffix(".ipynb.tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _literal_checks(source: str) -> list:
+    """The ``check("literal", ...)`` call nodes of a cell (none when it does not parse)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "check"
+            and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)]
+
+
 def _check_calls(source: str):
     """``check("literal", expr, <number>, ...)`` calls in a cell, in reading order.
 
@@ -208,15 +228,9 @@ def _check_calls(source: str):
     """
     import ast
 
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
     calls = []
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and len(node.args) >= 3
-                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "check"
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+    for node in _literal_checks(source):
+        if len(node.args) < 3:
             continue
         num = node.args[2]
         inner = num.operand if isinstance(num, ast.UnaryOp) and isinstance(num.op, ast.USub) else num
@@ -229,17 +243,11 @@ def _tolerance_keywords(source: str):
     """``check("literal", ...)`` calls: (name, {keyword: (line, col, end_col, value)}) in reading order."""
     import ast
 
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
     out = []
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "check"
-                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            kws = {k.arg: (k.value.lineno, k.value.col_offset, k.value.end_col_offset, k.value.value)
-                   for k in node.keywords if k.arg in ("abs", "rel") and isinstance(k.value, ast.Constant)}
-            out.append((node.lineno, node.col_offset, node.args[0].value, kws))
+    for node in _literal_checks(source):
+        kws = {k.arg: (k.value.lineno, k.value.col_offset, k.value.end_col_offset, k.value.value)
+               for k in node.keywords if k.arg in ("abs", "rel") and isinstance(k.value, ast.Constant)}
+        out.append((node.lineno, node.col_offset, node.args[0].value, kws))
     return [(name, kws) for _, _, name, kws in sorted(out)]
 
 
@@ -300,9 +308,7 @@ def widen(args) -> int:
                 changed += 1
             if edits:
                 cell["source"] = "\n".join(lines).splitlines(keepends=True)
-        tmp = nb_path.with_suffix(".ipynb.tmp")
-        tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-        tmp.replace(nb_path)
+        _write_notebook(nb_path, nb)
     print(f"{changed} tolerance(s) widened; re-execute the notebooks and review the diff")
     return 0
 
@@ -317,9 +323,7 @@ def clean(args) -> int:
         for cell in nb["cells"]:
             cell.get("metadata", {}).pop("execution", None)
         if json.dumps(nb, sort_keys=True) != before:
-            tmp = path.with_suffix(".ipynb.tmp")
-            tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-            tmp.replace(path)
+            _write_notebook(path, nb)
             changed += 1
             print(f"cleaned {path.name}")
     print(f"{changed} notebook(s) cleaned")
@@ -368,9 +372,7 @@ def update(args) -> int:
                 text = "\n".join(lines)
                 cell["source"] = text.splitlines(keepends=True)
         if nb_changed:
-            tmp = nb_path.with_suffix(".ipynb.tmp")
-            tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-            tmp.replace(nb_path)
+            _write_notebook(nb_path, nb)
     print(f"{changed} expected value(s) rewritten; re-execute the notebooks and review the diff")
     return 0
 
