@@ -208,6 +208,16 @@ def _write_notebook(path: Path, nb: dict) -> None:
     tmp.replace(path)
 
 
+def _apply_edits(cell: dict, lines: list[str], edits: list) -> int:
+    """Splice ``(line, col, end_col, text)`` edits (ast offsets: UTF-8 bytes) into a code cell's lines."""
+    for ln, c0, c1, new in sorted(edits, reverse=True):
+        b = lines[ln - 1].encode()
+        lines[ln - 1] = (b[:c0] + new.encode() + b[c1:]).decode()
+    if edits:
+        cell["source"] = "\n".join(lines).splitlines(keepends=True)
+    return len(edits)
+
+
 def _literal_checks(source: str) -> list:
     """The ``check("literal", ...)`` call nodes of a cell (none when it does not parse)."""
     import ast
@@ -302,12 +312,7 @@ def widen(args) -> int:
                 new = _readable_above(want)
                 edits.append((ln, c0, c1, f"{new:g}"))
                 print(f"{nb_name}: {name}: {key}={old:g} -> {new:g} (needed {want:.3g})")
-            for ln, c0, c1, new in sorted(edits, reverse=True):
-                b = lines[ln - 1].encode()
-                lines[ln - 1] = (b[:c0] + new.encode() + b[c1:]).decode()
-                changed += 1
-            if edits:
-                cell["source"] = "\n".join(lines).splitlines(keepends=True)
+            changed += _apply_edits(cell, lines, edits)
         _write_notebook(nb_path, nb)
     print(f"{changed} tolerance(s) widened; re-execute the notebooks and review the diff")
     return 0
@@ -363,14 +368,9 @@ def update(args) -> int:
                 if float(old) != float(new):
                     edits.append((ln, c0, c1, new))
                     print(f"{log.stem}: {name}: {old} -> {new}")
-            for ln, c0, c1, new in sorted(edits, reverse=True):
-                b = lines[ln - 1].encode()
-                lines[ln - 1] = (b[:c0] + new.encode() + b[c1:]).decode()
-                changed += 1
             if edits:
                 nb_changed = True
-                text = "\n".join(lines)
-                cell["source"] = text.splitlines(keepends=True)
+                changed += _apply_edits(cell, lines, edits)
         if nb_changed:
             _write_notebook(nb_path, nb)
     print(f"{changed} expected value(s) rewritten; re-execute the notebooks and review the diff")
