@@ -304,7 +304,7 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
         Dose falloff gradient ``G`` in **Gy/mm** (patent 000 eqs 16-17; 2.0 Gy/mm = 200 cGy/mm):
         adjusts lower-dose targets and adds the automatic low-dose ring.
     control_points : bool
-        Add control-point dose bounds on the first target (patent 000, para. 154-197).
+        Add control-point dose bounds on every target (patent 000, para. 154-197).
     bixel_mm : float
         Bixel size at the isocentre plane (mm).
     dose_grid_mm : float, optional
