@@ -1,5 +1,7 @@
 """Start points of the optimisation (rtlab.planning.warm_start; patent 000, para. 134-136)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,8 @@ from rtlab.phantoms import get_phantom
 from rtlab.planning import WARM_STARTS, plan_case, prepare_plan, warm_start
 
 ANGLES = [0.0, 120.0, 240.0]
+
+DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,7 @@ def test_region_start_with_the_shipped_models_on_a_tg119_case(problem):
 
     case = problem.case
     ptv = case.structures["PTV"]
-    m100 = RegionModel.load("datasets/region_model_200")
+    m100 = RegionModel.load(str(DATASETS / "region_model_200"))
     pred = np.asarray(m100.predict_case(case), bool)
     print("Dice(prediction, PTV) at 6 mm", dice(pred, ptv.mask))
     assert dice(pred, ptv.mask) > 0.8
@@ -64,7 +68,7 @@ def test_region_start_with_the_shipped_models_on_a_tg119_case(problem):
     ci_r = float(paddick_ci(_start_dose(problem, r.x0), ptv, 50.0))
     ci_u = float(paddick_ci(_start_dose(problem, problem.x0), ptv, 50.0))
     assert ci_r > ci_u
-    r80 = warm_start(problem, "region", region_model="datasets/region_model_200_l80")
+    r80 = warm_start(problem, "region", region_model=str(DATASETS / "region_model_200_l80"))
     t = warm_start(problem, "target")
     assert r80.info["warm_start"]["level"] == 0.8
     assert r80.info["warm_start"]["region_voxels"] > t.info["warm_start"]["region_voxels"]
