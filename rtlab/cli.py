@@ -63,22 +63,26 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from . import phantoms
+from ._lazy import load
 from ._util import check_output_path, json_safe
-from .batch import run_batch_cli
-from .core.mlc import get_mlc
 from .core.validate import check_angles, check_spacing
-from .dose import build_influence, engine_summary, resolve_machine
-from .evaluate.compare import score, score_summary
-from .evaluate.dose_volume import score_dicom_rt
-from .io import (load_dicom, load_dicom_rt, load_dose_npz, load_matrad, load_rtplan, read_rtdose, save_npz,
-                 save_rtdose)
-from .methods.deliverable import sequence_plan
-from .methods.gk.plan import gk_summary
-from .planning import OBJECTIVES, PlanSettings, export_plan_dicom, gamma_against, plan_case, recompute_rtplan
-from .planning.intent import GOAL_SETS, with_goals
+
+# Deferred imports (rtlab._lazy.load): a subcommand imports only what it uses, so that
+# `rtlab plan` does not pay for the batch, DICOM, sequencing, Gamma-Knife or plotting modules
+# at start-up (issue #18: the whole command is timed as a fresh process).
+pd = load("pandas")
+phantoms = load("rtlab.phantoms")
+batch = load("rtlab.batch")
+mlc = load("rtlab.core.mlc")
+dose = load("rtlab.dose")
+compare = load("rtlab.evaluate.compare")
+dose_volume = load("rtlab.evaluate.dose_volume")
+rtio = load("rtlab.io")
+deliverable = load("rtlab.methods.deliverable")
+gkplan = load("rtlab.methods.gk.plan")
+planning = load("rtlab.planning")
+intent = load("rtlab.planning.intent")
 
 __all__ = ["main", "load_case", "build_parser"]
 
@@ -97,7 +101,7 @@ def _add_case_args(p: argparse.ArgumentParser, required: bool = True, ct_alias: 
 
 
 def _add_goals_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--goals", choices=GOAL_SETS, default="auto",
+    p.add_argument("--goals", choices=intent.GOAL_SETS, default="auto",
                    help="goals to plan towards and score: auto (TG-119's for a recognised TG-119 case such as "
                         "matRad's TG119.mat, else the case's own; default), file (the case's own, e.g. read from a "
                         "matRad cst), tg119, none")
@@ -111,7 +115,7 @@ _FLAGS = {"dose_grid_mm": "--grid", "bixel_mm": "--bixel", "falloff (Gy/mm)": "-
 def _settings(**kw) -> PlanSettings:
     """:class:`PlanSettings` from the command line; a bad value is a :class:`CLIError` naming the flag."""
     try:
-        return PlanSettings(**kw)
+        return planning.PlanSettings(**kw)
     except (TypeError, ValueError) as exc:
         msg = str(exc)
         for name, flag in _FLAGS.items():
@@ -126,7 +130,7 @@ def _machine(args):
     if f is None:
         return None
     try:
-        return resolve_machine(f, "--machine-file")
+        return dose.resolve_machine(f, "--machine-file")
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 
@@ -209,8 +213,8 @@ def load_case(args: argparse.Namespace):
             raise CLIError(f"--phantom {args.phantom} --spacing {args.spacing}: {e}") from None
     _parse_spacing(args)
     if args.matrad:
-        return load_matrad(args.matrad)
-    return load_dicom(args.dicom)
+        return rtio.load_matrad(args.matrad)
+    return rtio.load_dicom(args.dicom)
 
 
 def cmd_phantoms(args) -> int:
@@ -230,7 +234,7 @@ def cmd_phantoms(args) -> int:
 
 def _with_goals(case, args):
     try:
-        return with_goals(case, args.goals)
+        return intent.with_goals(case, args.goals)
     except ValueError as exc:
         raise CLIError(f"--goals {args.goals}: {exc}") from None
 
@@ -244,7 +248,7 @@ def _recompute_dose(args, case, machine):
                            f"lacks {missing}; write it with `rtlab plan ... --out FILE.npz`")
         x, angles, bixel = np.asarray(z["x"], float), [float(a) for a in z["angles"]], float(z["bixel_mm"])
         grid = float(z["dose_grid_mm"]) if "dose_grid_mm" in z.files else float("nan")
-    im = build_influence(case, angles, machine=machine, bixel_mm=bixel, dose_grid_mm=None if np.isnan(grid) else grid,
+    im = dose.build_influence(case, angles, machine=machine, bixel_mm=bixel, dose_grid_mm=None if np.isnan(grid) else grid,
                          progress=False)
     if x.size != im.shape[1]:
         raise CLIError(f"{args.dose} holds {x.size} beamlet weights but this case and angles have {im.shape[1]} "
@@ -263,19 +267,19 @@ def cmd_score(args) -> int:
     _input_file("--dose", args.dose)
     _check_case_source(args)
     case = _with_goals(load_case(args), args)
-    dose = load_dose_npz(args.dose, expected_shape=case.grid.shape)
+    dose = rtio.load_dose_npz(args.dose, expected_shape=case.grid.shape)
     machine = _machine(args)
     stored = None
     if machine is not None:
         stored, dose = dose, _recompute_dose(args, case, machine)
-    out = score_summary(case, dose, args.rx)
+    out = compare.score_summary(case, dose, args.rx)
     if stored is not None:
         out.update(recomputed_with=machine.name, dose_change_max_gy=round(float(abs(dose - stored).max()), 4))
     out["goal_set"] = case.meta.get("goal_set")
     if args.json:
         print(json.dumps(out))
         return 0
-    table = score({Path(args.dose).stem: dose}, case, rx=out["rx_gy"])
+    table = compare.score({Path(args.dose).stem: dose}, case, rx=out["rx_gy"])
     with pd.option_context("display.max_rows", None, "display.width", 140):
         print(table.to_string(index=False))
     return 0
@@ -288,10 +292,10 @@ def cmd_score_rt(args) -> int:
     if args.dose or args.phantom or args.matrad or args.dicom:
         raise CLIError("--rtdose/--rtstruct score a DICOM RT dose; leave out --dose/--phantom/--matrad/--dicom "
                        "(the CT goes with --ct DIR)")
-    rt = load_dicom_rt(args.rtdose, args.rtstruct, ct=args.ct, supersample=args.supersample,
+    rt = rtio.load_dicom_rt(args.rtdose, args.rtstruct, ct=args.ct, supersample=args.supersample,
                        outside="skip" if args.skip_outside else "error",
                        progress=not args.json and sys.stderr.isatty())
-    out = score_dicom_rt(rt, rx=args.rx, target=args.target, progress=not args.json and sys.stderr.isatty())
+    out = dose_volume.score_dicom_rt(rt, rx=args.rx, target=args.target, progress=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0
@@ -318,18 +322,18 @@ def cmd_dose_rtplan(args) -> int:
     crit = _parse_floats(args.gamma, "--gamma")
     if len(crit) != 2 or not all(math.isfinite(v) and v > 0 for v in crit):
         raise CLIError(f"--gamma must be two positive numbers 'PERCENT,MM', got {args.gamma!r}")
-    plan = load_rtplan(args.rtplan, mlc=args.mlc)
+    plan = rtio.load_rtplan(args.rtplan, mlc=args.mlc)
     case = load_case(args)
-    grid = read_rtdose(args.rtdose).grid if (args.rtdose and args.dose_grid_mm is None) else args.dose_grid_mm
-    rc = recompute_rtplan(plan, case, machine=_machine(args), dose_grid=grid, progress=not args.json and sys.stderr.isatty())
+    grid = rtio.read_rtdose(args.rtdose).grid if (args.rtdose and args.dose_grid_mm is None) else args.dose_grid_mm
+    rc = planning.recompute_rtplan(plan, case, machine=_machine(args), dose_grid=grid, progress=not args.json and sys.stderr.isatty())
     out = {"case": case.name, "rtplan": str(args.rtplan), "beams": len(plan.beams), "fractions": plan.fractions,
            "mu_per_fraction": plan.mu_per_fraction, "dose_max_gy": float(rc.dose.max()),
            "grid_shape": list(rc.grid.shape), "grid_spacing_mm": list(rc.grid.spacing),
            **{k: round(v, 3) for k, v in rc.timings.items()}}
     if args.rtdose:
-        out["gamma"] = gamma_against(rc, args.rtdose, crit[0] / 100.0, crit[1], normalise=args.normalise)
+        out["gamma"] = planning.gamma_against(rc, args.rtdose, crit[0] / 100.0, crit[1], normalise=args.normalise)
     if args.out:
-        save_rtdose(np.clip(rc.dose, 0, None), rc.grid, args.out, reference=case, plan_uid=plan.sop_instance_uid or None,
+        rtio.save_rtdose(np.clip(rc.dose, 0, None), rc.grid, args.out, reference=case, plan_uid=plan.sop_instance_uid or None,
                     description="rtlab re-computed RT Plan")
         out["out"] = str(args.out)
     if args.json:
@@ -372,14 +376,14 @@ def cmd_dose(args) -> int:
     _check_case_source(args)
     case = load_case(args)
     angles = _angles(args, case, given)
-    out, im = engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm,
+    out, im = dose.engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm,
                              gpu=args.gpu, cutoff_mm=settings.cutoff_mm, machine=_machine(args), return_influence=True)
     out = {"case": case.name, "angles": angles, "bixel_mm": settings.bixel_mm, "dose_grid_mm": settings.dose_grid_mm,
            **out}
     if args.out:
         # every beamlet weight 1: Gy per unit weight on the CT grid (z, y, x)
         dose = im.dose(np.ones(im.shape[1]), on="ct")
-        save_npz(args.out, dose=dose, grid=case.grid, isocenter_mm=np.asarray(out["isocenter_mm"]),
+        rtio.save_npz(args.out, dose=dose, grid=case.grid, isocenter_mm=np.asarray(out["isocenter_mm"]),
                  angles=np.asarray(angles, float), bixel_mm=np.asarray(settings.bixel_mm))
         out["out"] = str(args.out)
         out["dose_max_gy_per_unit_weight"] = round(float(dose.max()), 6)
@@ -398,8 +402,8 @@ def cmd_dose(args) -> int:
 
 def cmd_plan(args) -> int:
     # every argument first: nothing below may fail on an argument after minutes of planning
-    if args.objective not in OBJECTIVES:
-        raise CLIError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
+    if args.objective not in planning.OBJECTIVES:
+        raise CLIError(f"--objective must be one of {', '.join(planning.OBJECTIVES)}, got {args.objective!r}")
     if args.max_iter is not None and not args.max_iter > 0:
         raise CLIError(f"--max-iter must be a positive number, got {args.max_iter}")
     settings = _settings(objective=args.objective, falloff_gy_per_mm=args.falloff,
@@ -413,7 +417,7 @@ def cmd_plan(args) -> int:
     if args.sequence:
         args.machine = args.machine or "generic_5mm_60"
         try:
-            get_mlc(args.machine)
+            mlc.get_mlc(args.machine)
         except ValueError as e:
             raise CLIError(f"--machine: {e}") from None
     elif args.machine is not None:
@@ -431,8 +435,8 @@ def cmd_plan(args) -> int:
     if not angles:
         raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
     machine = _machine(args)
-    res = plan_case(case, angles, settings=settings, machine=machine, progress=not args.json and sys.stderr.isatty())
-    out = score_summary(case, res.dose, settings.rx)
+    res = planning.plan_case(case, angles, settings=settings, machine=machine, progress=not args.json and sys.stderr.isatty())
+    out = compare.score_summary(case, res.dose, settings.rx)
     t = res.timings
     out.update(build_s=round(t["build_s"], 3), optimize_s=round(t["optimize_s"], 3), iterations=int(t["iterations"]),
                mu_total=round(res.mu_total, 1), status=t["status"], objective=settings.objective, angles=angles,
@@ -442,7 +446,7 @@ def cmd_plan(args) -> int:
     seq = None
     if args.sequence:
         fractions = max(1, int(round((case.prescription or settings.rx or 2.0) / 2.0)))
-        seq = sequence_plan(res.influence, res.x, machine=args.machine, method=args.sequence, fractions=fractions,
+        seq = deliverable.sequence_plan(res.influence, res.x, machine=args.machine, method=args.sequence, fractions=fractions,
                             leaf_alignment="isocentre" if args.rtplan_out else "grid")
         # the optimised fluence's MU (whole prescription) stays available; mu_total becomes the
         # sequenced delivery's MU per fraction
@@ -452,7 +456,7 @@ def cmd_plan(args) -> int:
         res.save(args.out)
         out["out"] = str(args.out)
     if args.rtplan_out:
-        files = export_plan_dicom(case, seq, res.influence.beams, args.rtplan_out, prescription_gy=settings.rx
+        files = planning.export_plan_dicom(case, seq, res.influence.beams, args.rtplan_out, prescription_gy=settings.rx
                                   or case.prescription, machine=res.influence.machine)
         out["rtplan_out"] = {k: str(files[k]) for k in ("rtplan", "rtstruct", "rtdose")}
         out["rtplan_out"]["ct_files"] = len(files["ct"])
@@ -490,7 +494,7 @@ def cmd_gk(args) -> int:
         raise CLIError(str(e)) from None
     if args.phantom not in phantoms.list_phantoms():
         raise CLIError(f"unknown phantom {args.phantom!r}; built-ins: {phantoms.list_phantoms()}")
-    out = gk_summary(args.phantom, spacing=args.spacing_mm, target=args.target, method=args.method)
+    out = gkplan.gk_summary(args.phantom, spacing=args.spacing_mm, target=args.target, method=args.method)
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0
@@ -573,7 +577,7 @@ def cmd_batch(args) -> int:
         opts["machine_file"] = str(Path(args.machine_file).resolve()) if Path(args.machine_file).is_file() \
             else args.machine_file
     quiet = bool(args.json)
-    summary = run_batch_cli(args.cases, args.machines, args.scheduler, args.workers, args.out, spacing=args.spacing,
+    summary = batch.run_batch_cli(args.cases, args.machines, args.scheduler, args.workers, args.out, spacing=args.spacing,
                             stage_options=opts, progress=not quiet and sys.stderr.isatty(), verbose=not quiet, **kw)
     if args.json:
         print(json.dumps(dict(out=summary["out"], files=summary["files"], persisted=summary["persisted"],
