@@ -24,7 +24,11 @@ photon machine file (:func:`rtlab.dose.load_matrad_machine`) or a built-in name
 beamlet weights (written by ``plan --out``) with that model before scoring.
 ``rtlab plan (--phantom NAME | --matrad FILE | --dicom DIR) [--angles ...] [--objective conformity|quadratic] [--falloff G] [--control-points] [--grid MM] [--json] [--out FILE.npz]``
     Build the dose, optimise (:func:`rtlab.planning.plan_case`), print timings and the score
-    table; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads;
+    table (``--json``: ``timings`` holds the wall seconds of each stage: ``import_s`` from the
+    process start to the planning modules imported, ``load_s``, ``build_s``, ``optimize_s``
+    with the goal rounds, ``score_s`` (CT-grid dose, MU, scores), ``write_s``, ``total_s`` from
+    the process start); ``--grid`` defaults to 5 mm for ``--matrad`` (matRad's own default dose
+    grid; ``--grid ct`` plans on the CT grid) and to the CT grid otherwise; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads;
     ``--sequence step|sliding --rtplan-out RP.dcm`` writes the sequenced plan as an RT Plan with
     its CT, RTSTRUCT and RTDOSE beside it (:func:`rtlab.planning.export_plan_dicom`).
 
@@ -58,6 +62,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -83,6 +88,37 @@ deliverable = load("rtlab.methods.deliverable")
 gkplan = load("rtlab.methods.gk.plan")
 planning = load("rtlab.planning")
 intent = load("rtlab.planning.intent")
+
+#: Dose grid (mm) of `rtlab plan --matrad FILE` without --grid: matRad's own default dose grid
+#: (matRad and pyRadPlan plan on a 5 x 5 x 5 mm dose grid unless one is set), so that a matRad
+#: case is planned as matRad would. ``--grid ct`` plans on the file's CT grid instead.
+MATRAD_DOSE_GRID_MM = 5.0
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; 10 ms steps), or None where unknown.
+
+    ``rtlab plan --json`` reports it as ``timings.import_s`` (interpreter start-up and imports)
+    and ``timings.total_s``, so that the whole command is timed from inside too.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _grid_arg(text: str):
+    """``--grid`` of `rtlab plan`: a spacing in mm, or ``ct`` for the CT grid."""
+    if text.strip().lower() == "ct":
+        return "ct"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a spacing in mm or 'ct', got {text!r}") from None
 
 __all__ = ["main", "load_case", "build_parser"]
 
@@ -406,9 +442,12 @@ def cmd_plan(args) -> int:
         raise CLIError(f"--objective must be one of {', '.join(planning.OBJECTIVES)}, got {args.objective!r}")
     if args.max_iter is not None and not args.max_iter > 0:
         raise CLIError(f"--max-iter must be a positive number, got {args.max_iter}")
+    grid = args.dose_grid_mm
+    if grid is None and args.matrad:
+        grid = MATRAD_DOSE_GRID_MM  # matRad's default dose grid (module constant)
     settings = _settings(objective=args.objective, falloff_gy_per_mm=args.falloff,
-                         control_points=args.control_points, bixel_mm=args.bixel, dose_grid_mm=args.dose_grid_mm,
-                         rx=args.rx, max_iter=int(args.max_iter))
+                         control_points=args.control_points, bixel_mm=args.bixel,
+                         dose_grid_mm=None if grid == "ct" else grid, rx=args.rx, max_iter=int(args.max_iter))
     if args.out is not None:
         try:
             check_output_path(args.out, "--out", suffix=".npz")
@@ -428,16 +467,25 @@ def cmd_plan(args) -> int:
         raise CLIError("--rtplan-out needs --sequence step|sliding (an RT Plan holds leaf motions)")
     if args.rtplan_out is not None and not str(args.rtplan_out).lower().endswith(".dcm"):
         raise CLIError(f"--rtplan-out must name a .dcm file, got {args.rtplan_out!r}")
+    # the modules of the planning path, imported now so that the load stage times the load only
+    _ = (planning.plan_case, rtio.load_matrad, compare.score_summary)
+    timings = {"import_s": process_age_s()}
+    t0 = time.perf_counter()
     case = _with_goals(load_case(args), args)
+    timings["load_s"] = time.perf_counter() - t0
     if settings.objective == "matrad" and "matrad" not in case.meta:
         raise CLIError("--objective matrad plans with a matRad file's own cst objectives; use it with --matrad FILE")
     angles = _angles(args, case, given)
     if not angles:
         raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
     machine = _machine(args)
+    t0 = time.perf_counter()
     res = planning.plan_case(case, angles, settings=settings, machine=machine, progress=not args.json and sys.stderr.isatty())
-    out = compare.score_summary(case, res.dose, settings.rx)
+    plan_s = time.perf_counter() - t0
+    out = dict(res.scores)  # score_summary(case, res.dose, settings.rx), made by plan_case
     t = res.timings
+    timings.update(build_s=t["build_s"], optimize_s=t["optimize_s"],
+                   score_s=max(0.0, plan_s - t["build_s"] - t["optimize_s"]))
     out.update(build_s=round(t["build_s"], 3), optimize_s=round(t["optimize_s"], 3), iterations=int(t["iterations"]),
                mu_total=round(res.mu_total, 1), status=t["status"], objective=settings.objective, angles=angles,
                falloff_gy_per_mm=settings.falloff_gy_per_mm, control_points=settings.control_points,
@@ -452,15 +500,21 @@ def cmd_plan(args) -> int:
         # sequenced delivery's MU per fraction
         out["mu_total_fluence"] = out["mu_total"]
         out.update(seq.summary(case))
+    t0 = time.perf_counter()
     if args.out:
         res.save(args.out)
         out["out"] = str(args.out)
+    timings["write_s"] = time.perf_counter() - t0
     if args.rtplan_out:
         files = planning.export_plan_dicom(case, seq, res.influence.beams, args.rtplan_out, prescription_gy=settings.rx
                                   or case.prescription, machine=res.influence.machine)
         out["rtplan_out"] = {k: str(files[k]) for k in ("rtplan", "rtstruct", "rtdose")}
         out["rtplan_out"]["ct_files"] = len(files["ct"])
         out["rtplan_out"]["sequencer_gap"] = {k: round(v, 4) for k, v in files["sequencer_gap"].items()}
+    timings["total_s"] = process_age_s()
+    out["timings"] = {k: (None if v is None else round(v, 3)) for k, v in timings.items()}
+    if t.get("goal_rounds"):
+        out["goal_rounds"] = int(t["goal_rounds"])
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0
@@ -470,6 +524,7 @@ def cmd_plan(args) -> int:
           + (", control points" if args.control_points else ""))
     print(f"  build {t['build_s']:.2f} s, optimise {t['optimize_s']:.2f} s, {t['iterations']} iterations "
           f"({t['status']}), {res.mu_total:.0f} MU")
+    print("  wall time (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in timings.items() if v is not None))
     table = res.score_table(Path(args.out).stem if args.out else "plan")
     with pd.option_context("display.max_rows", None, "display.width", 140):
         print(table.to_string(index=False))
@@ -645,8 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dose falloff gradient G in Gy/mm (2 = 200 cGy/mm): falloff-adjusted targets and a low-dose ring")
     sp.add_argument("--control-points", action="store_true", help="add control-point dose bounds on the first target")
     sp.add_argument("--bixel", type=float, default=5.0, metavar="MM", help="bixel size (default 5 mm)")
-    sp.add_argument("--grid", "--dose-grid-mm", dest="dose_grid_mm", type=float, metavar="MM",
-                    help="dose-grid spacing dose_grid_mm (default: the CT grid; 5 is much faster)")
+    sp.add_argument("--grid", "--dose-grid-mm", dest="dose_grid_mm", type=_grid_arg, metavar="MM|ct",
+                    help="dose-grid spacing dose_grid_mm in mm, or 'ct' for the CT grid (default: 5 mm for --matrad, "
+                         "matRad's own default dose grid; else the CT grid; 5 is much faster)")
     sp.add_argument("--rx", type=float, metavar="GY", help="prescription for a target without one")
     sp.add_argument("--max-iter", type=int, default=100, metavar="N", help="iteration limit (default 100)")
     sp.add_argument("--sequence", choices=("sliding", "step"),
