@@ -25,7 +25,11 @@ Objective recipes (``objective=``)
   the fewest goals. The iteration budget is therefore
   ``max_iter * (1 + n * goal_round_iter)`` at most (default 100 * (1 + 3 * 0.5) = 250);
 * guard (coarse dose grid only): mean squared overdose above ``guard_level * min(D)`` on the
-  dose-grid rows outside the region of interest;
+  dose-grid rows outside the region of interest, on every ``guard_stride``-th dose-grid voxel
+  along each axis (conformity recipe: 2, one voxel in eight; quadratic: 1, every voxel). The
+  guard keeps the dose far from the targets low; its subsample is what lets the operator
+  leave out the other dose-grid rows (:func:`guard_mask`), which makes an iteration on
+  matRad's TG119.mat about 3.5x cheaper (issue #18);
 * with ``control_points=True``: the dose bounds of :mod:`rtlab.methods.control_points`
   (para. 179-181) as a quadratic penalty. The points are those of
   :func:`~rtlab.methods.control_points.find_control_points` on the first target with the
@@ -67,7 +71,7 @@ from .intent import matrad_terms
 from .settings import (CONFORMITY_RECIPE, OBJECTIVES, QUADRATIC_RECIPE, PlanSettings,  # noqa: F401 (re-exported)
                        control_point_find_options)
 
-__all__ = ["build_objective", "goal_terms", "goal_term_name", "apply_term_edits", "region_of_interest", "goal_limits", "targets_with_rx", "CONFORMITY_RECIPE",
+__all__ = ["build_objective", "guard_mask", "goal_terms", "goal_term_name", "apply_term_edits", "region_of_interest", "goal_limits", "targets_with_rx", "CONFORMITY_RECIPE",
            "QUADRATIC_RECIPE", "OBJECTIVES", "control_point_find_options"]
 
 
@@ -161,6 +165,24 @@ def targets_with_rx(case, rx=None) -> list:
         out.append((t, float(d)))
     out.sort(key=lambda it: -it[1])
     return out
+
+
+def guard_mask(dose_grid, recipe: Mapping) -> np.ndarray | None:
+    """The dose-grid voxels the guard term may use, for :class:`~rtlab.dose.PlanOperator`'s ``dose_mask``.
+
+    ``None`` (every dose-grid row) for ``guard_stride`` 1; an empty mask when the recipe has no
+    guard (``guard_weight`` 0: the operator then keeps only the rows the region of interest
+    reads); else every ``guard_stride``-th voxel along each axis (from index 0).
+    """
+    shape = tuple(dose_grid.shape)
+    if not recipe.get("guard_weight", 0.0) > 0:
+        return np.zeros(shape, bool)
+    s = int(recipe.get("guard_stride", 1))
+    if s <= 1:
+        return None
+    m = np.zeros(shape, bool)
+    m[::s, ::s, ::s] = True
+    return m
 
 
 def region_of_interest(case, roi_mm: float = 20.0) -> np.ndarray:
