@@ -88,7 +88,7 @@ pd = load("pandas")
 phantoms = load("rtlab.phantoms")
 batch = load("rtlab.batch")
 mlc = load("rtlab.core.mlc")
-dose = load("rtlab.dose")
+dose_pkg = load("rtlab.dose")
 compare = load("rtlab.evaluate.compare")
 dose_volume = load("rtlab.evaluate.dose_volume")
 rtio = load("rtlab.io")
@@ -174,7 +174,7 @@ def _machine(args):
     if f is None:
         return None
     try:
-        return dose.resolve_machine(f, "--machine-file")
+        return dose_pkg.resolve_machine(f, "--machine-file")
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 
@@ -292,7 +292,7 @@ def _recompute_dose(args, case, machine):
                            f"lacks {missing}; write it with `rtlab plan ... --out FILE.npz`")
         x, angles, bixel = np.asarray(z["x"], float), [float(a) for a in z["angles"]], float(z["bixel_mm"])
         grid = float(z["dose_grid_mm"]) if "dose_grid_mm" in z.files else float("nan")
-    im = dose.build_influence(case, angles, machine=machine, bixel_mm=bixel, dose_grid_mm=None if np.isnan(grid) else grid,
+    im = dose_pkg.build_influence(case, angles, machine=machine, bixel_mm=bixel, dose_grid_mm=None if np.isnan(grid) else grid,
                          progress=False)
     if x.size != im.shape[1]:
         raise CLIError(f"{args.dose} holds {x.size} beamlet weights but this case and angles have {im.shape[1]} "
@@ -420,7 +420,7 @@ def cmd_dose(args) -> int:
     _check_case_source(args)
     case = load_case(args)
     angles = _angles(args, case, given)
-    out, im = dose.engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm,
+    out, im = dose_pkg.engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm,
                              gpu=args.gpu, cutoff_mm=settings.cutoff_mm, machine=_machine(args), return_influence=True)
     out = {"case": case.name, "angles": angles, "bixel_mm": settings.bixel_mm, "dose_grid_mm": settings.dose_grid_mm,
            **out}
