@@ -97,6 +97,17 @@ gkplan = load("rtlab.methods.gk.plan")
 planning = load("rtlab.planning")
 intent = load("rtlab.planning.intent")
 
+def plan_case(*args, **kwargs):
+    """:func:`rtlab.planning.plan_case` (imported on first use; a name of this module, so that
+    the work a command starts can be replaced in tests)."""
+    return planning.plan_case(*args, **kwargs)
+
+
+def run_batch_cli(*args, **kwargs):
+    """:func:`rtlab.batch.run_batch_cli` (imported on first use; see :func:`plan_case`)."""
+    return batch.run_batch_cli(*args, **kwargs)
+
+
 #: Dose grid (mm) of `rtlab plan --matrad FILE` without --grid: matRad's own default dose grid
 #: (matRad and pyRadPlan plan on a 5 x 5 x 5 mm dose grid unless one is set), so that a matRad
 #: case is planned as matRad would. ``--grid ct`` plans on the file's CT grid instead.
@@ -488,7 +499,7 @@ def cmd_plan(args) -> int:
         raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
     machine = _machine(args)
     t0 = time.perf_counter()
-    res = planning.plan_case(case, angles, settings=settings, machine=machine, progress=not args.json and sys.stderr.isatty())
+    res = plan_case(case, angles, settings=settings, machine=machine, progress=not args.json and sys.stderr.isatty())
     plan_s = time.perf_counter() - t0
     out = dict(res.scores)  # score_summary(case, res.dose, settings.rx), made by plan_case
     t = res.timings
@@ -640,7 +651,7 @@ def cmd_batch(args) -> int:
         opts["machine_file"] = str(Path(args.machine_file).resolve()) if Path(args.machine_file).is_file() \
             else args.machine_file
     quiet = bool(args.json)
-    summary = batch.run_batch_cli(args.cases, args.machines, args.scheduler, args.workers, args.out, spacing=args.spacing,
+    summary = run_batch_cli(args.cases, args.machines, args.scheduler, args.workers, args.out, spacing=args.spacing,
                             stage_options=opts, progress=not quiet and sys.stderr.isatty(), verbose=not quiet, **kw)
     if args.json:
         print(json.dumps(dict(out=summary["out"], files=summary["files"], persisted=summary["persisted"],
