@@ -299,7 +299,7 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
         task).
     escalate, tighten : float
         Retry ``attempt`` multiplies the iterations by ``escalate**attempt`` and the isodose,
-        DVH and fidelity weights by ``tighten**attempt``.
+        DVH, fidelity and mimicking weights by ``tighten**attempt``.
     qa_kwargs : dict, optional
         :func:`rtlab.evaluate.qa.qa_report` settings (criteria, thresholds, max_dvh_diff_gy).
     machine_file : str, optional
@@ -316,7 +316,7 @@ def rtlab_convert(case, standard, machine: str, attempt: int, method: str = "flu
 
     k = int(attempt)
     f = float(tighten) ** k
-    opts = dict(isodose_weight=1.0 * f, dvh_weight=1.0 * f, fidelity_weight=0.1 * f)
+    opts = dict(isodose_weight=1.0 * f, dvh_weight=1.0 * f, fidelity_weight=0.1 * f, mimic_weight=10.0 * f)
     opts.update(convert_options)
     n_iter = int(round(max_iter * float(escalate) ** k))
     std = standard_treatment_machine(standard_machine, machine_file)
