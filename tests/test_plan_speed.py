@@ -60,3 +60,154 @@ def test_separable_trilinear_resample_equals_map_coordinates(seed):
         want = _resample_map_coordinates(v, src, tgt, fill)
         assert got.shape == tgt.shape
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+# -- the row-restricted operator (PlanOperator(dose_mask=)) against the whole one ---------------
+@pytest.fixture(scope="module")
+def coarse_problem():
+    from rtlab.planning import prepare_plan
+
+    case = get_phantom("tg119_cshape_easy", spacing=6.0)
+    return prepare_plan(case, [0, 120, 240], bixel_mm=10.0, dose_grid_mm=12.0, roi_mm=12.0)
+
+
+def test_row_restricted_operator_equals_the_whole_one(coarse_problem):
+    from rtlab.dose.operator import PlanOperator
+    from rtlab.planning.recipes import region_of_interest
+
+    im, case = coarse_problem.influence, coarse_problem.case
+    roi = region_of_interest(case, 12.0)
+    full = PlanOperator(im, roi=roi)
+    mask = np.zeros(im.grid.shape, bool)
+    mask[::2, ::2, ::2] = True
+    sub = PlanOperator(im, roi=roi, dose_mask=mask)
+    assert sub.n_ct == full.n_ct and sub.A.shape[0] < full.A.shape[0]
+    kept = np.flatnonzero(mask.ravel()[im.voxel_index])
+    assert sub.n_dose == kept.size
+    rng = np.random.default_rng(1)
+    x = rng.random(full.shape[1])
+    ef, es = full.matvec(x), sub.matvec(x)
+    # the CT rows and the kept dose-grid rows hold the same dose (same rows of the same kernels)
+    np.testing.assert_array_equal(es[: sub.n_ct], ef[: full.n_ct])
+    np.testing.assert_array_equal(es[sub.n_ct:], ef[full.n_ct:][kept])
+    # the adjoint: E_sub^T g equals E_full^T of g spread onto the kept rows (zero elsewhere)
+    g = rng.normal(size=sub.shape[0])
+    gf = np.zeros(full.shape[0])
+    gf[: full.n_ct] = g[: sub.n_ct]
+    gf[full.n_ct + kept] = g[sub.n_ct:]
+    np.testing.assert_allclose(sub.rmatvec(g), full.rmatvec(gf), rtol=2e-5, atol=1e-6 * np.abs(full.rmatvec(gf)).max())
+    # inner-product test of the restricted operator itself
+    lhs, rhs = float(es @ g), float(x @ sub.rmatvec(g))
+    assert abs(lhs - rhs) <= 1e-5 * abs(lhs)
+    # rows of a dose-grid mask, and the plan's CT dose from every row
+    far = np.zeros(im.grid.shape, bool)
+    far[1::2] = True
+    far[::2, ::2, ::2] = True
+    rows = sub.dose_rows(far)
+    assert np.array_equal(rows, sub.n_ct + np.flatnonzero(far.ravel()[im.voxel_index[kept]]))
+    np.testing.assert_array_equal(sub.dose_ct(x), full.dose_ct(x))
+
+
+def test_guard_mask_follows_the_recipe(coarse_problem):
+    from rtlab.planning.recipes import guard_mask
+    from rtlab.planning.settings import full_recipe
+
+    grid = coarse_problem.influence.grid
+    assert guard_mask(grid, full_recipe("quadratic")) is None
+    assert not guard_mask(grid, full_recipe("matrad")).any()
+    m = guard_mask(grid, full_recipe("conformity"))
+    assert m.shape == grid.shape and m.sum() == np.prod([(n + 1) // 2 for n in grid.shape])
+    assert m[0, 0, 0] and not m[1, 0, 0] and not m[0, 1, 0] and not m[0, 0, 1]
+    assert guard_mask(grid, full_recipe("conformity", {"guard_stride": 1})) is None
+    for bad in (0, 1.5, -2, float("nan")):
+        with pytest.raises(ValueError, match="guard_stride"):
+            full_recipe("conformity", {"guard_stride": bad})
+
+
+def test_conformity_plan_guard_on_the_subsample(coarse_problem):
+    guard = coarse_problem.objective["guard"]
+    op = coarse_problem.operator
+    assert op.dose_index is not None  # the operator holds the needed rows only
+    assert guard.rows.min() >= op.n_ct and guard.rows.max() < op.shape[0]
+
+
+# -- rtlab plan --matrad: matRad's default dose grid and the timings ---------------------------
+def _plan_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "rtlab.cli", "plan", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_plan_matrad_defaults_to_a_5mm_dose_grid_and_reports_timings(tmp_path):
+    import json
+
+    from tests.test_matrad_intent import INTENT, write_case
+
+    f = tmp_path / "TG119.mat"
+    write_case(f, 3, names={"PTV": "OuterTarget"}, intent={"PTV": INTENT["PTV"][:1], "Core": [INTENT["Core"][0]]},
+               shape=(10, 16, 16), res=4.0)
+    r = _plan_cli("--matrad", str(f), "--angles", "0,120,240", "--max-iter", "3", "--json", "--out",
+                  str(tmp_path / "p.npz"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["dose_grid_mm"] == 5.0
+    t = out["timings"]
+    assert set(t) == {"import_s", "load_s", "build_s", "optimize_s", "score_s", "write_s", "total_s"}
+    assert all(v is None or v >= 0 for v in t.values())
+    if t["total_s"] is not None:  # /proc is there: the stages fit inside the process's life
+        assert t["total_s"] >= t["import_s"] + t["load_s"] + t["build_s"] + t["optimize_s"] - 0.05
+    r = _plan_cli("--matrad", str(f), "--angles", "0,120,240", "--max-iter", "3", "--json", "--grid", "ct")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["dose_grid_mm"] is None
+    r = _plan_cli("--matrad", str(f), "--grid", "fine")
+    assert r.returncode == 2 and "--grid" in r.stderr
+
+
+def test_plan_of_a_phantom_keeps_the_ct_grid_default():
+    import json
+
+    r = _plan_cli("--phantom", "sphere", "--spacing", "10", "--angles", "0,180", "--max-iter", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["dose_grid_mm"] is None
+
+
+def test_process_age_is_the_time_since_the_process_started():
+    import time
+
+    from rtlab.cli import process_age_s
+
+    a = process_age_s()
+    if a is None:
+        pytest.skip("no /proc here")
+    time.sleep(0.05)
+    b = process_age_s()
+    assert 0 < a <= b and b - a < 5
+
+
+# -- benchmarks/conformity.py --matrad skips cleanly ----------------------------------------------
+def _bench(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / "benchmarks" / "conformity.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=root)
+
+
+def test_matrad_benchmark_skips_without_file_or_peer(tmp_path):
+    import json
+    import sys
+
+    r = _bench("--matrad", str(tmp_path / "missing.mat"), "--peer-python", sys.executable)
+    assert r.returncode == 0, r.stderr
+    assert "not found" in json.loads(r.stdout.strip())["skipped"]
+    f = tmp_path / "x.mat"
+    f.write_bytes(b"x")
+    r = _bench("--matrad", str(f), "--peer-python", str(tmp_path / "nopython"))
+    assert "peer Python" in json.loads(r.stdout.strip())["skipped"]
+    r = _bench("--matrad", str(f), "--peer-python", sys.executable)  # this Python has no pyRadPlan
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "pyRadPlan" in json.loads(lines[0])["skipped"]
