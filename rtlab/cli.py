@@ -113,6 +113,13 @@ def run_batch_cli(*args, **kwargs):
 #: case is planned as matRad would. ``--grid ct`` plans on the file's CT grid instead.
 MATRAD_DOSE_GRID_MM = 5.0
 
+#: Conformity-recipe entries of `rtlab plan --matrad FILE`: the guard on every 2nd dose-grid
+#: voxel per axis, so that an iteration streams about a quarter of the influence matrix
+#: (:func:`rtlab.planning.recipes.guard_mask`; issue #18: TG119.mat's plan moves by < 0.03 Gy).
+#: Built-in phantoms and DICOM cases keep the recipe's default (every voxel): on the built-in
+#: C-shape at a 5 mm grid the subsample moved the core's D10 from 24.95 to 25.03 Gy.
+MATRAD_RECIPE_DEFAULTS = {"guard_stride": 2}
+
 
 def process_age_s() -> float | None:
     """Seconds since this process started (Linux ``/proc``; 10 ms steps), or None where unknown.
@@ -464,9 +471,11 @@ def cmd_plan(args) -> int:
     grid = args.dose_grid_mm
     if grid is None and args.matrad:
         grid = MATRAD_DOSE_GRID_MM  # matRad's default dose grid (module constant)
+    recipe = dict(MATRAD_RECIPE_DEFAULTS) if args.matrad and args.objective == "conformity" else None
     settings = _settings(objective=args.objective, falloff_gy_per_mm=args.falloff,
                          control_points=args.control_points, bixel_mm=args.bixel,
-                         dose_grid_mm=None if grid == "ct" else grid, rx=args.rx, max_iter=int(args.max_iter))
+                         dose_grid_mm=None if grid == "ct" else grid, rx=args.rx, max_iter=int(args.max_iter),
+                         recipe_overrides=recipe)
     if args.out is not None:
         try:
             check_output_path(args.out, "--out", suffix=".npz")
@@ -509,6 +518,7 @@ def cmd_plan(args) -> int:
                mu_total=round(res.mu_total, 1), status=t["status"], objective=settings.objective, angles=angles,
                falloff_gy_per_mm=settings.falloff_gy_per_mm, control_points=settings.control_points,
                dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm, machine_model=res.influence.machine.name,
+               recipe_overrides=recipe or {},
                goal_set=case.meta.get("goal_set"))
     seq = None
     if args.sequence:

@@ -68,7 +68,8 @@ def coarse_problem():
     from rtlab.planning import prepare_plan
 
     case = get_phantom("tg119_cshape_easy", spacing=6.0)
-    return prepare_plan(case, [0, 120, 240], bixel_mm=10.0, dose_grid_mm=12.0, roi_mm=12.0)
+    return prepare_plan(case, [0, 120, 240], bixel_mm=10.0, dose_grid_mm=12.0, roi_mm=12.0,
+                        recipe={"guard_stride": 2})
 
 
 def test_row_restricted_operator_equals_the_whole_one(coarse_problem):
@@ -114,14 +115,22 @@ def test_guard_mask_follows_the_recipe(coarse_problem):
 
     grid = coarse_problem.influence.grid
     assert guard_mask(grid, full_recipe("quadratic")) is None
+    assert guard_mask(grid, full_recipe("conformity")) is None  # the default: every voxel, all rows
     assert not guard_mask(grid, full_recipe("matrad")).any()
-    m = guard_mask(grid, full_recipe("conformity"))
+    m = guard_mask(grid, full_recipe("conformity", {"guard_stride": 2}))
     assert m.shape == grid.shape and m.sum() == np.prod([(n + 1) // 2 for n in grid.shape])
     assert m[0, 0, 0] and not m[1, 0, 0] and not m[0, 1, 0] and not m[0, 0, 1]
     assert guard_mask(grid, full_recipe("conformity", {"guard_stride": 1})) is None
     for bad in (0, 1.5, -2, float("nan")):
         with pytest.raises(ValueError, match="guard_stride"):
             full_recipe("conformity", {"guard_stride": bad})
+
+
+def test_default_conformity_plan_keeps_every_dose_grid_row():
+    from rtlab.planning import prepare_plan
+
+    p = prepare_plan(get_phantom("tg119_cshape_easy", spacing=6.0), [0, 120, 240], bixel_mm=10.0, dose_grid_mm=12.0)
+    assert p.operator.dose_index is None and p.operator.n_dose == p.influence.shape[0]
 
 
 def test_conformity_plan_guard_on_the_subsample(coarse_problem):
@@ -153,6 +162,7 @@ def test_plan_matrad_defaults_to_a_5mm_dose_grid_and_reports_timings(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["dose_grid_mm"] == 5.0
+    assert out["recipe_overrides"] == {"guard_stride": 2}
     t = out["timings"]
     assert set(t) == {"import_s", "load_s", "build_s", "optimize_s", "score_s", "write_s", "total_s"}
     assert all(v is None or v >= 0 for v in t.values())
@@ -170,7 +180,8 @@ def test_plan_of_a_phantom_keeps_the_ct_grid_default():
 
     r = _plan_cli("--phantom", "sphere", "--spacing", "10", "--angles", "0,180", "--max-iter", "2", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["dose_grid_mm"] is None
+    out = json.loads(r.stdout)
+    assert out["dose_grid_mm"] is None and out["recipe_overrides"] == {}
 
 
 def test_process_age_is_the_time_since_the_process_started():

@@ -26,8 +26,8 @@ Objective recipes (``objective=``)
   ``max_iter * (1 + n * goal_round_iter)`` at most (default 100 * (1 + 3 * 0.5) = 250);
 * guard (coarse dose grid only): mean squared overdose above ``guard_level * min(D)`` on the
   dose-grid rows outside the region of interest, on every ``guard_stride``-th dose-grid voxel
-  along each axis (conformity recipe: 2, one voxel in eight; quadratic: 1, every voxel). The
-  guard keeps the dose far from the targets low; its subsample is what lets the operator
+  along each axis (default 1, every voxel; ``rtlab plan --matrad`` uses 2, one voxel in
+  eight). The guard keeps the dose far from the targets low; a subsample lets the operator
   leave out the other dose-grid rows (:func:`guard_mask`), which makes an iteration on
   matRad's TG119.mat about 3.5x cheaper (issue #18);
 * with ``control_points=True``: the dose bounds of :mod:`rtlab.methods.control_points`

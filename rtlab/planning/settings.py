@@ -58,7 +58,7 @@ CONFORMITY_RECIPE = {
     "goal_round_iter": 0.5,     # iterations of a round, as a fraction of max_iter
     "guard_level": 0.8,         # dose-grid rows outside the region of interest
     "guard_weight": 1e-2,
-    "guard_stride": 2,          # the guard on every 2nd dose-grid voxel along each axis (1 = all)
+    "guard_stride": 1,          # the guard on every n-th dose-grid voxel per axis (rtlab plan --matrad: 2)
     "ring_fraction": 0.8,       # falloff: automatic low-dose ring at 0.8 D (para. 80)
     "ring_weight": 0.3,
     "control_point_weight": 1e-3,
