@@ -222,3 +222,15 @@ def test_matrad_benchmark_skips_without_file_or_peer(tmp_path):
     r = _bench("--matrad", str(f), "--peer-python", sys.executable)  # this Python has no pyRadPlan
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1 and "pyRadPlan" in json.loads(lines[0])["skipped"]
+
+
+def test_import_rtlab_stays_light():
+    """`import rtlab` imports no scipy, numba, pandas or matplotlib (issue #18: start-up under 0.3 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rtlab; heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'scipy', 'numba', 'pandas', 'matplotlib', 'dask', 'torch'}); print(','.join(heavy))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 import numpy as np
-import scipy.sparse as sp
-from scipy import ndimage
-
+from .._lazy import load
 from .._util import check_positive, check_shape
 from .validate import check_spacing, check_voxels
+
+# imported on first use (rtlab._lazy): scipy.ndimage and scipy.sparse were most of `import rtlab`'s
+# time (issue #18: `import rtlab` under 0.3 s)
+ndimage = load("scipy.ndimage")
+sp = load("scipy.sparse")
 
 __all__ = [
     "Grid",
