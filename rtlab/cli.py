@@ -24,7 +24,11 @@ photon machine file (:func:`rtlab.dose.load_matrad_machine`) or a built-in name
 beamlet weights (written by ``plan --out``) with that model before scoring.
 ``rtlab plan (--phantom NAME | --matrad FILE | --dicom DIR) [--angles ...] [--objective conformity|quadratic] [--falloff G] [--control-points] [--grid MM] [--json] [--out FILE.npz]``
     Build the dose, optimise (:func:`rtlab.planning.plan_case`), print timings and the score
-    table; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads;
+    table (``--json``: ``timings`` holds the wall seconds of each stage: ``import_s`` from the
+    process start to the planning modules imported, ``load_s``, ``build_s``, ``optimize_s``
+    with the goal rounds, ``score_s`` (CT-grid dose, MU, scores), ``write_s``, ``total_s`` from
+    the process start); ``--grid`` defaults to 5 mm for ``--matrad`` (matRad's own default dose
+    grid; ``--grid ct`` plans on the CT grid) and to the CT grid otherwise; ``--falloff`` is in Gy/mm; ``--out`` saves the dose in the format ``score`` reads;
     ``--sequence step|sliding --rtplan-out RP.dcm`` writes the sequenced plan as an RT Plan with
     its CT, RTSTRUCT and RTDOSE beside it (:func:`rtlab.planning.export_plan_dicom`).
 
@@ -32,7 +36,7 @@ The plan and engine settings go into one :class:`rtlab.planning.PlanSettings`, w
 (``--grid MM`` is its ``dose_grid_mm``, ``--bixel`` its ``bixel_mm``, ``--falloff`` its
 ``falloff_gy_per_mm``).
 
-Size: about 670 lines: every subcommand's argument checks (all made before any work starts,
+Size: about 850 lines: every subcommand's argument checks (all made before any work starts,
 issue #15) and its one-screen report live beside its parser entry; the work itself is one
 library call per subcommand.
 ``rtlab lab [--notebooks DIR] [JUPYTER OPTIONS ...]``
@@ -58,27 +62,89 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from . import phantoms
-from ._util import check_output_path, json_safe
-from .batch import run_batch_cli
-from .core.mlc import get_mlc
-from .core.validate import check_angles, check_spacing
-from .dose import build_influence, engine_summary, resolve_machine
-from .evaluate.compare import score, score_summary
-from .evaluate.dose_volume import score_dicom_rt
-from .io import (load_dicom, load_dicom_rt, load_dose_npz, load_matrad, load_rtplan, read_rtdose, save_npz,
-                 save_rtdose)
-from .methods.deliverable import sequence_plan
-from .methods.gk.plan import gk_summary
-from .planning import OBJECTIVES, PlanSettings, export_plan_dicom, gamma_against, plan_case, recompute_rtplan
-from .planning.intent import GOAL_SETS, with_goals
+# numba's parallel kernels run on OpenMP (its default threading layer here). GNU OpenMP's
+# threads spin-wait between parallel regions by default; on a machine whose cores are shared
+# with other processes a spinning thread that lost its core stalls every kernel (measured on
+# TG119.mat, 2 cores with two other busy processes: a dose product 24 ms instead of 4 ms).
+# Passive waiting costs nothing measurable when the cores are free. Set before numba starts
+# OpenMP; a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from ._lazy import load  # noqa: E402
+from ._util import check_output_path, json_safe  # noqa: E402
+from .core.validate import check_angles, check_spacing  # noqa: E402
+
+# Deferred imports (rtlab._lazy.load): a subcommand imports only what it uses, so that
+# `rtlab plan` does not pay for the batch, DICOM, sequencing, Gamma-Knife or plotting modules
+# at start-up (issue #18: the whole command is timed as a fresh process).
+pd = load("pandas")
+phantoms = load("rtlab.phantoms")
+batch = load("rtlab.batch")
+mlc = load("rtlab.core.mlc")
+dose_pkg = load("rtlab.dose")
+compare = load("rtlab.evaluate.compare")
+dose_volume = load("rtlab.evaluate.dose_volume")
+rtio = load("rtlab.io")
+deliverable = load("rtlab.methods.deliverable")
+gkplan = load("rtlab.methods.gk.plan")
+planning = load("rtlab.planning")
+intent = load("rtlab.planning.intent")
+
+def plan_case(*args, **kwargs):
+    """:func:`rtlab.planning.plan_case` (imported on first use; a name of this module, so that
+    the work a command starts can be replaced in tests)."""
+    return planning.plan_case(*args, **kwargs)
+
+
+def run_batch_cli(*args, **kwargs):
+    """:func:`rtlab.batch.run_batch_cli` (imported on first use; see :func:`plan_case`)."""
+    return batch.run_batch_cli(*args, **kwargs)
+
+
+#: Dose grid (mm) of `rtlab plan --matrad FILE` without --grid: matRad's own default dose grid
+#: (matRad and pyRadPlan plan on a 5 x 5 x 5 mm dose grid unless one is set), so that a matRad
+#: case is planned as matRad would. ``--grid ct`` plans on the file's CT grid instead.
+MATRAD_DOSE_GRID_MM = 5.0
+
+#: Conformity-recipe entries of `rtlab plan --matrad FILE`: the guard on every 2nd dose-grid
+#: voxel per axis, so that an iteration streams about a quarter of the influence matrix
+#: (:func:`rtlab.planning.recipes.guard_mask`; issue #18: TG119.mat's plan moves by < 0.03 Gy).
+#: Built-in phantoms and DICOM cases keep the recipe's default (every voxel): on the built-in
+#: C-shape at a 5 mm grid the subsample moved the core's D10 from 24.95 to 25.03 Gy.
+MATRAD_RECIPE_DEFAULTS = {"guard_stride": 2}
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; 10 ms steps), or None where unknown.
+
+    ``rtlab plan --json`` reports it as ``timings.import_s`` (interpreter start-up and imports)
+    and ``timings.total_s``, so that the whole command is timed from inside too.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _grid_arg(text: str):
+    """``--grid`` of `rtlab plan`: a spacing in mm, or ``ct`` for the CT grid."""
+    if text.strip().lower() == "ct":
+        return "ct"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a spacing in mm or 'ct', got {text!r}") from None
 
 __all__ = ["main", "load_case", "build_parser"]
 
@@ -97,7 +163,7 @@ def _add_case_args(p: argparse.ArgumentParser, required: bool = True, ct_alias: 
 
 
 def _add_goals_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--goals", choices=GOAL_SETS, default="auto",
+    p.add_argument("--goals", choices=intent.GOAL_SETS, default="auto",
                    help="goals to plan towards and score: auto (TG-119's for a recognised TG-119 case such as "
                         "matRad's TG119.mat, else the case's own; default), file (the case's own, e.g. read from a "
                         "matRad cst), tg119, none")
@@ -111,7 +177,7 @@ _FLAGS = {"dose_grid_mm": "--grid", "bixel_mm": "--bixel", "falloff (Gy/mm)": "-
 def _settings(**kw) -> PlanSettings:
     """:class:`PlanSettings` from the command line; a bad value is a :class:`CLIError` naming the flag."""
     try:
-        return PlanSettings(**kw)
+        return planning.PlanSettings(**kw)
     except (TypeError, ValueError) as exc:
         msg = str(exc)
         for name, flag in _FLAGS.items():
@@ -126,7 +192,7 @@ def _machine(args):
     if f is None:
         return None
     try:
-        return resolve_machine(f, "--machine-file")
+        return dose_pkg.resolve_machine(f, "--machine-file")
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 
@@ -209,8 +275,8 @@ def load_case(args: argparse.Namespace):
             raise CLIError(f"--phantom {args.phantom} --spacing {args.spacing}: {e}") from None
     _parse_spacing(args)
     if args.matrad:
-        return load_matrad(args.matrad)
-    return load_dicom(args.dicom)
+        return rtio.load_matrad(args.matrad)
+    return rtio.load_dicom(args.dicom)
 
 
 def cmd_phantoms(args) -> int:
@@ -230,7 +296,7 @@ def cmd_phantoms(args) -> int:
 
 def _with_goals(case, args):
     try:
-        return with_goals(case, args.goals)
+        return intent.with_goals(case, args.goals)
     except ValueError as exc:
         raise CLIError(f"--goals {args.goals}: {exc}") from None
 
@@ -244,7 +310,7 @@ def _recompute_dose(args, case, machine):
                            f"lacks {missing}; write it with `rtlab plan ... --out FILE.npz`")
         x, angles, bixel = np.asarray(z["x"], float), [float(a) for a in z["angles"]], float(z["bixel_mm"])
         grid = float(z["dose_grid_mm"]) if "dose_grid_mm" in z.files else float("nan")
-    im = build_influence(case, angles, machine=machine, bixel_mm=bixel, dose_grid_mm=None if np.isnan(grid) else grid,
+    im = dose_pkg.build_influence(case, angles, machine=machine, bixel_mm=bixel, dose_grid_mm=None if np.isnan(grid) else grid,
                          progress=False)
     if x.size != im.shape[1]:
         raise CLIError(f"{args.dose} holds {x.size} beamlet weights but this case and angles have {im.shape[1]} "
@@ -263,19 +329,19 @@ def cmd_score(args) -> int:
     _input_file("--dose", args.dose)
     _check_case_source(args)
     case = _with_goals(load_case(args), args)
-    dose = load_dose_npz(args.dose, expected_shape=case.grid.shape)
+    dose = rtio.load_dose_npz(args.dose, expected_shape=case.grid.shape)
     machine = _machine(args)
     stored = None
     if machine is not None:
         stored, dose = dose, _recompute_dose(args, case, machine)
-    out = score_summary(case, dose, args.rx)
+    out = compare.score_summary(case, dose, args.rx)
     if stored is not None:
         out.update(recomputed_with=machine.name, dose_change_max_gy=round(float(abs(dose - stored).max()), 4))
     out["goal_set"] = case.meta.get("goal_set")
     if args.json:
         print(json.dumps(out))
         return 0
-    table = score({Path(args.dose).stem: dose}, case, rx=out["rx_gy"])
+    table = compare.score({Path(args.dose).stem: dose}, case, rx=out["rx_gy"])
     with pd.option_context("display.max_rows", None, "display.width", 140):
         print(table.to_string(index=False))
     return 0
@@ -288,10 +354,10 @@ def cmd_score_rt(args) -> int:
     if args.dose or args.phantom or args.matrad or args.dicom:
         raise CLIError("--rtdose/--rtstruct score a DICOM RT dose; leave out --dose/--phantom/--matrad/--dicom "
                        "(the CT goes with --ct DIR)")
-    rt = load_dicom_rt(args.rtdose, args.rtstruct, ct=args.ct, supersample=args.supersample,
+    rt = rtio.load_dicom_rt(args.rtdose, args.rtstruct, ct=args.ct, supersample=args.supersample,
                        outside="skip" if args.skip_outside else "error",
                        progress=not args.json and sys.stderr.isatty())
-    out = score_dicom_rt(rt, rx=args.rx, target=args.target, progress=not args.json and sys.stderr.isatty())
+    out = dose_volume.score_dicom_rt(rt, rx=args.rx, target=args.target, progress=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0
@@ -318,18 +384,18 @@ def cmd_dose_rtplan(args) -> int:
     crit = _parse_floats(args.gamma, "--gamma")
     if len(crit) != 2 or not all(math.isfinite(v) and v > 0 for v in crit):
         raise CLIError(f"--gamma must be two positive numbers 'PERCENT,MM', got {args.gamma!r}")
-    plan = load_rtplan(args.rtplan, mlc=args.mlc)
+    plan = rtio.load_rtplan(args.rtplan, mlc=args.mlc)
     case = load_case(args)
-    grid = read_rtdose(args.rtdose).grid if (args.rtdose and args.dose_grid_mm is None) else args.dose_grid_mm
-    rc = recompute_rtplan(plan, case, machine=_machine(args), dose_grid=grid, progress=not args.json and sys.stderr.isatty())
+    grid = rtio.read_rtdose(args.rtdose).grid if (args.rtdose and args.dose_grid_mm is None) else args.dose_grid_mm
+    rc = planning.recompute_rtplan(plan, case, machine=_machine(args), dose_grid=grid, progress=not args.json and sys.stderr.isatty())
     out = {"case": case.name, "rtplan": str(args.rtplan), "beams": len(plan.beams), "fractions": plan.fractions,
            "mu_per_fraction": plan.mu_per_fraction, "dose_max_gy": float(rc.dose.max()),
            "grid_shape": list(rc.grid.shape), "grid_spacing_mm": list(rc.grid.spacing),
            **{k: round(v, 3) for k, v in rc.timings.items()}}
     if args.rtdose:
-        out["gamma"] = gamma_against(rc, args.rtdose, crit[0] / 100.0, crit[1], normalise=args.normalise)
+        out["gamma"] = planning.gamma_against(rc, args.rtdose, crit[0] / 100.0, crit[1], normalise=args.normalise)
     if args.out:
-        save_rtdose(np.clip(rc.dose, 0, None), rc.grid, args.out, reference=case, plan_uid=plan.sop_instance_uid or None,
+        rtio.save_rtdose(np.clip(rc.dose, 0, None), rc.grid, args.out, reference=case, plan_uid=plan.sop_instance_uid or None,
                     description="rtlab re-computed RT Plan")
         out["out"] = str(args.out)
     if args.json:
@@ -372,14 +438,14 @@ def cmd_dose(args) -> int:
     _check_case_source(args)
     case = load_case(args)
     angles = _angles(args, case, given)
-    out, im = engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm,
+    out, im = dose_pkg.engine_summary(case, angles, bixel_mm=settings.bixel_mm, dose_grid_mm=settings.dose_grid_mm,
                              gpu=args.gpu, cutoff_mm=settings.cutoff_mm, machine=_machine(args), return_influence=True)
     out = {"case": case.name, "angles": angles, "bixel_mm": settings.bixel_mm, "dose_grid_mm": settings.dose_grid_mm,
            **out}
     if args.out:
         # every beamlet weight 1: Gy per unit weight on the CT grid (z, y, x)
         dose = im.dose(np.ones(im.shape[1]), on="ct")
-        save_npz(args.out, dose=dose, grid=case.grid, isocenter_mm=np.asarray(out["isocenter_mm"]),
+        rtio.save_npz(args.out, dose=dose, grid=case.grid, isocenter_mm=np.asarray(out["isocenter_mm"]),
                  angles=np.asarray(angles, float), bixel_mm=np.asarray(settings.bixel_mm))
         out["out"] = str(args.out)
         out["dose_max_gy_per_unit_weight"] = round(float(dose.max()), 6)
@@ -398,13 +464,18 @@ def cmd_dose(args) -> int:
 
 def cmd_plan(args) -> int:
     # every argument first: nothing below may fail on an argument after minutes of planning
-    if args.objective not in OBJECTIVES:
-        raise CLIError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
+    if args.objective not in planning.OBJECTIVES:
+        raise CLIError(f"--objective must be one of {', '.join(planning.OBJECTIVES)}, got {args.objective!r}")
     if args.max_iter is not None and not args.max_iter > 0:
         raise CLIError(f"--max-iter must be a positive number, got {args.max_iter}")
+    grid = args.dose_grid_mm
+    if grid is None and args.matrad:
+        grid = MATRAD_DOSE_GRID_MM  # matRad's default dose grid (module constant)
+    recipe = dict(MATRAD_RECIPE_DEFAULTS) if args.matrad and args.objective == "conformity" else None
     settings = _settings(objective=args.objective, falloff_gy_per_mm=args.falloff,
-                         control_points=args.control_points, bixel_mm=args.bixel, dose_grid_mm=args.dose_grid_mm,
-                         rx=args.rx, max_iter=int(args.max_iter))
+                         control_points=args.control_points, bixel_mm=args.bixel,
+                         dose_grid_mm=None if grid == "ct" else grid, rx=args.rx, max_iter=int(args.max_iter),
+                         recipe_overrides=recipe)
     if args.out is not None:
         try:
             check_output_path(args.out, "--out", suffix=".npz")
@@ -413,7 +484,7 @@ def cmd_plan(args) -> int:
     if args.sequence:
         args.machine = args.machine or "generic_5mm_60"
         try:
-            get_mlc(args.machine)
+            mlc.get_mlc(args.machine)
         except ValueError as e:
             raise CLIError(f"--machine: {e}") from None
     elif args.machine is not None:
@@ -424,39 +495,55 @@ def cmd_plan(args) -> int:
         raise CLIError("--rtplan-out needs --sequence step|sliding (an RT Plan holds leaf motions)")
     if args.rtplan_out is not None and not str(args.rtplan_out).lower().endswith(".dcm"):
         raise CLIError(f"--rtplan-out must name a .dcm file, got {args.rtplan_out!r}")
+    # the modules of the planning path, imported now so that the load stage times the load only
+    _ = (planning.plan_case, rtio.load_matrad, compare.score_summary)
+    timings = {"import_s": process_age_s()}
+    t0 = time.perf_counter()
     case = _with_goals(load_case(args), args)
+    timings["load_s"] = time.perf_counter() - t0
     if settings.objective == "matrad" and "matrad" not in case.meta:
         raise CLIError("--objective matrad plans with a matRad file's own cst objectives; use it with --matrad FILE")
     angles = _angles(args, case, given)
     if not angles:
         raise CLIError("--angles is empty; give gantry angles in degrees, e.g. 0,72,144,216,288")
     machine = _machine(args)
+    t0 = time.perf_counter()
     res = plan_case(case, angles, settings=settings, machine=machine, progress=not args.json and sys.stderr.isatty())
-    out = score_summary(case, res.dose, settings.rx)
+    plan_s = time.perf_counter() - t0
+    out = dict(res.scores)  # score_summary(case, res.dose, settings.rx), made by plan_case
     t = res.timings
+    timings.update(build_s=t["build_s"], optimize_s=t["optimize_s"],
+                   score_s=max(0.0, plan_s - t["build_s"] - t["optimize_s"]))
     out.update(build_s=round(t["build_s"], 3), optimize_s=round(t["optimize_s"], 3), iterations=int(t["iterations"]),
                mu_total=round(res.mu_total, 1), status=t["status"], objective=settings.objective, angles=angles,
                falloff_gy_per_mm=settings.falloff_gy_per_mm, control_points=settings.control_points,
                dose_grid_mm=settings.dose_grid_mm, bixel_mm=settings.bixel_mm, machine_model=res.influence.machine.name,
+               recipe_overrides=recipe or {},
                goal_set=case.meta.get("goal_set"))
     seq = None
     if args.sequence:
         fractions = max(1, int(round((case.prescription or settings.rx or 2.0) / 2.0)))
-        seq = sequence_plan(res.influence, res.x, machine=args.machine, method=args.sequence, fractions=fractions,
+        seq = deliverable.sequence_plan(res.influence, res.x, machine=args.machine, method=args.sequence, fractions=fractions,
                             leaf_alignment="isocentre" if args.rtplan_out else "grid")
         # the optimised fluence's MU (whole prescription) stays available; mu_total becomes the
         # sequenced delivery's MU per fraction
         out["mu_total_fluence"] = out["mu_total"]
         out.update(seq.summary(case))
+    t0 = time.perf_counter()
     if args.out:
         res.save(args.out)
         out["out"] = str(args.out)
+    timings["write_s"] = time.perf_counter() - t0
     if args.rtplan_out:
-        files = export_plan_dicom(case, seq, res.influence.beams, args.rtplan_out, prescription_gy=settings.rx
+        files = planning.export_plan_dicom(case, seq, res.influence.beams, args.rtplan_out, prescription_gy=settings.rx
                                   or case.prescription, machine=res.influence.machine)
         out["rtplan_out"] = {k: str(files[k]) for k in ("rtplan", "rtstruct", "rtdose")}
         out["rtplan_out"]["ct_files"] = len(files["ct"])
         out["rtplan_out"]["sequencer_gap"] = {k: round(v, 4) for k, v in files["sequencer_gap"].items()}
+    timings["total_s"] = process_age_s()
+    out["timings"] = {k: (None if v is None else round(v, 3)) for k, v in timings.items()}
+    if t.get("goal_rounds"):
+        out["goal_rounds"] = int(t["goal_rounds"])
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0
@@ -466,6 +553,7 @@ def cmd_plan(args) -> int:
           + (", control points" if args.control_points else ""))
     print(f"  build {t['build_s']:.2f} s, optimise {t['optimize_s']:.2f} s, {t['iterations']} iterations "
           f"({t['status']}), {res.mu_total:.0f} MU")
+    print("  wall time (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in timings.items() if v is not None))
     table = res.score_table(Path(args.out).stem if args.out else "plan")
     with pd.option_context("display.max_rows", None, "display.width", 140):
         print(table.to_string(index=False))
@@ -490,7 +578,7 @@ def cmd_gk(args) -> int:
         raise CLIError(str(e)) from None
     if args.phantom not in phantoms.list_phantoms():
         raise CLIError(f"unknown phantom {args.phantom!r}; built-ins: {phantoms.list_phantoms()}")
-    out = gk_summary(args.phantom, spacing=args.spacing_mm, target=args.target, method=args.method)
+    out = gkplan.gk_summary(args.phantom, spacing=args.spacing_mm, target=args.target, method=args.method)
     if args.json:
         print(json.dumps(out, default=json_safe))
         return 0
@@ -641,8 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dose falloff gradient G in Gy/mm (2 = 200 cGy/mm): falloff-adjusted targets and a low-dose ring")
     sp.add_argument("--control-points", action="store_true", help="add control-point dose bounds on the first target")
     sp.add_argument("--bixel", type=float, default=5.0, metavar="MM", help="bixel size (default 5 mm)")
-    sp.add_argument("--grid", "--dose-grid-mm", dest="dose_grid_mm", type=float, metavar="MM",
-                    help="dose-grid spacing dose_grid_mm (default: the CT grid; 5 is much faster)")
+    sp.add_argument("--grid", "--dose-grid-mm", dest="dose_grid_mm", type=_grid_arg, metavar="MM|ct",
+                    help="dose-grid spacing dose_grid_mm in mm, or 'ct' for the CT grid (default: 5 mm for --matrad, "
+                         "matRad's own default dose grid; else the CT grid; 5 is much faster)")
     sp.add_argument("--rx", type=float, metavar="GY", help="prescription for a target without one")
     sp.add_argument("--max-iter", type=int, default=100, metavar="N", help="iteration limit (default 100)")
     sp.add_argument("--sequence", choices=("sliding", "step"),

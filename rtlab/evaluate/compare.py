@@ -18,16 +18,19 @@ import warnings
 from typing import Mapping
 
 import numpy as np
-import pandas as pd
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
+from .._lazy import load
 from .._util import json_safe
 from ..core.case import Goal
 from ..core.geometry import Grid, Structure
 from ..core.validate import check_dose
 from . import metrics as _m
+
+# pandas and matplotlib are imported on first use (rtlab._lazy): scoring a plan needs neither
+pd = load("pandas")
+mpl = load("matplotlib")
+mpl_figure = load("matplotlib.figure")
+mpl_lines = load("matplotlib.lines")
 
 __all__ = ["score", "compare", "score_summary", "SCORE_COLUMNS", "STANDARD_METRICS", "CONFORMITY_METRICS"]
 
@@ -315,12 +318,12 @@ def compare(plans, case, goals=None, rx=None, body=None, structures=None, unit: 
             raise ValueError(f"structures {missing} not found; available: {list(by_name)}")
         draw = [by_name[n] for n in structures]
     if ax is None:
-        fig = Figure(figsize=figsize)
+        fig = mpl_figure.Figure(figsize=figsize)
         fig.subplots_adjust(left=0.1, right=0.76, bottom=0.12, top=0.92)  # room for the legends
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    cmap = colormaps["tab10"]
+    cmap = mpl.colormaps["tab10"]
     colours = {s.name: (s.color if s.color is not None else cmap(i % 10)) for i, s in enumerate(draw)}
     styles = {p: _STYLES[i % len(_STYLES)] for i, p in enumerate(plan_names)}
     dmax = 0.0
@@ -330,8 +333,8 @@ def compare(plans, case, goals=None, rx=None, body=None, structures=None, unit: 
             h = _m.dvh(d, s)
             dmax = max(dmax, float(h.dose_gy[-1]))
             h.plot(ax, unit=unit, color=colours[s.name], linestyle=styles[pname], label=f"{s.name} ({pname})")
-    s_handles = [Line2D([], [], color=colours[s.name], label=s.name) for s in draw]
-    p_handles = [Line2D([], [], color="k", linestyle=styles[p], label=p) for p in plan_names]
+    s_handles = [mpl_lines.Line2D([], [], color=colours[s.name], label=s.name) for s in draw]
+    p_handles = [mpl_lines.Line2D([], [], color="k", linestyle=styles[p], label=p) for p in plan_names]
     leg = ax.legend(handles=s_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
                     title="structure")
     ax.add_artist(leg)

@@ -58,12 +58,15 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
 
+from .._lazy import load
 from .._util import check_shape
 from ..core.geometry import Grid, Structure, StructureSet, resample
 from ..core.validate import check_dose
+
+# imported on first use (rtlab._lazy): metrics themselves need neither
+pd = load("pandas")
+mpl_figure = load("matplotlib.figure")
 
 __all__ = [
     "MetricValue",
@@ -317,7 +320,7 @@ class DVH:
         ``(dose_gy[i-1], dose_gy[i]]``) and drops to 0 after the largest dose.
         """
         if ax is None:
-            ax = Figure(figsize=(6, 4)).add_subplot()
+            ax = mpl_figure.Figure(figsize=(6, 4)).add_subplot()
         y = self.volume_pct if unit == "%" else self.volume_cc
         x = np.append(self.dose_gy, self.dose_gy[-1])
         y = np.append(y, 0.0)

@@ -37,14 +37,16 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 from numba import njit, prange
 from scipy import ndimage
 
+from .._lazy import load
 from .._util import check_finite, check_shape
 from ..core.case import Case
 from ..core.geometry import Grid, Structure, StructureSet
 from .metrics import evaluate
+
+pd = load("pandas")  # the DVH-difference table only; imported on first use (rtlab._lazy)
 
 __all__ = [
     "GammaResult",

@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import scipy.optimize
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from .._lazy import load
 from .terms import Objective, Term
+
+pd = load("pandas")  # History.frame() only; imported on first use (rtlab._lazy)
 
 __all__ = ["History", "OptimizationResult", "Solver", "solve", "STATUSES"]
 

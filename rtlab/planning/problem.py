@@ -19,7 +19,7 @@ from ..dose import build_influence, resolve_machine
 from ..dose.operator import PlanOperator
 from ..methods.conformity import ConformityTerm
 from ..optimize import SquaredDeviation
-from .recipes import build_objective, region_of_interest, targets_with_rx
+from .recipes import build_objective, guard_mask, region_of_interest, targets_with_rx
 from .intent import matrad_structures_mask
 from .settings import OBJECTIVES, PlanSettings
 
@@ -204,7 +204,8 @@ def prepare_plan(case, angles: Sequence[float] | None = None, objective: str = "
     roi = None if im.grid.is_same(case.grid) else region_of_interest(case, settings.roi_mm)
     if roi is not None and settings.objective == "matrad":
         roi |= matrad_structures_mask(case)  # matRad evaluates its objectives on every voxel of a structure
-    op = PlanOperator(im, roi=roi, backend=settings.backend)
+    op = PlanOperator(im, roi=roi, backend=settings.backend, dose_mask=None if roi is None else
+                      guard_mask(im.grid, settings.recipe))
     obj, info = build_objective(case, op, settings=settings)
     targets = targets_with_rx(case, settings.rx)
     t_rows = op.ct_rows(targets[0][0].mask, missing="raise")

@@ -25,7 +25,11 @@ Objective recipes (``objective=``)
   the fewest goals. The iteration budget is therefore
   ``max_iter * (1 + n * goal_round_iter)`` at most (default 100 * (1 + 3 * 0.5) = 250);
 * guard (coarse dose grid only): mean squared overdose above ``guard_level * min(D)`` on the
-  dose-grid rows outside the region of interest;
+  dose-grid rows outside the region of interest, on every ``guard_stride``-th dose-grid voxel
+  along each axis (default 1, every voxel; ``rtlab plan --matrad`` uses 2, one voxel in
+  eight). The guard keeps the dose far from the targets low; a subsample lets the operator
+  leave out the other dose-grid rows (:func:`guard_mask`), which makes an iteration on
+  matRad's TG119.mat about 3.5x cheaper (issue #18);
 * with ``control_points=True``: the dose bounds of :mod:`rtlab.methods.control_points`
   (para. 179-181) as a quadratic penalty. The points are those of
   :func:`~rtlab.methods.control_points.find_control_points` on every target (each at its own
@@ -68,7 +72,7 @@ from .intent import matrad_terms
 from .settings import (CONFORMITY_RECIPE, OBJECTIVES, QUADRATIC_RECIPE, PlanSettings,  # noqa: F401 (re-exported)
                        control_point_find_options)
 
-__all__ = ["build_objective", "goal_terms", "goal_term_name", "apply_term_edits", "region_of_interest", "goal_limits", "targets_with_rx", "CONFORMITY_RECIPE",
+__all__ = ["build_objective", "guard_mask", "goal_terms", "goal_term_name", "apply_term_edits", "region_of_interest", "goal_limits", "targets_with_rx", "CONFORMITY_RECIPE",
            "QUADRATIC_RECIPE", "OBJECTIVES", "control_point_find_options"]
 
 
@@ -164,6 +168,24 @@ def targets_with_rx(case, rx=None) -> list:
     return out
 
 
+def guard_mask(dose_grid, recipe: Mapping) -> np.ndarray | None:
+    """The dose-grid voxels the guard term may use, for :class:`~rtlab.dose.PlanOperator`'s ``dose_mask``.
+
+    ``None`` (every dose-grid row) for ``guard_stride`` 1; an empty mask when the recipe has no
+    guard (``guard_weight`` 0: the operator then keeps only the rows the region of interest
+    reads); else every ``guard_stride``-th voxel along each axis (from index 0).
+    """
+    shape = tuple(dose_grid.shape)
+    if not recipe.get("guard_weight", 0.0) > 0:
+        return np.zeros(shape, bool)
+    s = int(recipe.get("guard_stride", 1))
+    if s <= 1:
+        return None
+    m = np.zeros(shape, bool)
+    m[::s, ::s, ::s] = True
+    return m
+
+
 def region_of_interest(case, roi_mm: float = 20.0) -> np.ndarray:
     """Body voxels within ``roi_mm`` of a target, plus the organs that have dose goals (CT grid)."""
     (roi_mm,) = check_positive("roi_mm", roi_mm)
@@ -172,7 +194,19 @@ def region_of_interest(case, roi_mm: float = 20.0) -> np.ndarray:
         tm |= t.mask
     if not tm.any():
         raise ValueError(f"case {case.name!r} has no target voxels")
-    roi = signed_distance(tm, case.grid.spacing) <= roi_mm
+    # The distance is only needed up to roi_mm: compute it in the targets' bounding box grown
+    # by roi_mm plus a voxel (every voxel beyond lies farther than roi_mm from every target
+    # voxel, and every target voxel lies inside, so the distances in the box are those of the
+    # whole grid). Same mask as on the whole grid, a fraction of the time on a large CT.
+    sp = np.asarray(case.grid.spacing, float)
+    nz = np.nonzero(tm)
+    pad = np.ceil(roi_mm / sp).astype(int) + 1
+    lo = np.maximum([int(i.min()) for i in nz] - pad, 0)
+    hi = np.minimum([int(i.max()) + 1 for i in nz] + pad, tm.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    roi = np.zeros(tm.shape, bool)
+    sub = tm[box]
+    roi[box] = sub if sub.all() else signed_distance(sub, case.grid.spacing) <= roi_mm
     for name in goal_limits(case):
         roi |= case.structures[name].mask
     return roi & case.structures.body_mask().astype(bool)

@@ -58,6 +58,7 @@ CONFORMITY_RECIPE = {
     "goal_round_iter": 0.5,     # iterations of a round, as a fraction of max_iter
     "guard_level": 0.8,         # dose-grid rows outside the region of interest
     "guard_weight": 1e-2,
+    "guard_stride": 1,          # the guard on every n-th dose-grid voxel per axis (rtlab plan --matrad: 2)
     "ring_fraction": 0.8,       # falloff: automatic low-dose ring at 0.8 D (para. 80)
     "ring_weight": 0.3,
     "control_point_weight": 1e-3,
@@ -80,6 +81,7 @@ QUADRATIC_RECIPE = {
     "normal_weight": 0.3,
     "guard_level": 0.6,
     "guard_weight": 0.3,
+    "guard_stride": 1,
 }
 
 #: The ``'matrad'`` objective: the file's terms and penalties only, plus the guard of the dose-grid
@@ -126,6 +128,12 @@ def full_recipe(objective: str, recipe: Mapping | None = None) -> dict:
             raise TypeError(f"recipe entry {k!r} must be a number, got {v!r}") from None
     if "control_point_find" in rec:
         rec["control_point_find"] = control_point_find_options(rec["control_point_find"])
+    if "guard_stride" in rec:
+        g = rec["guard_stride"]
+        if not (np.isfinite(g) and g >= 1 and g == int(g)):
+            raise ValueError(f"recipe entry 'guard_stride' must be a whole number >= 1 (1 = every dose-grid voxel), "
+                             f"got {g!r}")
+        rec["guard_stride"] = int(g)
     if "goal_rounds" in rec:
         r = rec["goal_rounds"]
         if not (np.isfinite(r) and r >= 0 and r == int(r)):
