@@ -49,7 +49,7 @@ from .congestion import CongestionModel
 from .fingerprint import fingerprint, mismatch_reason
 from .persist import check_id, completed_records, persist_record, read_sidecar
 from .report import format_qa_table, qa_table, write_summary
-from .stages import CaseRef, Stages, rtlab_stages
+from .stages import CaseRef, Stages, delineation_report, rtlab_stages
 
 distributed = load("distributed", extra="dask", purpose="batch planning (patent 001)")
 
@@ -150,6 +150,8 @@ class _CaseState:
     machines: list = field(default_factory=list)
     open: int = 0
     reason: str = ""
+    delineation: object = None  # future of the delineate stage's report (None: no delineate stage)
+    delineation_report: object = None
 
 
 class BatchPlanner:
@@ -286,6 +288,8 @@ class BatchPlanner:
                        replanned={c: w for c, w in replanned.items() if c in {x for _, x in todo}}, failed={}, qa_failed=[],
                        duplicates=0, assignments={}, records=[], dashboard=dashboard_link(client),
                        n_workers=len(client.scheduler_info().get("workers", {})))
+        if self.stages.delineate is not None:
+            summary["delineation"] = {}  # case -> the delineate stage's report (Dice per structure)
         token = uuid.uuid4().hex[:8]
         st = self.stages
         tags: dict[str, tuple] = {}
@@ -325,6 +329,10 @@ class BatchPlanner:
             for ref, cid in todo:
                 s = _CaseState(ref, cid, self.priorities.get(cid, 0))
                 s.load = submit(st.load, ref, key=f"load-{cid}", prio=s.priority, tag=None)
+                if st.delineate is not None:  # patent 001 step 2 (opt-in): later stages plan on its contours
+                    s.load = submit(st.delineate, s.load, key=f"delineate-{cid}", prio=s.priority, tag=None)
+                    s.delineation = submit(delineation_report, s.load, key=f"delineation-{cid}", prio=s.priority,
+                                           tag=None)
                 ac.add(submit(st.n_beams, s.load, key=f"nbeams-{cid}", prio=s.priority, tag=("n_beams", cid)))
                 states[cid] = s
             for fut in ac:
@@ -334,9 +342,12 @@ class BatchPlanner:
                     err = fut.exception()
                     tag = tags[fut.key]
                     machine = tag[2] if kind == "qa" else None
+                    stage = kind
+                    if kind == "n_beams" and s.delineation is not None and s.load.status == "error":
+                        stage = "delineate"  # the delineation failed (its error reached n_beams)
                     summary["failed"][cid if machine is None else f"{cid}__{machine}"] = \
-                        f"{kind}: {type(err).__name__}: {err}"
-                    emit("failed", dict(case=cid, machine=machine, stage=kind, error=f"{type(err).__name__}: {err}",
+                        f"{stage}: {type(err).__name__}: {err}"
+                    emit("failed", dict(case=cid, machine=machine, stage=stage, error=f"{type(err).__name__}: {err}",
                                         attempt=tag[3] if kind == "qa" else None, priority=s.priority))
                     if kind == "qa":
                         s.open -= 1
@@ -383,10 +394,16 @@ class BatchPlanner:
                         ac.add(start_conversion(s, machine, attempt + 1))  # claim 7: back to step 4
                         continue
                     plan = conv_futs[(cid, machine)].result()
+                    if s.delineation is not None and s.delineation_report is None:
+                        s.delineation_report = s.delineation.result()  # small dict, finished long ago
+                        summary["delineation"][cid] = s.delineation_report
+                        emit("delineated", dict(case=cid, report=s.delineation_report))
                     meta = dict(qa=dict(qa), attempt=attempt, attempts=attempt + 1, priority=s.priority,
                                 policy=self.congestion.policy, choice_reason=s.reason,
                                 machine_load_after=self.congestion.loads.get(machine), batch=token,
                                 finished_unix=time.time())
+                    if s.delineation_report is not None:
+                        meta["delineation"] = s.delineation_report
                     if persist_record(out, cid, machine, plan, meta, fingerprint=fps[cid]):
                         summary["persisted"].append([cid, machine])
                         summary["records"].append(dict(case=cid, machine=machine, passed=bool(qa["passed"]),
@@ -401,7 +418,7 @@ class BatchPlanner:
                     s.open -= 1
                     bar.update(1)
                     if s.open == 0:  # release this case's data on the workers
-                        s.load = s.standard = None
+                        s.load = s.standard = s.delineation = None
                         for m in s.machines:
                             conv_futs.pop((cid, m), None)
             bar.close()
