@@ -45,7 +45,7 @@ from .._util import check_output_path
 from ..core.validate import MAX_WORKERS_PER_CORE, check_spacing, cpu_count, max_workers
 from ..methods.conversion import list_machines
 from ..phantoms import list_phantoms, phantom_grid_of
-from .congestion import CongestionModel
+from .congestion import CongestionModel, measure_queue_loads
 from .fingerprint import fingerprint, mismatch_reason
 from .persist import check_id, completed_records, persist_record, read_sidecar
 from .report import format_qa_table, qa_table, write_summary
@@ -182,12 +182,18 @@ class BatchPlanner:
         Load one assigned plan adds to its machine's queue.
     retries : int
         ``client.submit(retries=)`` for every task.
+    measure_loads : bool or dict machine -> pool, optional
+        Measure the machines' queue loads from the running dask cluster before every machine
+        choice (:func:`rtlab.batch.congestion.measure_queue_loads`: tasks processing on / waiting
+        for each machine's worker pool) and add them to the typed-in loads. True: the pool of
+        machine ``m`` is the workers with dask resource ``m``; a dict names the pools. Default
+        None: typed-in loads only.
     """
 
     def __init__(self, cases: Sequence, machines, stages=None, policy: str = "shortest_queue",
                  priorities: Mapping[str, int] | None = None, user_choice: Mapping | None = None,
                  fanout: int = 1, max_qa_attempts: int = 2, plan_load: float | Callable = 1.0,
-                 retries: int = 2):
+                 retries: int = 2, measure_loads: bool | Mapping | None = None):
         if isinstance(cases, (str, bytes)) or not hasattr(cases, "__iter__"):
             raise TypeError(f"cases must be a list of case ids or cases, got {cases!r}")
         self.cases = list(cases)
@@ -218,6 +224,19 @@ class BatchPlanner:
         self.max_qa_attempts = int(max_qa_attempts)
         self.plan_load = plan_load
         self.retries = int(retries)
+        if measure_loads is None or measure_loads is False:
+            self.measure_pools = None
+        elif measure_loads is True:
+            self.measure_pools = {m: f"resource:{m}" for m in self.congestion.queues}
+        elif isinstance(measure_loads, Mapping):
+            self.measure_pools = dict(measure_loads)
+            unknown = set(self.measure_pools) - set(self.congestion.queues)
+            missing = set(self.congestion.queues) - set(self.measure_pools)
+            if unknown or missing:
+                raise ValueError(f"measure_loads: give a pool for every machine and no other; unknown "
+                                 f"{sorted(unknown)}, missing {sorted(missing)}")
+        else:
+            raise TypeError(f"measure_loads must be None, True or a dict machine -> pool, got {measure_loads!r}")
 
     # ---------------------------------------------------------------------------------------
     def _needed(self, cid: str) -> int:
@@ -290,6 +309,8 @@ class BatchPlanner:
                        n_workers=len(client.scheduler_info().get("workers", {})))
         if self.stages.delineate is not None:
             summary["delineation"] = {}  # case -> the delineate stage's report (Dice per structure)
+        if self.measure_pools is not None:
+            summary["measured_loads"] = []  # per machine choice: the loads measured from the cluster
         token = uuid.uuid4().hex[:8]
         st = self.stages
         tags: dict[str, tuple] = {}
@@ -369,13 +390,18 @@ class BatchPlanner:
                     emit("n_beams", dict(case=cid, n_beams=n))
                 elif kind == "standard":
                     emit("standard", dict(case=cid, worker=where(fut), priority=s.priority))
+                    if self.measure_pools is not None:  # claim 8 on the cluster's real queues
+                        measured = measure_queue_loads(client, list(self.congestion.queues), self.measure_pools)
+                        self.congestion.set_measured(measured)
+                        summary["measured_loads"].append(dict(case=cid, loads=measured))
                     names, reason = self.congestion.choose(self.fanout, self.user_choice.get(cid))
                     have = set(done.get(cid, []))
                     for m in names:
                         self.congestion.assign(m, self._load_of(cid))
                     s.machines = list(names)
                     summary["assignments"][cid] = list(names)
-                    emit("assigned", dict(case=cid, machines=names, reason=reason, loads=self.congestion.loads))
+                    emit("assigned", dict(case=cid, machines=names, reason=reason, loads=self.congestion.loads,
+                                          measured=self.congestion.measured if self.measure_pools is not None else None))
                     for m in names:
                         if m in have:  # resumed: this machine's plan is already on disk
                             bar.update(1)
@@ -443,7 +469,7 @@ def run_batch(cases, machines, out, stages=None, client=None, scheduler: str | N
     ----------
     cases, machines, stages
         See :class:`BatchPlanner`; further planner options (``policy``, ``priorities``,
-        ``user_choice``, ``fanout``, ``max_qa_attempts``, ``plan_load``, ``retries``) go in
+        ``user_choice``, ``fanout``, ``max_qa_attempts``, ``plan_load``, ``retries``, ``measure_loads``) go in
         ``**planner_kwargs``.
     out : path-like
         Output directory (resumable).
