@@ -26,6 +26,10 @@ plan that fails QA (claim 7). Here the controlled computers are dask.distributed
 * the local cluster's dashboard listens on 127.0.0.1 only unless ``dashboard_address`` says
   otherwise, and at most :func:`rtlab.core.validate.max_workers` local worker processes are
   started (4 per CPU core).
+
+Size: just over 600 lines: the master is one ``as_completed`` event loop (decompose, delineate,
+choose machines by measured or typed-in congestion, convert, QA retry, persist) plus its CLI
+hook's argument checks; splitting the loop would scatter its shared state.
 """
 
 from __future__ import annotations
