@@ -117,3 +117,10 @@ def test_batch_chooses_by_measured_loads(client, tmp_path):
     with pytest.raises(ValueError, match="measure_loads"):
         run_batch(["p0"], MACHINES, tmp_path, stages=demo_stages(), client=client, progress=False,
                   measure_loads={"linac_a": "resource:linac_a"})
+
+
+def test_batch_with_a_missing_pool_fails_before_any_task(client, tmp_path):
+    with pytest.raises(ValueError, match="'linac_x' has no worker"):
+        run_batch(["p0"], ["linac_a", "linac_x"], tmp_path, stages=demo_stages(), client=client, progress=False,
+                  measure_loads=True)
+    assert not list(tmp_path.glob("*.json"))

@@ -195,3 +195,20 @@ def test_delineate_stage_in_a_batch(tmp_path):
     assert rep["dice"]["PTV"] < 1.0 and rep["kept_from_input"] == ["Core"]
     assert "stand-in for a clinical auto-contouring model" in rep["stage"]
     assert any(k == "delineated" for k, _ in events)
+
+
+def test_cli_delineate_and_measure_loads(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    from rtlab.cli import main
+
+    rc = main(["batch", "--cases", "tg119_headneck", "--machines", "standard", "--spacing", "15", "--angles", "0,180",
+               "--max-iter", "3", "--workers", "1", "--dashboard-address", "none", "--delineate", "--json",
+               "--out", str(tmp_path / "o")])
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc in (0, 1) and doc["persisted"] == [["tg119_headneck", "standard"]]
+    rep = doc["delineation"]["tg119_headneck"]
+    assert rep["atlas"] == "tg119_headneck" and set(rep["dice"]) == {"Body", "PTV"} and rep["dice"]["PTV"] > 0.5
+    for argv, msg in ((["--measure-loads"], "--measure-loads needs --scheduler"),
+                      (["--delineate", "liver"], "delineate: atlas must be a built-in phantom")):
+        rc = main(["batch", "--cases", "tg119_headneck", "--machines", "standard", *argv, "--out", str(tmp_path / "x")])
+        assert rc == 2 and msg in capsys.readouterr().err

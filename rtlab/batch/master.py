@@ -344,6 +344,8 @@ class BatchPlanner:
             return q
 
         try:
+            if self.measure_pools is not None:  # every pool must exist before any task is submitted
+                measure_queue_loads(client, list(self.congestion.queues), self.measure_pools)
             if summary["dashboard"]:
                 print(f"rtlab.batch: dask dashboard at {summary['dashboard']}")
             emit("start", dict(todo=[c for _, c in todo], skipped=summary["skipped"], dashboard=summary["dashboard"],
