@@ -38,10 +38,13 @@ library call per subcommand.
 ``rtlab lab [--notebooks DIR] [JUPYTER OPTIONS ...]``
     Open JupyterLab on the notebooks, as ``scripts/lab.sh`` does: every other option goes to
     ``jupyter lab`` untouched and in order, and ``--allow-root`` is added when run as root.
-``rtlab batch --cases NAME|FILE ... --machines NAME[=LOAD] ... [--scheduler ADDRESS] [--workers N] [--out DIR] [--spacing MM] [--angles ...] [--max-iter N] [--fanout K] [--policy P] [--dashboard-address HOST:PORT|none] [--json]``
+``rtlab batch --cases NAME|FILE ... --machines NAME[=LOAD] ... [--scheduler ADDRESS] [--workers N] [--out DIR] [--spacing MM] [--angles ...] [--max-iter N] [--fanout K] [--policy P] [--delineate [ATLAS]] [--measure-loads] [--dashboard-address HOST:PORT|none] [--json]``
     Patent 001 batch planning on dask (:func:`rtlab.batch.run_batch_cli`): a standard plan per
     case, converted for the machines, QA'd, persisted; prints progress, the dashboard link and
-    the QA table. Exit status 1 when a case failed or a plan failed QA.
+    the QA table. ``--delineate`` adds the automatic delineation stage (a stand-in for a
+    clinical auto-contouring model; Dice against the case's own contours in the records);
+    ``--measure-loads`` takes the machines' queue loads from the cluster (``--scheduler``).
+    Exit status 1 when a case failed or a plan failed QA.
 
 Every argument is checked before any work starts. Every subcommand exits with status 2 and a
 one-line message on bad input (no traceback; ``RTLAB_DEBUG=1`` shows it); an unexpected
@@ -572,6 +575,13 @@ def cmd_batch(args) -> int:
         _machine(args)  # fail here, before any worker starts, on a missing or broken file
         opts["machine_file"] = str(Path(args.machine_file).resolve()) if Path(args.machine_file).is_file() \
             else args.machine_file
+    if args.delineate is not None:
+        opts["delineate"] = True if args.delineate is True else dict(atlas=args.delineate)
+    if args.measure_loads:
+        if args.scheduler is None:
+            raise CLIError("--measure-loads needs --scheduler: the local cluster's workers have no machine pools "
+                           "(start workers with --resources MACHINE=1 on your scheduler)")
+        kw["measure_loads"] = True
     quiet = bool(args.json)
     summary = run_batch_cli(args.cases, args.machines, args.scheduler, args.workers, args.out, spacing=args.spacing,
                             stage_options=opts, progress=not quiet and sys.stderr.isatty(), verbose=not quiet, **kw)
@@ -579,7 +589,8 @@ def cmd_batch(args) -> int:
         print(json.dumps(dict(out=summary["out"], files=summary["files"], persisted=summary["persisted"],
                               replanned=summary.get("replanned", {}), failed=summary["failed"],
                               qa_failed=summary["qa_failed"], all_passed=summary["all_passed"],
-                              dashboard=summary["dashboard"], elapsed_s=round(summary["elapsed_s"], 3)),
+                              dashboard=summary["dashboard"], elapsed_s=round(summary["elapsed_s"], 3),
+                              **{k: summary[k] for k in ("delineation", "measured_loads") if k in summary}),
                          default=json_safe))
     return 0 if not summary["failed"] and not summary["qa_failed"] else 1
 
@@ -695,6 +706,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="machine choice by congestion when --fanout is less than the machines")
     sp.add_argument("--qa-attempts", type=int, default=2, metavar="N", help="conversions tried per plan until QA passes")
     _add_machine_arg(sp, "of the standard plans (the conversion targets keep their own sources)")
+    sp.add_argument("--delineate", nargs="?", const=True, default=None, metavar="ATLAS",
+                    help="run the automatic delineation stage first (patent 001 step 2; a STAND-IN for a clinical "
+                         "auto-contouring model: body by HU threshold, targets from the atlas phantom ATLAS, default "
+                         "the case's own phantom); records hold each contour's Dice against the case's contours")
+    sp.add_argument("--measure-loads", action="store_true",
+                    help="measure each machine's queue load from the cluster (tasks on the workers with dask "
+                         "resource MACHINE) before every machine choice; needs --scheduler")
     sp.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     sp.set_defaults(func=cmd_batch)
 

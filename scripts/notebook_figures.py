@@ -139,17 +139,38 @@ def _load(out: Path):
     return figs
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _reference(per: dict, config: str | None = None):
+    """The value a figure's deviations are measured from: ``config``'s measured value (the one
+    ``update --config`` wrote into the notebook), else the expected value the run logged."""
+    ref = per.get(config) if config else None
+    if ref is not None and _number(ref.get("value")):
+        return ref["value"]
+    exp = next(iter(per.values())).get("expected")
+    return exp if _number(exp) else None
+
+
+def _max_deviation(per: dict, config: str | None = None):
+    """Largest ``|value - reference|`` over the configurations (None without numbers)."""
+    exp = _reference(per, config)
+    vals = [r["value"] for r in per.values() if _number(r.get("value"))]
+    return max((abs(v - exp) for v in vals), default=None) if exp is not None and vals else None
+
+
 def report(args) -> int:
     figs = _load(Path(args.out))
     rows = []
     for (nb, name), per in sorted(figs.items()):
         recs = list(per.values())
         first = recs[0]
-        vals = [r["value"] for r in recs if isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)]
+        vals = [r["value"] for r in recs if _number(r["value"])]
         spread = (max(vals) - min(vals)) if vals else None
         exp = first.get("expected")
         tol = first.get("tolerance")
-        dev = max((abs(v - exp) for v in vals), default=None) if isinstance(exp, (int, float)) and vals else None
+        dev = _max_deviation(per)
         rows.append({"notebook": nb, "figure": name, "configs": len(recs),
                      "min": min(vals) if vals else None, "max": max(vals) if vals else None,
                      "spread": spread, "expected": exp, "tolerance": tol, "max_dev": dev,
@@ -180,6 +201,36 @@ def _expected_literal(value: float, tol: float) -> str:
     return repr(float(value))
 
 
+def _write_notebook(path: Path, nb: dict) -> None:
+    """Write a notebook atomically, as nbformat writes it (sorted keys, indent 1, a final newline)."""
+    tmp = path.with_suffix(".ipynb.tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _apply_edits(cell: dict, lines: list[str], edits: list) -> int:
+    """Splice ``(line, col, end_col, text)`` edits (ast offsets: UTF-8 bytes) into a code cell's lines."""
+    for ln, c0, c1, new in sorted(edits, reverse=True):
+        b = lines[ln - 1].encode()
+        lines[ln - 1] = (b[:c0] + new.encode() + b[c1:]).decode()
+    if edits:
+        cell["source"] = "\n".join(lines).splitlines(keepends=True)
+    return len(edits)
+
+
+def _literal_checks(source: str) -> list:
+    """The ``check("literal", ...)`` call nodes of a cell (none when it does not parse)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "check"
+            and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)]
+
+
 def _check_calls(source: str):
     """``check("literal", expr, <number>, ...)`` calls in a cell, in reading order.
 
@@ -187,15 +238,9 @@ def _check_calls(source: str):
     """
     import ast
 
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
     calls = []
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and len(node.args) >= 3
-                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "check"
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+    for node in _literal_checks(source):
+        if len(node.args) < 3:
             continue
         num = node.args[2]
         inner = num.operand if isinstance(num, ast.UnaryOp) and isinstance(num.op, ast.USub) else num
@@ -208,17 +253,11 @@ def _tolerance_keywords(source: str):
     """``check("literal", ...)`` calls: (name, {keyword: (line, col, end_col, value)}) in reading order."""
     import ast
 
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
     out = []
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "check"
-                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            kws = {k.arg: (k.value.lineno, k.value.col_offset, k.value.end_col_offset, k.value.value)
-                   for k in node.keywords if k.arg in ("abs", "rel") and isinstance(k.value, ast.Constant)}
-            out.append((node.lineno, node.col_offset, node.args[0].value, kws))
+    for node in _literal_checks(source):
+        kws = {k.arg: (k.value.lineno, k.value.col_offset, k.value.end_col_offset, k.value.value)
+               for k in node.keywords if k.arg in ("abs", "rel") and isinstance(k.value, ast.Constant)}
+        out.append((node.lineno, node.col_offset, node.args[0].value, kws))
     return [(name, kws) for _, _, name, kws in sorted(out)]
 
 
@@ -237,11 +276,11 @@ def widen(args) -> int:
     figs = _load(Path(args.out))
     need = {}   # (notebook, name, occurrence) -> tolerance needed
     for (nb, name), per in figs.items():
-        recs = [r for r in per.values() if r.get("tolerance") and isinstance(r.get("value"), (int, float))]
+        recs = [r for r in per.values() if r.get("tolerance") and _number(r.get("value"))]
         if not recs:
             continue
-        exp = recs[0]["expected"]
-        dev = max(abs(r["value"] - exp) for r in recs)
+        # the spread around the value ``update --config`` wrote (else the expected value logged)
+        dev = _max_deviation({c: r for c, r in per.items() if r in recs}, args.config) or 0.0
         if dev > 0 and recs[0]["tolerance"] < args.factor * dev:
             base, _, occ = name.partition(" #")
             need[(nb, base, int(occ) if occ else 1)] = args.factor * dev
@@ -268,21 +307,31 @@ def widen(args) -> int:
                     continue
                 ln, c0, c1, old = kws[key]
                 if key == "rel":
-                    exp = next(r["expected"] for r in figs[(nb_name, name if seen[name] == 1 else f"{name} #{seen[name]}")].values())
+                    exp = _reference(figs[(nb_name, name if seen[name] == 1 else f"{name} #{seen[name]}")], args.config)
                     want = want / abs(exp)
                 new = _readable_above(want)
                 edits.append((ln, c0, c1, f"{new:g}"))
                 print(f"{nb_name}: {name}: {key}={old:g} -> {new:g} (needed {want:.3g})")
-            for ln, c0, c1, new in sorted(edits, reverse=True):
-                b = lines[ln - 1].encode()
-                lines[ln - 1] = (b[:c0] + new.encode() + b[c1:]).decode()
-                changed += 1
-            if edits:
-                cell["source"] = "\n".join(lines).splitlines(keepends=True)
-        tmp = nb_path.with_suffix(".ipynb.tmp")
-        tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-        tmp.replace(nb_path)
+            changed += _apply_edits(cell, lines, edits)
+        _write_notebook(nb_path, nb)
     print(f"{changed} tolerance(s) widened; re-execute the notebooks and review the diff")
+    return 0
+
+
+def clean(args) -> int:
+    """Drop what an execution adds besides outputs: cell timings and the notebook's widget state."""
+    changed = 0
+    for path in sorted(Path(args.notebooks_dir).glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        before = json.dumps(nb, sort_keys=True)
+        nb.get("metadata", {}).pop("widgets", None)
+        for cell in nb["cells"]:
+            cell.get("metadata", {}).pop("execution", None)
+        if json.dumps(nb, sort_keys=True) != before:
+            _write_notebook(path, nb)
+            changed += 1
+            print(f"cleaned {path.name}")
+    print(f"{changed} notebook(s) cleaned")
     return 0
 
 
@@ -319,18 +368,11 @@ def update(args) -> int:
                 if float(old) != float(new):
                     edits.append((ln, c0, c1, new))
                     print(f"{log.stem}: {name}: {old} -> {new}")
-            for ln, c0, c1, new in sorted(edits, reverse=True):
-                b = lines[ln - 1].encode()
-                lines[ln - 1] = (b[:c0] + new.encode() + b[c1:]).decode()
-                changed += 1
             if edits:
                 nb_changed = True
-                text = "\n".join(lines)
-                cell["source"] = text.splitlines(keepends=True)
+                changed += _apply_edits(cell, lines, edits)
         if nb_changed:
-            tmp = nb_path.with_suffix(".ipynb.tmp")
-            tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-            tmp.replace(nb_path)
+            _write_notebook(nb_path, nb)
     print(f"{changed} expected value(s) rewritten; re-execute the notebooks and review the diff")
     return 0
 
@@ -351,12 +393,16 @@ def main(argv=None) -> int:
     u.add_argument("out")
     u.add_argument("--config", default="host-2t")
     u.add_argument("--notebooks-dir", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
+    c = sub.add_parser("clean", help="drop execution timings and widget state that `nbconvert --execute` stores")
+    c.add_argument("--notebooks-dir", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
     w = sub.add_parser("widen", help="raise tolerances below --factor x the measured deviation")
     w.add_argument("out")
     w.add_argument("--factor", type=float, default=3.0)
+    w.add_argument("--config", help="the configuration `update --config` took the expected values from: widen "
+                   "to the spread around its values (without it: around the expected values logged by `run`)")
     w.add_argument("--notebooks-dir", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    return {"run": run, "report": report, "update": update, "widen": widen}[args.cmd](args)
+    return {"run": run, "report": report, "update": update, "widen": widen, "clean": clean}[args.cmd](args)
 
 
 if __name__ == "__main__":

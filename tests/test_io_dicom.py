@@ -22,12 +22,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from rtlab.case import Case  # noqa: E402
 from rtlab.geometry import Grid, Structure, StructureSet  # noqa: E402
 from rtlab.io import (  # noqa: E402
+    ROI,
     load_dicom,
     load_rtdose,
     mask_to_polygons,
     rasterize_polygons,
     save_dicom,
     save_dicom_ct,
+    save_rois,
     save_rtdose,
     save_rtstruct,
 )
@@ -344,6 +346,37 @@ def test_save_rtstruct_hole_contours(tmp_path):
     # two contours (outer + hole) on every slice of the ring
     assert len(zs) == 2 * case.structures["ring"].mask.any(axis=(1, 2)).sum()
     assert rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(files[0]).SeriesInstanceUID
+
+
+def test_one_rtstruct_writer_references_ct_slices_only(tmp_path):
+    """save_rtstruct goes through save_rois: both reference a CT series slice by slice, and
+    neither lists an RTDOSE (or other non-CT reference) as a contour image."""
+    case = _small_case()
+    files = save_dicom_ct(case, tmp_path / "ct")
+    ct_sops = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    rd = save_rtdose(np.ones(case.grid.shape), case.grid, tmp_path / "rd.dcm", reference=case)
+    sq = np.array([[-5.0, -5.0], [-5.0, 5.0], [5.0, 5.0], [5.0, -5.0]])
+    rois = [ROI(4, "box", kind="body", contours=[(0.0, sq)])]
+
+    def contour_images(path):
+        frame = pydicom.dcmread(path).ReferencedFrameOfReferenceSequence[0]
+        if "RTReferencedStudySequence" not in frame:
+            return None
+        series = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+        return [(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in series.ContourImageSequence]
+
+    expected = [(CT_SOP, u) for u in ct_sops]
+    assert contour_images(save_rtstruct(case, tmp_path / "rs_case.dcm")) == expected
+    assert contour_images(save_rois(rois, tmp_path / "ro_case.dcm", reference=case)) == expected
+    assert contour_images(save_rois(rois, tmp_path / "ro_files.dcm", reference=files)) == expected
+    assert contour_images(save_rois(rois, tmp_path / "ro_dose.dcm", reference=pydicom.dcmread(rd))) is None
+    assert contour_images(save_rtstruct(case, tmp_path / "rs_dose.dcm", reference=rd)) is None
+    assert contour_images(save_rois(rois, tmp_path / "ro_none.dcm")) is None
+    # the body ROI gets the same default colour from both entry points (ROI_COLORS)
+    rs = pydicom.dcmread(tmp_path / "rs_case.dcm")
+    body = [n for n, s in enumerate(case.structures.values()) if s.kind == "body"][0]
+    assert list(rs.ROIContourSequence[body].ROIDisplayColor) == [0, 255, 0]
+    assert list(pydicom.dcmread(tmp_path / "ro_none.dcm").ROIContourSequence[0].ROIDisplayColor) == [0, 255, 0]
 
 
 # ---------------------------------------------------------------------------------------

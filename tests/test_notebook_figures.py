@@ -66,3 +66,38 @@ def test_readable_above_rounds_up_to_a_readable_tolerance():
     assert nf._readable_above(6.03) == 8.0
     assert nf._readable_above(0.15) == 0.15
     assert all(nf._readable_above(x) >= x for x in (0.0011, 7.9, 123.0, 9.99))
+
+
+def _one_check_notebook(path, src):
+    nb = {"cells": [{"cell_type": "code", "source": src.splitlines(keepends=True), "outputs": [],
+                     "metadata": {"execution": {"iopub.status.busy": "2026-12-03T00:00:00Z"}}, "execution_count": 1}],
+          "metadata": {"widgets": {"state": {}}, "kernelspec": {"name": "python3"}}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb, indent=1))
+
+
+def test_widen_with_config_measures_the_spread_around_the_updated_value(tmp_path):
+    (tmp_path / "nbs").mkdir()
+    _one_check_notebook(tmp_path / "nbs" / "99_x.ipynb", 'check("CI", p.ci, 0.50, abs=0.001)\n')
+    # the run logged the OLD expected value (0.50); the new figure is 0.80 on one configuration, 0.802 on the other
+    for config, value in (("host-2t", 0.800), ("baseline-1t", 0.802)):
+        d = tmp_path / "run" / config
+        d.mkdir(parents=True)
+        d.joinpath("99_x.jsonl").write_text(json.dumps(
+            {"name": "CI", "value": value, "expected": 0.50, "tolerance": 0.001, "passed": False}) + "\n")
+    args = ["--notebooks-dir", str(tmp_path / "nbs")]
+    nf.main(["update", str(tmp_path / "run"), "--config", "host-2t", *args])
+    nf.main(["widen", str(tmp_path / "run"), "--config", "host-2t", *args])
+    out = "".join(json.loads((tmp_path / "nbs" / "99_x.ipynb").read_text())["cells"][0]["source"])
+    # 3 x the 0.002 spread, made readable: 0.006; not 3 x |0.80 - 0.50| (what the logged old value would give)
+    assert out == 'check("CI", p.ci, 0.8, abs=0.006)\n'
+
+
+def test_clean_drops_timings_and_widget_state_only(tmp_path):
+    (tmp_path / "nbs").mkdir()
+    p = tmp_path / "nbs" / "99_x.ipynb"
+    _one_check_notebook(p, 'print(1)\n')
+    nf.main(["clean", "--notebooks-dir", str(tmp_path / "nbs")])
+    nb = json.loads(p.read_text())
+    assert nb["metadata"] == {"kernelspec": {"name": "python3"}}
+    assert nb["cells"][0]["metadata"] == {} and nb["cells"][0]["execution_count"] == 1
+    assert p.read_text().endswith("}\n")

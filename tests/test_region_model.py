@@ -95,8 +95,11 @@ def test_conformity_planner_regenerates_a_shipped_case():
 
     Guards the data set against drift of the dose engine or the optimiser. On the machine that
     made the set the regeneration is exact (same iterations, same objective to the last bit,
-    same cGy dose, with 1 or 2 numba threads); other CPUs may round differently, hence the
-    tolerances.
+    same cGy dose, with 1 or 2 numba threads); other CPUs round differently and the optimiser
+    carries that along, hence the tolerances. Measured on case 7 (same 66 iterations, the same
+    region everywhere): host CPU max 0.011 Gy, 99th percentile 0.006 Gy; numba's generic CPU
+    target (``NUMBA_CPU_NAME=generic``) max 0.47 Gy, 99th percentile 0.12 Gy, objective 3.7e-4
+    relative. The dose of the former machine differed by 1.10 Gy at most.
     """
     from pathlib import Path
 
@@ -106,7 +109,8 @@ def test_conformity_planner_regenerates_a_shipped_case():
     assert stored["meta"]["seed"] == 7 and info["planner"] == rm.ConformityPlanner.name
     out = rm.ConformityPlanner()(rm.random_case(7))
     np.testing.assert_array_equal(out.dose >= out.d_ref, stored["region"])
-    assert np.abs(out.dose - stored["dose"]).max() <= 0.05  # stored as uint16 cGy (0.005 Gy rounding)
+    diff = np.abs(out.dose - stored["dose"])  # stored as uint16 cGy (0.005 Gy rounding)
+    assert diff.max() <= 0.01 * out.d_ref and np.percentile(diff, 99) <= 0.25
     assert abs(out.info["iterations"] - info["iterations"]) <= 2
     assert out.info["objective"] == pytest.approx(info["objective"], rel=1e-3)
 

@@ -75,3 +75,33 @@ def test_beam_mapping_reproduces_matrad_ray_positions():
     peer["b_gantry"] = np.array([0.0, 72.0])
     with pytest.raises(ValueError, match="grid"):
         V._beams(case, peer, "b")  # the rays were placed for +72, so they are off rtlab's grid for -72
+
+
+STORED = ROOT / "benchmarks" / "results" / "validate_matrad.json"
+
+
+def test_stored_run_meets_the_targets_and_matches_the_docs():
+    """The committed benchmark line (shown by notebook 01, section 8) against docs/dose_engine.md's table.
+
+    Two records of the same run written separately: a stored figure edited in one but not the other,
+    or a stored run that misses issue #17's targets, fails here.
+    """
+    stored = json.loads(STORED.read_text())
+    for key in ("command", "date", "rtlab_commit", "result"):
+        assert stored.get(key), f"{STORED.name} lacks {key!r}"
+    res = stored["result"]
+    assert res["peer"] == "pyRadPlan 0.5.0"
+    for case in ("tg119_1", "tg119_5"):
+        r = res[case]
+        assert r["beamlets"] == r["beamlets_peer"]
+        assert r["gamma_3_3_abs_pct"] >= 99 and r["gamma_3_3_rel_pct"] >= 99
+        assert r["gamma_2_2_abs_pct"] >= 95 and r["gamma_2_2_rel_pct"] >= 95
+        assert abs(r["max_dose_ratio"] - 1) <= 0.02 and r["targets_met"] is True
+    docs = (ROOT / "docs" / "dose_engine.md").read_text()
+    row = f"| max dose ratio rtlab / pyRadPlan | {res['tg119_1']['max_dose_ratio']} | {res['tg119_5']['max_dose_ratio']} |"
+    assert row in docs, row
+    one = res["tg119_1"]
+    pen = (f"{one['penumbra_80_20_mm_peer'][0]}, {one['penumbra_80_20_mm_peer'][1]} / "
+           f"{one['penumbra_80_20_mm_rtlab'][0]}, {one['penumbra_80_20_mm_rtlab'][1]}")
+    assert pen in docs, pen
+    assert f"{res['tg119_1']['beamlets']} for gantry 0" in docs and f"{res['tg119_5']['beamlets']} for" in docs

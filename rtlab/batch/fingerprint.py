@@ -35,6 +35,8 @@ import numpy as np
 from .._util import VERSION
 from ..core.case import Case
 from ..phantoms import list_phantoms
+from .persist import jsonable
+from .stages import OPTIONAL_STAGES
 
 __all__ = ["case_input_hash", "stage_settings", "fingerprint", "mismatch_reason", "rtlab_version"]
 
@@ -115,7 +117,11 @@ def case_input_hash(case_ref) -> str:
 
 
 def _describe(obj):
-    """A JSON-ready description of a stage function and its bound options."""
+    """A JSON-ready description of a stage function and its bound options.
+
+    Functions (bare or in ``functools.partial``) by their qualified name, mappings with sorted
+    keys; everything else as :func:`rtlab.batch.persist.jsonable` writes it in a record.
+    """
     if isinstance(obj, functools.partial):
         return dict(function=_describe(obj.func), args=[_describe(a) for a in obj.args],
                     keywords={str(k): _describe(v) for k, v in sorted(obj.keywords.items())})
@@ -125,18 +131,17 @@ def _describe(obj):
         return {str(k): _describe(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):
         return [_describe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)
+    return jsonable(obj)
 
 
 def stage_settings(stages) -> dict:
-    """Each stage's function and bound options (``functools.partial`` keywords), JSON-ready."""
-    return {f.name: _describe(getattr(stages, f.name)) for f in fields(stages)}
+    """Each stage's function and bound options (``functools.partial`` keywords), JSON-ready.
+
+    An optional stage that is not run (``None``, e.g. ``delineate``) is left out, so adding an
+    optional stage does not change the fingerprint of batches that do not use it.
+    """
+    return {f.name: _describe(getattr(stages, f.name)) for f in fields(stages)
+            if not (f.name in OPTIONAL_STAGES and getattr(stages, f.name) is None)}
 
 
 def _sha(doc) -> str:

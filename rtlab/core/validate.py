@@ -244,16 +244,21 @@ def check_dose(name: str, dose, allow_negative: bool = False, max_gy: float | No
     return a
 
 
+def _numeric_range(name: str, values, what: str) -> tuple[np.ndarray, float, float]:
+    """``(array, min, max)`` of a finite numeric array (min = max = 0 when it is empty)."""
+    a = np.asarray(values)
+    if a.dtype.kind == "b" or a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a numeric array of {what}, got dtype {a.dtype}")
+    if a.size == 0:
+        return a, 0.0, 0.0
+    check_finite(name, a)
+    return a, float(a.min()), float(a.max())
+
+
 def check_hu(name: str, ct) -> np.ndarray:
     """``np.asarray(ct)`` after checking it holds finite CT numbers within :data:`HU_RANGE`."""
-    a = np.asarray(ct)
-    if a.dtype.kind == "b" or a.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a numeric array of CT numbers (HU), got dtype {a.dtype}")
-    if a.size == 0:
-        return a
-    check_finite(name, a)
-    lo, hi = float(a.min()), float(a.max())
-    if lo < HU_RANGE[0] or hi > HU_RANGE[1]:
+    a, lo, hi = _numeric_range(name, ct, "CT numbers (HU)")
+    if a.size and (lo < HU_RANGE[0] or hi > HU_RANGE[1]):
         raise ValueError(
             f"{name} spans {lo:g} .. {hi:g} HU, outside the plausible CT range {HU_RANGE[0]:g} .. {HU_RANGE[1]:g} HU "
             "(see docs/security.md); is it in HU? (relative electron density goes to Case(density=...))")
@@ -262,14 +267,8 @@ def check_hu(name: str, ct) -> np.ndarray:
 
 def check_density(name: str, density) -> np.ndarray:
     """``np.asarray(density)`` after checking it is finite and within [0, :data:`MAX_DENSITY`]."""
-    a = np.asarray(density)
-    if a.dtype.kind == "b" or a.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a numeric array of relative electron density, got dtype {a.dtype}")
-    if a.size == 0:
-        return a
-    check_finite(name, a)
-    lo, hi = float(a.min()), float(a.max())
-    if lo < 0 or hi > MAX_DENSITY:
+    a, lo, hi = _numeric_range(name, density, "relative electron density")
+    if a.size and (lo < 0 or hi > MAX_DENSITY):
         raise ValueError(
             f"{name} spans {lo:g} .. {hi:g}, outside the plausible relative electron density 0 .. {MAX_DENSITY:g} "
             "(water = 1; see docs/security.md); is it a density relative to water?")

@@ -35,7 +35,7 @@ valuerep = load("pydicom.valuerep", extra="dicom", purpose="DICOM support (pydic
 datadict = load("pydicom.datadict", extra="dicom", purpose="DICOM support (pydicom >= 3)")
 dataelem = load("pydicom.dataelem", extra="dicom", purpose="DICOM support (pydicom >= 3)")
 
-__all__ = ["require_pydicom", "required", "floats", "ds_num", "axis_of", "unit_vector", "image_axes", "assemble", "slice_positions", "read_dir", "new_file_dataset", "write_dataset", "reference_info", "patient_study", "looks_like_dicom", "read_file", "CT_IMAGE_STORAGE", "RT_DOSE_STORAGE", "RT_STRUCTURE_SET_STORAGE", "DICOM_TO_RTLAB", "pydicom"]
+__all__ = ["require_pydicom", "required", "floats", "ds_num", "axis_of", "unit_vector", "image_axes", "assemble", "slice_positions", "read_dir", "new_file_dataset", "write_dataset", "reference_info", "series_info", "patient_study", "new_rt_dataset", "looks_like_dicom", "read_file", "CT_IMAGE_STORAGE", "RT_DOSE_STORAGE", "RT_STRUCTURE_SET_STORAGE", "DICOM_TO_RTLAB", "pydicom"]
 
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -264,7 +264,12 @@ def write_dataset(ds, path: Path) -> Path:
 
 
 def reference_info(reference) -> dict:
-    """Patient/study/frame UIDs from a Case (meta['dicom']), dataset.Dataset(s) or DICOM file path(s)."""
+    """Patient/study/frame UIDs from a Case (meta['dicom']), dataset.Dataset(s) or DICOM file path(s).
+
+    From datasets or files also ``SOPClassUID`` (of the first), so that a writer can tell a CT
+    series (whose slices an RTSTRUCT references) from another reference (an RTDOSE); a Case's
+    ``meta['dicom']`` describes its CT series.
+    """
     if reference is None:
         return {}
     if isinstance(reference, Case):
@@ -285,14 +290,26 @@ def reference_info(reference) -> dict:
                 dss.append(read_file(p, stop_before_pixels=True))
     if not dss:
         raise ValueError("reference holds no DICOM datasets; pass the CT files, their folder, or a Case loaded with load_dicom")
-    ds = dss[0]
+    info = series_info(dss[0], dss)
+    info["SOPClassUID"] = str(dss[0].get("SOPClassUID", ""))
+    return info
+
+
+def series_info(first, datasets) -> dict:
+    """The UIDs a written file needs to reference a series: study, series, frame of reference and
+    patient of ``first`` (a dataset of the series), and the ``SOPInstanceUID`` of each of
+    ``datasets`` in order. Missing tags give ``''``.
+
+    The dict :func:`rtlab.io.load_dicom` keeps in ``case.meta['dicom']`` and
+    :func:`reference_info` returns (both add keys of their own).
+    """
     return {
-        "StudyInstanceUID": str(ds.get("StudyInstanceUID", "")),
-        "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "")),
-        "FrameOfReferenceUID": str(ds.get("FrameOfReferenceUID", "")),
-        "PatientID": str(ds.get("PatientID", "")),
-        "PatientName": str(ds.get("PatientName", "")),
-        "SOPInstanceUIDs": [str(d.get("SOPInstanceUID", "")) for d in dss],
+        "StudyInstanceUID": str(first.get("StudyInstanceUID", "")),
+        "SeriesInstanceUID": str(first.get("SeriesInstanceUID", "")),
+        "FrameOfReferenceUID": str(first.get("FrameOfReferenceUID", "")),
+        "PatientID": str(first.get("PatientID", "")),
+        "PatientName": str(first.get("PatientName", "")),
+        "SOPInstanceUIDs": [str(d.get("SOPInstanceUID", "")) for d in datasets],
     }
 
 
@@ -310,3 +327,22 @@ def patient_study(ds, info: dict, case_name: str):
     ds.FrameOfReferenceUID = info.get("FrameOfReferenceUID") or uid.generate_uid()
     ds.PositionReferenceIndicator = ""
     ds.Manufacturer = "rtlab"
+
+
+def new_rt_dataset(sop_class: str, sop_instance: str, info: dict, name: str, modality: str, series_number: int):
+    """A new single-instance RT file (RTSTRUCT, RTDOSE, RTPLAN) in a series of its own.
+
+    :func:`new_file_dataset` (SOP Common), :func:`patient_study` (Patient, General Study,
+    Frame of Reference, General Equipment from ``info``; ``name`` stands in for a missing
+    patient) and the RT Series module: ``Modality``, a new ``SeriesInstanceUID``,
+    ``SeriesNumber`` ``series_number``, ``InstanceNumber`` 1 and an empty ``OperatorsName``
+    (Type 2, which dciodvfy asks for).
+    """
+    ds = new_file_dataset(sop_class, sop_instance)
+    patient_study(ds, info, name)
+    ds.Modality = modality
+    ds.SeriesInstanceUID = uid.generate_uid()
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = 1
+    ds.OperatorsName = ""  # Type 2 of the RT Series module
+    return ds

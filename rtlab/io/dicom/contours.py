@@ -39,12 +39,12 @@ from pathlib import Path
 from ...core.geometry import Grid
 from ...core.subvoxel import SubvoxelMask
 from ..matrad import is_body_name
-from .common import (RT_STRUCTURE_SET_STORAGE, dataset, ds_num, floats, new_file_dataset, patient_study,
-                     reference_info, require_pydicom, required, sequence, uid, write_dataset)
+from .common import (CT_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE, dataset, ds_num, floats, new_rt_dataset, reference_info,
+                     require_pydicom, required, sequence, uid, write_dataset)
 from .polygons import rasterize_polygons
 
 __all__ = ["ROI", "read_rois", "plane_spacing", "roi_volume", "subvoxel_mask", "kind_of", "clip_polygon",
-           "polygon_area", "save_rois", "TARGET_TYPES", "ROI_TYPES"]
+           "polygon_area", "save_rois", "TARGET_TYPES", "ROI_TYPES", "ROI_COLORS"]
 
 #: RTROIInterpretedType values read as targets.
 TARGET_TYPES = ("PTV", "CTV", "GTV")
@@ -119,8 +119,12 @@ class ROI:
         return np.array([[zs.min(), zs.max()], [yx[:, 0].min(), yx[:, 0].max()], [yx[:, 1].min(), yx[:, 1].max()]])
 
 
-#: RTROIInterpretedType written by :func:`save_rois` for each kind (unless the ROI names its own).
+#: RTROIInterpretedType written by :func:`save_rois` (and so :func:`rtlab.io.save_rtstruct`) for
+#: each kind (unless the ROI names its own).
 ROI_TYPES = {"target": "PTV", "body": "EXTERNAL", "oar": "ORGAN"}
+
+#: ROIDisplayColor (RGB in [0, 1]) written by :func:`save_rois` for each kind (unless the ROI has its own).
+ROI_COLORS = {"target": (1.0, 0.0, 0.0), "body": (0.0, 1.0, 0.0), "oar": (0.0, 0.5, 1.0)}
 
 
 def read_rois(ds, where: str) -> list[ROI]:
@@ -369,17 +373,23 @@ def save_rois(rois, path, reference=None, label: str = "rtlab", sop_instance_uid
     """Write ROIs (polygon contours, not masks) as a DICOM RTSTRUCT (atomically).
 
     The counterpart of :func:`read_rois` for contours that do not follow voxel edges (smooth
-    analytic shapes in tests and notebooks, or contours edited in rtlab).
+    analytic shapes in tests and notebooks, or contours edited in rtlab), and rtlab's one
+    RTSTRUCT writer: :func:`rtlab.io.save_rtstruct` turns a case's masks into ROIs and calls it.
 
     Parameters
     ----------
     rois : list of ROI
-        ``contours`` (``(z, vertices (y, x))`` mm) and ``points`` are written;
-        ``interpreted_type`` or, when empty, :data:`ROI_TYPES` of ``kind``.
+        ``contours`` (``(z, vertices (y, x))`` mm, ``CLOSED_PLANAR``) and ``points``
+        (``POINT``) are written; ``interpreted_type`` or, when empty, :data:`ROI_TYPES` of
+        ``kind``; ``color`` or, when None, :data:`ROI_COLORS` of ``kind``.
     path : path-like
     reference : Case, dataset(s), file path(s) or folder, optional
-        Patient, study and frame of reference (as :func:`rtlab.io.save_rtstruct`); new UIDs when
-        omitted.
+        Patient, study and frame of reference; new UIDs when omitted. When it is a CT series (a
+        Case from :func:`rtlab.io.load_dicom` / :func:`rtlab.io.save_dicom_ct`, CT files or
+        their folder) its series and slices are referenced too
+        (``RTReferencedStudySequence`` > ``RTReferencedSeriesSequence`` >
+        ``ContourImageSequence``); another reference (an RTDOSE) gives only patient, study and
+        frame of reference.
     label : str
         ``StructureSetLabel``.
     sop_instance_uid : str, optional
@@ -387,18 +397,27 @@ def save_rois(rois, path, reference=None, label: str = "rtlab", sop_instance_uid
     """
     require_pydicom()
     info = reference_info(reference)
-    ds = new_file_dataset(RT_STRUCTURE_SET_STORAGE, sop_instance_uid or uid.generate_uid())
-    patient_study(ds, info, label)
-    ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = uid.generate_uid()
-    ds.SeriesNumber = 2
-    ds.InstanceNumber = 1
-    ds.OperatorsName = ""
+    ds = new_rt_dataset(RT_STRUCTURE_SET_STORAGE, sop_instance_uid or uid.generate_uid(), info, label, "RTSTRUCT", 2)
     ds.StructureSetLabel = label[:16] or "rtlab"
     ds.StructureSetDate = ds.InstanceCreationDate
     ds.StructureSetTime = ds.InstanceCreationTime
     frame = dataset.Dataset()
     frame.FrameOfReferenceUID = ds.FrameOfReferenceUID
+    if info.get("SeriesInstanceUID") and info.get("SOPClassUID", CT_IMAGE_STORAGE) == CT_IMAGE_STORAGE:
+        study = dataset.Dataset()
+        study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired, customary)
+        study.ReferencedSOPInstanceUID = ds.StudyInstanceUID
+        series = dataset.Dataset()
+        series.SeriesInstanceUID = info["SeriesInstanceUID"]
+        imgs = []
+        for sop_uid in info.get("SOPInstanceUIDs", []):
+            it = dataset.Dataset()
+            it.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+            it.ReferencedSOPInstanceUID = sop_uid
+            imgs.append(it)
+        series.ContourImageSequence = sequence.Sequence(imgs)
+        study.RTReferencedSeriesSequence = sequence.Sequence([series])
+        frame.RTReferencedStudySequence = sequence.Sequence([study])
     ds.ReferencedFrameOfReferenceSequence = sequence.Sequence([frame])
     roi_items, contour_items, obs_items = [], [], []
     for roi in rois:
@@ -410,7 +429,7 @@ def save_rois(rois, path, reference=None, label: str = "rtlab", sop_instance_uid
         roi_items.append(it)
         rc = dataset.Dataset()
         rc.ReferencedROINumber = int(roi.number)
-        col = roi.color or ((1.0, 0.0, 0.0) if roi.kind == "target" else (0.0, 0.5, 1.0))
+        col = roi.color or ROI_COLORS.get(roi.kind, ROI_COLORS["oar"])
         rc.ROIDisplayColor = [int(round(255 * float(c))) for c in col[:3]]
         cs = []
         for z, poly in roi.contours:

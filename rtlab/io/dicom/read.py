@@ -25,7 +25,8 @@ from ...core.geometry import Grid, Structure, StructureSet
 from ...core.materials import hu_to_density
 from ...core.validate import check_decode_bytes, check_voxels
 from ..matrad import is_body_name
-from .common import assemble, floats, image_axes, read_dir, read_file, require_pydicom, required, slice_positions
+from .common import (assemble, floats, image_axes, read_dir, read_file, require_pydicom, required, series_info,
+                     slice_positions)
 from .polygons import rasterize_polygons
 
 __all__ = ["load_dicom", "TARGET_TYPES"]
@@ -117,16 +118,8 @@ def _read_ct(cts, where: str, progress: bool):
         vol[s_out] = px.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     spacing_sji = (step, float(ps0[0]), float(ps0[1]))
     hu, grid = assemble(vol, ipps[order[0]], axes, units, spacing_sji)
-    first = cts[order[0]][1]
-    info = {
-        "StudyInstanceUID": str(first.get("StudyInstanceUID", "")),
-        "SeriesInstanceUID": str(first.get("SeriesInstanceUID", "")),
-        "FrameOfReferenceUID": str(first.get("FrameOfReferenceUID", "")),
-        "PatientID": str(first.get("PatientID", "")),
-        "PatientName": str(first.get("PatientName", "")),
-        "SOPInstanceUIDs": [str(cts[i][1].get("SOPInstanceUID", "")) for i in order],
-        "ImageOrientationPatient": [float(v) for v in iop0],
-    }
+    info = series_info(cts[order[0]][1], [cts[i][1] for i in order])
+    info["ImageOrientationPatient"] = [float(v) for v in iop0]
     return hu, grid, info
 
 

@@ -11,8 +11,8 @@ import numpy as np
 from ..._util import check_finite
 from ...core.geometry import Grid
 from ...core.validate import check_dose, check_voxels
-from .common import (RT_DOSE_STORAGE, assemble, dataset, ds_num, floats, image_axes, new_file_dataset, patient_study,
-                     pydicom, read_file, reference_info, require_pydicom, required, sequence, uid, write_dataset)
+from .common import (RT_DOSE_STORAGE, assemble, dataset, ds_num, floats, image_axes, new_rt_dataset, pydicom, read_file,
+                     reference_info, require_pydicom, required, sequence, uid, write_dataset)
 
 __all__ = ["save_rtdose", "load_rtdose"]
 
@@ -59,14 +59,8 @@ def save_rtdose(dose, grid: Grid, path, reference=None, plan_uid: str | None = N
     scaling = float(ds_num(scaling))  # exactly the value that is written
     px = np.clip(np.rint(d / scaling), 0, 2**32 - 1).astype("<u4")
     info = reference_info(reference)
-    ds = new_file_dataset(RT_DOSE_STORAGE, uid.generate_uid())
-    patient_study(ds, info, "dose")
-    ds.Modality = "RTDOSE"
-    ds.SeriesInstanceUID = uid.generate_uid()
-    ds.SeriesNumber = 3
+    ds = new_rt_dataset(RT_DOSE_STORAGE, uid.generate_uid(), info, "dose", "RTDOSE", 3)
     ds.SeriesDescription = description
-    ds.InstanceNumber = 1
-    ds.OperatorsName = ""  # Type 2 of the RT Series module
     nz, ny, nx = grid.shape
     dz, dy, dx = grid.spacing
     oz, oy, ox = grid.origin

@@ -48,8 +48,8 @@ import numpy as np
 
 from ...core.aperture import ControlPoints, field_bounds, rotated_fluence
 from ...core.mlc import MLC, get_mlc
-from .common import (RT_DOSE_STORAGE, RT_STRUCTURE_SET_STORAGE, dataset, ds_num, floats, new_file_dataset,
-                     patient_study, reference_info, require_pydicom, required, sequence, uid, write_dataset)
+from .common import (RT_DOSE_STORAGE, RT_STRUCTURE_SET_STORAGE, dataset, ds_num, floats, new_rt_dataset, reference_info,
+                     require_pydicom, required, sequence, uid, write_dataset)
 from .dose_file import read_dicom_file
 
 __all__ = ["RTPlan", "PlanBeam", "PlanControlPoint", "load_rtplan", "save_rtplan", "RT_PLAN_STORAGE"]
@@ -508,13 +508,7 @@ def save_rtplan(plan: RTPlan, path, reference=None, structure_set_uid: str | Non
     if plan.study_instance_uid and not info.get("StudyInstanceUID"):
         info["StudyInstanceUID"] = plan.study_instance_uid
     sop = sop_instance_uid or plan.sop_instance_uid or uid.generate_uid()
-    ds = new_file_dataset(RT_PLAN_STORAGE, sop)
-    patient_study(ds, info, plan.label or "plan")
-    ds.Modality = "RTPLAN"
-    ds.SeriesInstanceUID = uid.generate_uid()
-    ds.SeriesNumber = 4
-    ds.InstanceNumber = 1
-    ds.OperatorsName = ""
+    ds = new_rt_dataset(RT_PLAN_STORAGE, sop, info, plan.label or "plan", "RTPLAN", 4)
     ds.RTPlanLabel = (plan.label or "rtlab")[:16]
     ds.RTPlanName = (plan.name or plan.label or "rtlab")[:64]
     ds.RTPlanDate = ds.InstanceCreationDate

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from ...core.case import Case
-from .common import (CT_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE, dataset, ds_num, floats, image_axes,
-                     new_file_dataset, patient_study, reference_info, require_pydicom, sequence, uid, write_dataset)
+from .common import CT_IMAGE_STORAGE, ds_num, floats, image_axes, new_file_dataset, patient_study, uid, write_dataset
+from .contours import ROI, save_rois
 from .polygons import mask_to_polygons
 
-__all__ = ["save_dicom_ct", "save_rtstruct", "save_dicom", "ROI_TYPE"]
+__all__ = ["save_dicom_ct", "save_rtstruct", "save_dicom"]
 
 
 def save_dicom_ct(case: Case, directory, orientation=(1, 0, 0, 0, 1, 0), series_description: str | None = None) -> list[Path]:
@@ -101,16 +101,16 @@ def save_dicom_ct(case: Case, directory, orientation=(1, 0, 0, 0, 1, 0), series_
     return paths
 
 
-ROI_TYPE = {"target": "PTV", "body": "EXTERNAL", "oar": "ORGAN"}
-
-
 def save_rtstruct(case: Case, path, reference=None) -> Path:
     """Write the case's structures as a DICOM RTSTRUCT (atomically).
 
     Each structure becomes one ROI with axial ``CLOSED_PLANAR`` contours that follow the voxel
     edges of its mask slice by slice (outer boundaries and holes; see
-    :func:`mask_to_polygons`), so :func:`load_dicom` gets the mask back exactly.
-    ``RTROIInterpretedType``: target -> PTV, body -> EXTERNAL, oar -> ORGAN.
+    :func:`mask_to_polygons`), so :func:`load_dicom` gets the mask back exactly. The file is
+    written by :func:`~rtlab.io.dicom.contours.save_rois` (one RTSTRUCT writer for masks and
+    polygons): ROI numbers 1, 2, ... in structure order, ``RTROIInterpretedType`` and the
+    default colour from the structure's kind (:data:`~rtlab.io.dicom.contours.ROI_TYPES`:
+    target -> PTV, body -> EXTERNAL, oar -> ORGAN), ``StructureSetLabel`` the case name.
 
     Parameters
     ----------
@@ -127,74 +127,16 @@ def save_rtstruct(case: Case, path, reference=None) -> Path:
     """
     if not isinstance(case, Case):
         raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
-    require_pydicom()
-
-    info = reference_info(case if reference is None else reference)
-    ds = new_file_dataset(RT_STRUCTURE_SET_STORAGE, uid.generate_uid())
-    patient_study(ds, info, case.name)
-    info["FrameOfReferenceUID"] = ds.FrameOfReferenceUID
-    ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = uid.generate_uid()
-    ds.SeriesNumber = 2
-    ds.InstanceNumber = 1
-    ds.OperatorsName = ""  # Type 2 of the RT Series module
-    ds.StructureSetLabel = case.name[:16] or "rtlab"
-    ds.StructureSetDate = ds.InstanceCreationDate
-    ds.StructureSetTime = ds.InstanceCreationTime
-
-    frame = dataset.Dataset()
-    frame.FrameOfReferenceUID = ds.FrameOfReferenceUID
-    if info.get("SeriesInstanceUID"):
-        study = dataset.Dataset()
-        study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired, customary)
-        study.ReferencedSOPInstanceUID = ds.StudyInstanceUID
-        series = dataset.Dataset()
-        series.SeriesInstanceUID = info["SeriesInstanceUID"]
-        imgs = []
-        for sop_uid in info.get("SOPInstanceUIDs", []):
-            it = dataset.Dataset()
-            it.ReferencedSOPClassUID = CT_IMAGE_STORAGE
-            it.ReferencedSOPInstanceUID = sop_uid
-            imgs.append(it)
-        series.ContourImageSequence = sequence.Sequence(imgs)
-        study.RTReferencedSeriesSequence = sequence.Sequence([series])
-        frame.RTReferencedStudySequence = sequence.Sequence([study])
-    ds.ReferencedFrameOfReferenceSequence = sequence.Sequence([frame])
-
     grid = case.grid
-    roi_items, contour_items, obs_items = [], [], []
+    rois = []
     for num, s in enumerate(case.structures.values(), start=1):
-        roi = dataset.Dataset()
-        roi.ROINumber = num
-        roi.ReferencedFrameOfReferenceUID = ds.FrameOfReferenceUID
-        roi.ROIName = s.name
-        roi.ROIGenerationAlgorithm = "MANUAL"
-        roi_items.append(roi)
-        rc = dataset.Dataset()
-        rc.ReferencedROINumber = num
-        col = s.color or ((1.0, 0.0, 0.0) if s.kind == "target" else (0.0, 1.0, 0.0) if s.kind == "body" else (0.0, 0.5, 1.0))
-        rc.ROIDisplayColor = [int(round(255 * float(c))) for c in col[:3]]
-        cs = []
+        contours = []
         for k in np.nonzero(s.mask.any(axis=(1, 2)))[0]:
             for poly in mask_to_polygons(s.mask[k]):
-                world = grid.index_to_world(np.c_[np.full(len(poly), float(k)), poly])  # z, y, x
-                c = dataset.Dataset()
-                c.ContourGeometricType = "CLOSED_PLANAR"
-                c.NumberOfContourPoints = len(poly)
-                c.ContourData = [ds_num(v) for v in world[:, ::-1].ravel()]
-                cs.append(c)
-        rc.ContourSequence = sequence.Sequence(cs)
-        contour_items.append(rc)
-        ob = dataset.Dataset()
-        ob.ObservationNumber = num
-        ob.ReferencedROINumber = num
-        ob.RTROIInterpretedType = ROI_TYPE[s.kind]
-        ob.ROIInterpreter = ""
-        obs_items.append(ob)
-    ds.StructureSetROISequence = sequence.Sequence(roi_items)
-    ds.ROIContourSequence = sequence.Sequence(contour_items)
-    ds.RTROIObservationsSequence = sequence.Sequence(obs_items)
-    return write_dataset(ds, Path(path))
+                world = grid.index_to_world(np.c_[np.full(len(poly), float(k)), poly])  # z, y, x (mm)
+                contours.append((float(world[0, 0]), world[:, 1:]))
+        rois.append(ROI(num, s.name, kind=s.kind, color=s.color, contours=contours))
+    return save_rois(rois, path, reference=case if reference is None else reference, label=case.name)
 
 
 def save_dicom(case: Case, directory, orientation=(1, 0, 0, 0, 1, 0)) -> Path:
