@@ -1,0 +1,318 @@
+"""Reproduction rows of patent 000 (conformity-index planning; :mod:`rtlab.reproduce`).
+
+Rows (ids of :data:`ROWS`):
+
+``conformity``
+    The conformity objective (eqs 6, 8-12, with the TG-119 goal terms and re-weighting of
+    :mod:`rtlab.planning.recipes`) against the quadratic objective on every TG-119 case: the same
+    case, beams (the case's suggested beams), dose grid and iteration budget (the quadratic plan
+    gets as many iterations as the conformity plan used, goal rounds included). Per dose level
+    (one per distinct prescription; a level's CI and GI are counted in the body outside the
+    higher levels' targets) the Paddick CI and GI of both plans as optimised and after scaling
+    each plan so that the first target's D95 equals its prescription (equal target D95).
+    Criterion (issue #20): every level of the multitarget case at Paddick CI >= 0.6 with every
+    goal of the case met, for the conformity plan as optimised.
+``falloff``
+    The dose-falloff rule with its low-dose ring (eqs 16-17, para. 80) against the same plan
+    without it: GI at equal coverage (both scaled to D95 = prescription) and CI no more than
+    :data:`CI_TOL` lower.
+``control_points``
+    Control-point dose bounds (para. 154-197, first target) against the same plan without them:
+    the RMS distance of the control points' doses from their bounds (inside >= D, outside <=
+    0.9 D) lower and CI no more than :data:`CI_TOL` lower.
+``control_points_all_levels``
+    Para. 181 (control points of every dose level): not implemented, the row says so.
+``region_warm_start``
+    The dose-region model's prediction as a warm start (para. 134-136, claim 7) against zero,
+    uniform and target-shaped starts on held-out generated cases: iterations and wall time
+    (preparation included) to reach the uniform start's final objective value.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluate import metrics
+from ..methods import region_model as rm
+from ..methods.control_points import find_control_points
+from ..phantoms import get_phantom
+from ..planning import plan_case
+from ..planning.pipeline import failing_goals
+from ..planning.settings import CONFORMITY_RECIPE
+from .schema import row
+
+__all__ = ["ROWS", "TG119", "CI_TOL", "MULTI_CI_MIN", "levels_of", "level_figures", "conformity_row", "falloff_row",
+           "control_points_rows", "region_warm_start_row", "DATASETS"]
+
+TG119 = ["tg119_cshape_easy", "tg119_cshape_hard", "tg119_multitarget", "tg119_prostate", "tg119_headneck"]
+#: "Equal CI": the falloff / control-point plan's CI may be at most this much lower.
+CI_TOL = 0.01
+#: Issue #20: every level of the multitarget case at Paddick CI >= 0.6 with its goals met.
+MULTI_CI_MIN = 0.6
+#: The repository's data sets (region model, training data); present in a clone, not in a wheel.
+DATASETS = Path(__file__).resolve().parents[2] / "datasets"
+
+
+def _r(v, nd=4):
+    v = float(v)
+    return round(v, nd) if np.isfinite(v) else None
+
+
+def levels_of(case):
+    """The dose levels of a case: ``[(target Structure, rx Gy, domain mask)]``, highest first.
+
+    One level per distinct prescription (the first target listed with it); a level's domain is
+    the body outside the targets of the higher levels (where its isodose is counted).
+    """
+    body = case.structures.body_mask().astype(bool)
+    out, higher, seen = [], np.zeros(case.grid.shape, bool), set()
+    for t in sorted(case.structures.targets, key=lambda s: -float(s.prescription)):
+        rx = float(t.prescription)
+        if rx in seen:
+            continue
+        seen.add(rx)
+        out.append((t, rx, body & ~higher))
+        higher = higher | t.mask
+    return out
+
+
+def level_figures(case, dose) -> dict:
+    """Per level: Paddick CI and GI (``V(rx/2) / V(rx)``) in the level's domain, and the target's D95."""
+    out = {}
+    for t, rx, dom in levels_of(case):
+        out[t.name] = {"rx_gy": rx, "ci": _r(metrics.paddick_ci(dose, t, rx=rx, body=dom)),
+                       "gi": _r(metrics.gradient_index(dose, t, rx=rx, body=dom)),
+                       "d95_gy": _r(metrics.dose_at_volume(dose, t, pct=95), 3)}
+    return out
+
+
+def _scaled(case, dose):
+    """``dose`` scaled so that the first level's target has D95 = its prescription, and the factor."""
+    t, rx, _ = levels_of(case)[0]
+    d95 = float(metrics.dose_at_volume(dose, t, pct=95))
+    f = rx / d95 if d95 > 0 else 1.0
+    return dose * f, f
+
+
+def _settings(reduced):
+    return dict(spacing=10.0 if reduced else 6.0, max_iter=15 if reduced else 40)
+
+
+def conformity_row(reduced: bool = False) -> dict:
+    """Conformity vs quadratic objective on the TG-119 cases (module docstring)."""
+    s = _settings(reduced)
+    names = ["tg119_cshape_easy", "tg119_multitarget"] if reduced else TG119
+    cases = {}
+    for name in names:
+        case = get_phantom(name, spacing=s["spacing"])
+        conf = plan_case(case, None, "conformity", max_iter=s["max_iter"])
+        budget = int(conf.timings["iterations"])
+        quad = plan_case(case, None, "quadratic", max_iter=budget)
+        fig = {"iterations_conformity": budget, "iterations_quadratic": int(quad.timings["iterations"])}
+        for label, p in (("conformity", conf), ("quadratic", quad)):
+            scaled, f = _scaled(case, p.dose)
+            fig[label] = {"levels": level_figures(case, p.dose), "levels_at_equal_d95": level_figures(case, scaled),
+                          "scale_to_equal_d95": _r(f), "goals_failed": [str(g) for g, _ in failing_goals(case, p.dose)]}
+        cases[name] = fig
+    mt = cases["tg119_multitarget"]["conformity"]
+    ci_mt = {k: v["ci"] for k, v in mt["levels"].items()}
+    held = all(v is not None and v >= MULTI_CI_MIN for v in ci_mt.values()) and not mt["goals_failed"]
+    wins = sum(1 for n in cases for lv, v in cases[n]["conformity"]["levels_at_equal_d95"].items()
+               if (v["ci"] or 0) >= (cases[n]["quadratic"]["levels_at_equal_d95"][lv]["ci"] or 0))
+    n_lv = sum(len(cases[n]["conformity"]["levels"]) for n in cases)
+    summary = (f"multitarget CI per level {', '.join(f'{k} {v:.2f}' for k, v in ci_mt.items())}; goals failed: "
+               f"{mt['goals_failed'] or 'none'}; at equal D95 the conformity plan's CI >= the quadratic plan's on "
+               f"{wins}/{n_lv} levels of {len(cases)} cases")
+    why = (f"criterion: every multitarget level Paddick CI >= {MULTI_CI_MIN} and every goal met (conformity plan as "
+           f"optimised): " + ("met" if held else "not met") + f" ({summary})")
+    return row("000", "Conformity objective vs quadratic objective (eqs 6, 8-12): CI and GI per dose level",
+               "Patent 000: optimising the conformity index of each target/dose region gives a dose region conformal "
+               "to the target (no figure given); issue #20: every level of the TG-119 multitarget case at Paddick "
+               f"CI >= {MULTI_CI_MIN} with its goals met",
+               {"summary": summary, "spacing_mm": s["spacing"], "max_iter": s["max_iter"], "cases": cases},
+               f"quadratic objective (rtlab 'quadratic' recipe) on the same case, beams (case's suggested set), "
+               f"{s['spacing']:g} mm grid and iteration budget (the conformity plan's iterations incl. goal rounds); "
+               "compared as optimised and both scaled to first-target D95 = prescription",
+               held, why)
+
+
+def falloff_row(reduced: bool = False) -> dict:
+    """Falloff rule vs the same plan without it, at equal coverage (module docstring)."""
+    s = _settings(reduced)
+    names = ["tg119_cshape_easy"] if reduced else ["tg119_cshape_easy", "tg119_multitarget", "tg119_headneck"]
+    G = 2.0
+    cases, ok = {}, []
+    for name in names:
+        case = get_phantom(name, spacing=s["spacing"])
+        t, rx, dom = levels_of(case)[0]
+        fig = {}
+        for label, fo in (("no_falloff", None), ("falloff", G)):
+            p = plan_case(case, None, "conformity", falloff=fo, max_iter=s["max_iter"])
+            scaled, f = _scaled(case, p.dose)
+            fig[label] = {"ci": _r(metrics.paddick_ci(scaled, t, rx=rx, body=dom)),
+                          "gi": _r(metrics.gradient_index(scaled, t, rx=rx, body=dom)),
+                          "ci_as_optimised": _r(metrics.paddick_ci(p.dose, t, rx=rx, body=dom)),
+                          "gi_as_optimised": _r(metrics.gradient_index(p.dose, t, rx=rx, body=dom)),
+                          "iterations": int(p.timings["iterations"]), "scale_to_equal_d95": _r(f)}
+        a, b = fig["falloff"], fig["no_falloff"]
+        fig["gi_improved"] = bool(a["gi"] < b["gi"])
+        fig["ci_equal"] = bool(a["ci"] >= b["ci"] - CI_TOL)
+        ok.append(fig["gi_improved"] and fig["ci_equal"])
+        cases[name] = fig
+    held = all(ok)
+    summary = "; ".join(f"{n}: GI {c['no_falloff']['gi']:.2f} -> {c['falloff']['gi']:.2f}, CI {c['no_falloff']['ci']:.3f}"
+                        f" -> {c['falloff']['ci']:.3f}" for n, c in cases.items())
+    why = (f"criterion: on every case GI lower with the falloff rule and CI at most {CI_TOL} lower, both plans scaled "
+           f"to first-target D95 = prescription (equal coverage): " + ("met" if held else "not met") +
+           f" ({summary}; G = {G} Gy/mm)")
+    return row("000", "Dose-falloff expansion (eqs 16-17) with the automatic low-dose ring (para. 80)",
+               "Patent 000: adjusting the targets by the dose falling gradient steepens the dose falloff outside the "
+               "target (no figure given); issue #20: GI improved at equal CI and coverage",
+               {"summary": summary, "gradient_gy_per_mm": G, "spacing_mm": s["spacing"], "max_iter": s["max_iter"],
+                "cases": cases},
+               f"the same conformity plan without falloff (same case, beams, {s['spacing']:g} mm grid, max_iter "
+               f"{s['max_iter']}), both scaled to first-target D95 = prescription",
+               held, why)
+
+
+def _cp_violation(dose, pts, d_in, d_out):
+    """RMS and counts of control-point bound violations: inside ``d >= d_in``, outside ``d <= d_out`` (Gy)."""
+    din = dose[pts.as_mask("inside")]
+    dout = dose[pts.as_mask("outside")]
+    v = np.concatenate([np.maximum(d_in - din, 0.0), np.maximum(dout - d_out, 0.0)])
+    return {"rms_violation_gy": _r(np.sqrt(np.mean(v ** 2)) if v.size else 0.0),
+            "inside_below": int((din < d_in).sum()), "outside_above": int((dout > d_out).sum()),
+            "n_inside": int(din.size), "n_outside": int(dout.size)}
+
+
+def control_points_rows(reduced: bool = False) -> list:
+    """Control points (first target) vs none; and the missing every-level variant (module docstring)."""
+    s = _settings(reduced)
+    names = ["tg119_cshape_easy"] if reduced else ["tg119_cshape_easy", "tg119_prostate"]
+    w = 1e-2
+    cases, ok = {}, []
+    for name in names:
+        case = get_phantom(name, spacing=s["spacing"])
+        t, rx, dom = levels_of(case)[0]
+        pts = find_control_points(t.mask, case.grid.spacing, mode="2d")
+        d_out = CONFORMITY_RECIPE["control_point_outside"] * rx
+        fig = {}
+        for label, cp in (("without", False), ("with", True)):
+            p = plan_case(case, None, "conformity", control_points=cp, max_iter=s["max_iter"],
+                          recipe={"control_point_weight": w} if cp else None)
+            fig[label] = {"ci": _r(metrics.paddick_ci(p.dose, t, rx=rx, body=dom)),
+                          "d95_gy": _r(metrics.dose_at_volume(p.dose, t, pct=95), 3),
+                          **_cp_violation(p.dose, pts, rx, d_out)}
+        a, b = fig["with"], fig["without"]
+        fig["closer"] = bool(a["rms_violation_gy"] < b["rms_violation_gy"])
+        fig["ci_no_lower"] = bool(a["ci"] >= b["ci"] - CI_TOL)
+        ok.append(fig["closer"] and fig["ci_no_lower"])
+        cases[name] = fig
+    held = all(ok)
+    summary = "; ".join(f"{n}: RMS violation {c['without']['rms_violation_gy']:.2f} -> {c['with']['rms_violation_gy']:.2f}"
+                        f" Gy, CI {c['without']['ci']:.3f} -> {c['with']['ci']:.3f}" for n, c in cases.items())
+    why = (f"criterion: on every case the RMS distance of the control points' doses from their bounds (inside >= D, "
+           f"outside <= {CONFORMITY_RECIPE['control_point_outside']:g} D) lower with the control-point term and CI at "
+           f"most {CI_TOL} lower: " + ("met" if held else "not met") + f" ({summary}). First target only: para. 181 "
+           "(every level) is the separate row below")
+    first = row("000", "Dose control points (para. 154-197) on the first target",
+                "Patent 000: dose control points found by filters near the target boundary locally update the plan, "
+                "improving the conformity (no figure given); issue #20: dose at the control points closer to their "
+                "targets and CI no lower",
+                {"summary": summary, "control_point_weight": w, "spacing_mm": s["spacing"], "max_iter": s["max_iter"],
+                 "cases": cases},
+                f"the same conformity plan without control points (same case, beams, {s['spacing']:g} mm grid, "
+                f"max_iter {s['max_iter']}); the same points scored on both",
+                held, why)
+    multi = row("000", "Dose control points at every dose level (para. 181)",
+                "Patent 000 para. 181: control points determined for the target region of each dose level",
+                {"summary": "not implemented: rtlab's recipe finds control points on the first target only",
+                 "implemented": False},
+                "-", False,
+                "not implemented: rtlab.planning.recipes adds control points for the first target only "
+                "(control_points=True); lower levels get none, so the every-level claim is not reproduced")
+    return [first, multi]
+
+
+def _first_reach(history, f_star):
+    """(iteration, seconds) of the first record with objective <= ``f_star``, or (None, None)."""
+    for r in history:
+        if r["objective"] <= f_star:
+            return int(r["iteration"]), float(r["time"])
+    return None, None
+
+
+def region_warm_start_row(reduced: bool = False) -> dict:
+    """Region-model warm start vs zero / uniform / target-shaped starts (module docstring)."""
+    model_dir = DATASETS / "region_model_small"
+    seeds = [10001] if reduced else [10001, 10002, 10003, 10004]
+    claim = "Dose-region model prediction as a warm start (para. 130-136, claim 7)"
+    source = ("Patent 000: an initial plan from the predicted dose region speeds up the optimisation (no figure given);"
+              " issue #20: iterations and wall time to the same objective value against zero, uniform and "
+              "target-shaped starts on held-out cases")
+    baseline = ("zero, uniform (d_ref / mean target dose) and target-shaped (warm_start_weights of the target mask) "
+                "starts; same held-out case, beams, grid, ConformityPlanner objective and solver (max_iter 150, claim-6 "
+                "change rule)")
+    if not (model_dir / "model.pt").exists():
+        return row("000", claim, source, {"summary": f"model not found at {model_dir}"}, baseline, False,
+                   f"the trained model {model_dir} is missing (a wheel install has no datasets/); run from a clone")
+    model = rm.RegionModel.load(model_dir)
+    pl = rm.ConformityPlanner()
+    per_case, agg = {}, {k: {"iterations": [], "time_s": []} for k in ("zero", "uniform", "target", "predicted")}
+    for sd in seeds:
+        case = rm.random_case(sd)
+        target, _, body = rm.case_masks(case)
+        d_ref = float(case.prescription or case.structures.targets[0].prescription)
+        inf = pl.influence(case)
+        starts = {}
+        t0 = time.perf_counter()
+        starts["zero"] = (np.zeros(inf.shape[1]), time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        starts["uniform"] = (pl.uniform_start(case, inf, d_ref), time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        starts["target"] = (rm.warm_start_weights(inf, target, d_ref, inf.voxel_index), time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        pred = model.predict_case(case, threshold=0.5)
+        starts["predicted"] = (rm.warm_start_weights(inf, pred, d_ref, inf.voxel_index), time.perf_counter() - t0)
+        runs = {k: pl.solve(case, inf, d_ref, x0=x0) for k, (x0, _) in starts.items()}
+        f_star = float(runs["uniform"].objective)
+        fig = {"objective_target": _r(f_star, 6), "dice_target_vs_predicted": _r(rm.dice(pred, target))}
+        for k, res in runs.items():
+            it, ts = _first_reach(res.history, f_star)
+            prep = starts[k][1]
+            fig[k] = {"iterations_to_target": it, "time_to_target_s": None if ts is None else _r(ts + prep, 3),
+                      "prep_s": _r(prep, 3), "objective_final": _r(res.objective, 6),
+                      "iterations_run": int(res.iterations)}
+            agg[k]["iterations"].append(it)
+            agg[k]["time_s"].append(None if ts is None else ts + prep)
+        per_case[f"random_case({sd})"] = fig
+    mean = {}
+    for k, v in agg.items():
+        reached = all(x is not None for x in v["iterations"])
+        mean[k] = {"all_reached": reached,
+                   "mean_iterations": _r(np.mean(v["iterations"]), 2) if reached else None,
+                   "mean_time_s": _r(np.mean(v["time_s"]), 3) if reached else None}
+    p = mean["predicted"]
+    held = p["all_reached"] and all(
+        (not mean[b]["all_reached"]) or (p["mean_iterations"] < mean[b]["mean_iterations"]
+                                         and p["mean_time_s"] < mean[b]["mean_time_s"])
+        for b in ("zero", "uniform", "target"))
+    summary = "; ".join(f"{k}: " + (f"{m['mean_iterations']:.1f} it, {m['mean_time_s']:.2f} s" if m["all_reached"]
+                                    else "does not reach it") for k, m in mean.items())
+    why = ("criterion: the predicted start reaches the uniform start's final objective in fewer iterations and less "
+           "wall time (preparation included) than each baseline start that reaches it, mean over "
+           f"{len(seeds)} held-out cases: " + ("met" if held else "not met") + f" ({summary}). Computed through "
+           "rtlab.methods.region_model (ConformityPlanner, warm_start_weights): plan_case has no warm_start option, "
+           "PlanLab offers none, the 80 % model is not used as a start, and no case type outside the generated 32^3 "
+           "phantoms is tried")
+    return row("000", claim, source,
+               {"summary": summary, "model": "datasets/region_model_small (100 % level)", "cases": per_case,
+                "mean": mean},
+               baseline, held, why)
+
+
+ROWS = [("conformity", conformity_row), ("falloff", falloff_row), ("control_points", control_points_rows),
+        ("region_warm_start", region_warm_start_row)]
