@@ -35,6 +35,10 @@ The plan and engine settings go into one :class:`rtlab.planning.PlanSettings`, w
 Size: about 670 lines: every subcommand's argument checks (all made before any work starts,
 issue #15) and its one-screen report live beside its parser entry; the work itself is one
 library call per subcommand.
+``rtlab reproduce [--seed 000|001 ...] [--reduced] [--json]``
+    The reproduction rows of :mod:`rtlab.reproduce` (issue #20): one row per claim of the source
+    documents, computed live (minutes; ``--reduced``: fewer and coarser cases); ``--json`` prints
+    ``{"rows": [...]}``.
 ``rtlab lab [--notebooks DIR] [JUPYTER OPTIONS ...]``
     Open JupyterLab on the notebooks, as ``scripts/lab.sh`` does: every other option goes to
     ``jupyter lab`` untouched and in order, and ``--allow-root`` is added when run as root.
@@ -55,12 +59,14 @@ internal error exits with status 1 and one line. Warnings are printed one line e
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -595,6 +601,29 @@ def cmd_batch(args) -> int:
     return 0 if not summary["failed"] and not summary["qa_failed"] else 1
 
 
+REPRODUCE_SEEDS = ("000", "001")
+
+
+def cmd_reproduce(args) -> int:
+    seeds = REPRODUCE_SEEDS if not args.seed else tuple(dict.fromkeys(str(s).zfill(3) for s in args.seed))
+    unknown = [s for s in seeds if s not in REPRODUCE_SEEDS]
+    if unknown:
+        raise CLIError(f"--seed: no reproduction rows for {', '.join(unknown)}; seeds with rows: "
+                       f"{', '.join(REPRODUCE_SEEDS)}")
+    # imported here: the rows pull in planning, batch (dask) and the region model (torch)
+    reproduce = importlib.import_module("rtlab.reproduce")
+    t0 = time.perf_counter()
+    rows = reproduce.run(seeds, reduced=args.reduced, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"rows": rows}, default=json_safe))
+    else:
+        print(reproduce.rows_table(rows))
+        held = sum(r["held"] for r in rows)
+        print(f"\n{held}/{len(rows)} rows held; {time.perf_counter() - t0:.0f} s"
+              + (" (reduced)" if args.reduced else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtlab", description="rtlab: a laboratory for radiotherapy planning algorithms")
     sub = p.add_subparsers(dest="command", required=True)
@@ -715,6 +744,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "resource MACHINE) before every machine choice; needs --scheduler")
     sp.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     sp.set_defaults(func=cmd_batch)
+
+    sp = sub.add_parser("reproduce", help="reproduce the source documents' claims: one row per claim (issue #20)",
+                        description="Compute the reproduction rows (rtlab.reproduce): each claim of the source "
+                                    "documents, the source's statement, rtlab's measured figure, the baseline and "
+                                    "whether the claim held. Takes minutes (docs/reproduction.md).")
+    sp.add_argument("--seed", action="append", metavar="NNN",
+                    help="source document: 000 (patent 000) or 001 (patent 001); repeat for several (default: all)")
+    sp.add_argument("--reduced", action="store_true", help="fewer and coarser cases (what the tests run)")
+    sp.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')
+    sp.set_defaults(func=cmd_reproduce)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from ..evaluate import metrics
 from ..methods import region_model as rm
@@ -45,13 +46,18 @@ from ..planning.settings import CONFORMITY_RECIPE
 from .schema import row
 
 __all__ = ["ROWS", "TG119", "CI_TOL", "MULTI_CI_MIN", "levels_of", "level_figures", "conformity_row", "falloff_row",
-           "control_points_rows", "region_warm_start_row", "DATASETS"]
+           "control_points_rows", "region_warm_start_row", "DATASETS", "nearest_level"]
 
 TG119 = ["tg119_cshape_easy", "tg119_cshape_hard", "tg119_multitarget", "tg119_prostate", "tg119_headneck"]
 #: "Equal CI": the falloff / control-point plan's CI may be at most this much lower.
 CI_TOL = 0.01
 #: Issue #20: every level of the multitarget case at Paddick CI >= 0.6 with its goals met.
 MULTI_CI_MIN = 0.6
+#: Falloff gradient of the falloff row (Gy/mm): the low-dose ring at 80 % of 50 Gy lies 10 mm out,
+#: more than a voxel of the row's grids (2 Gy/mm puts it at 5 mm, inside one 6-10 mm voxel).
+FALLOFF_G = 1.0
+#: The gradients of the falloff row's sweep (full run, first case).
+FALLOFF_SWEEP = (0.5, 1.0, 2.0)
 #: The repository's data sets (region model, training data); present in a clone, not in a wheel.
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
@@ -79,12 +85,26 @@ def levels_of(case):
     return out
 
 
+def nearest_level(case) -> np.ndarray:
+    """Index (into :func:`levels_of`) of the level whose target is nearest to each voxel (Euclidean, mm)."""
+    lv = levels_of(case)
+    dist = np.stack([ndimage.distance_transform_edt(~t.mask, sampling=case.grid.spacing) for t, _, _ in lv])
+    return np.argmin(dist, axis=0)
+
+
 def level_figures(case, dose) -> dict:
-    """Per level: Paddick CI and GI (``V(rx/2) / V(rx)``) in the level's domain, and the target's D95."""
-    out = {}
-    for t, rx, dom in levels_of(case):
+    """Per level: Paddick CI and GI (``V(rx/2) / V(rx)``) in the level's domain, and the target's D95.
+
+    ``ci`` / ``gi`` count the isodose volumes in the level's domain of :func:`levels_of` (the
+    body outside the higher levels' targets: the issue's figure); ``ci_nearest`` counts them
+    only where this level's target is the nearest one (so the halo of a higher level around its
+    own target is not charged to a lower level), for information.
+    """
+    out, near = {}, nearest_level(case)
+    for i, (t, rx, dom) in enumerate(levels_of(case)):
         out[t.name] = {"rx_gy": rx, "ci": _r(metrics.paddick_ci(dose, t, rx=rx, body=dom)),
                        "gi": _r(metrics.gradient_index(dose, t, rx=rx, body=dom)),
+                       "ci_nearest": _r(metrics.paddick_ci(dose, t, rx=rx, body=dom & (near == i))),
                        "d95_gy": _r(metrics.dose_at_volume(dose, t, pct=95), 3)}
     return out
 
@@ -143,7 +163,7 @@ def falloff_row(reduced: bool = False) -> dict:
     """Falloff rule vs the same plan without it, at equal coverage (module docstring)."""
     s = _settings(reduced)
     names = ["tg119_cshape_easy"] if reduced else ["tg119_cshape_easy", "tg119_multitarget", "tg119_headneck"]
-    G = 2.0
+    G = FALLOFF_G
     cases, ok = {}, []
     for name in names:
         case = get_phantom(name, spacing=s["spacing"])
@@ -165,6 +185,17 @@ def falloff_row(reduced: bool = False) -> dict:
     held = all(ok)
     summary = "; ".join(f"{n}: GI {c['no_falloff']['gi']:.2f} -> {c['falloff']['gi']:.2f}, CI {c['no_falloff']['ci']:.3f}"
                         f" -> {c['falloff']['ci']:.3f}" for n, c in cases.items())
+    sweep = {}
+    if not reduced:  # the parameter that matters: the gradient G, on the first case
+        case = get_phantom(names[0], spacing=s["spacing"])
+        t, rx, dom = levels_of(case)[0]
+        for g in FALLOFF_SWEEP:
+            p = plan_case(case, None, "conformity", falloff=g, max_iter=s["max_iter"])
+            scaled, _ = _scaled(case, p.dose)
+            sweep[f"G={g:g}"] = {"ci": _r(metrics.paddick_ci(scaled, t, rx=rx, body=dom)),
+                                 "gi": _r(metrics.gradient_index(scaled, t, rx=rx, body=dom))}
+        summary += f"; sweep of G on {names[0]}: " + ", ".join(f"{k} GI {v['gi']:.2f} CI {v['ci']:.3f}"
+                                                              for k, v in sweep.items())
     why = (f"criterion: on every case GI lower with the falloff rule and CI at most {CI_TOL} lower, both plans scaled "
            f"to first-target D95 = prescription (equal coverage): " + ("met" if held else "not met") +
            f" ({summary}; G = {G} Gy/mm)")
@@ -172,7 +203,7 @@ def falloff_row(reduced: bool = False) -> dict:
                "Patent 000: adjusting the targets by the dose falling gradient steepens the dose falloff outside the "
                "target (no figure given); issue #20: GI improved at equal CI and coverage",
                {"summary": summary, "gradient_gy_per_mm": G, "spacing_mm": s["spacing"], "max_iter": s["max_iter"],
-                "cases": cases},
+                "cases": cases, "sweep": sweep},
                f"the same conformity plan without falloff (same case, beams, {s['spacing']:g} mm grid, max_iter "
                f"{s['max_iter']}), both scaled to first-target D95 = prescription",
                held, why)
@@ -304,7 +335,10 @@ def region_warm_start_row(reduced: bool = False) -> dict:
                                     else "does not reach it") for k, m in mean.items())
     why = ("criterion: the predicted start reaches the uniform start's final objective in fewer iterations and less "
            "wall time (preparation included) than each baseline start that reaches it, mean over "
-           f"{len(seeds)} held-out cases: " + ("met" if held else "not met") + f" ({summary}). Computed through "
+           f"{len(seeds)} held-out cases: " + ("met" if held else "not met") + f" ({summary}). The zero start is a "
+           "numerically stationary point of the conformity objective (at zero dose the sigmoid membership and its "
+           "gradient are ~exp(-k), k = 20): the solver stops at once. "
+           "Computed through "
            "rtlab.methods.region_model (ConformityPlanner, warm_start_weights): plan_case has no warm_start option, "
            "PlanLab offers none, the 80 % model is not used as a start, and no case type outside the generated 32^3 "
            "phantoms is tried")
