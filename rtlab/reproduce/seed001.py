@@ -108,10 +108,17 @@ def conversion_rows(reduced: bool = False) -> list:
             key = f"{name}/{m}"
             conv[key] = {"attempts": attempts, "gamma_3_3_pct": attempts[-1]["gamma_3_3_pct"],
                          "gamma_3_3_pct_first": attempts[0]["gamma_3_3_pct"], "qa_passed": attempts[-1]["qa_passed"]}
+            d_std = np.asarray(std["dose"], np.float64)
             seq = sequence_plan(r.influence, r.x, get_machine(m).mlc, "step")
-            qd = qa_report(np.asarray(std["dose"], np.float64), np.asarray(seq.dose, np.float64), case)
+            qd = qa_report(d_std, np.asarray(seq.dose, np.float64), case)
+            # the sweep that tells the cause: a sliding window (no intensity levels) and the change of the
+            # beamlet weights by the sequencer's resampling onto the MLC's leaf rows
+            sw = sequence_plan(r.influence, r.x, get_machine(m).mlc, "sliding")
+            qs = qa_report(d_std, np.asarray(sw.dose, np.float64), case)
             deliv[key] = {"gamma_3_3_pct": _r(100 * qd.pass_rates[GAMMA_KEY]),
+                          "gamma_3_3_pct_sliding": _r(100 * qs.pass_rates[GAMMA_KEY]),
                           "gamma_3_3_pct_optimised": conv[key]["gamma_3_3_pct"], "qa_passed": bool(qd.passed),
+                          "weight_change_l1": _r(np.abs(seq.x_delivered - r.x).sum() / max(r.x.sum(), 1e-300), 3),
                           "failed": _reasons(qd.reasons)}
     n = len(conv)
     need = math.ceil(PASS_FRACTION * n)
@@ -138,17 +145,29 @@ def conversion_rows(reduced: bool = False) -> list:
              "organs at 10 mm voxels")
     n_d = sum(1 for v in deliv.values() if v["gamma_3_3_pct"] >= GAMMA_MIN)
     held_d = n_d >= need
-    dsum = f"{n_d}/{n} sequenced plans pass gamma 3%/3mm >= {GAMMA_MIN:g} % against the standard dose"
+    per_m = {m: (sum(1 for k, v in deliv.items() if k.endswith("/" + m) and v["gamma_3_3_pct"] >= GAMMA_MIN),
+                 sum(1 for k in deliv if k.endswith("/" + m))) for m in MACHINES}
+    dsum = (f"{n_d}/{n} sequenced plans pass gamma 3%/3mm >= {GAMMA_MIN:g} % against the standard dose ("
+            + ", ".join(f"{m} {a}/{b}" for m, (a, b) in per_m.items()) + "); sliding window: "
+            f"{sum(1 for v in deliv.values() if v['gamma_3_3_pct_sliding'] >= GAMMA_MIN)}/{n}; sequencing changes "
+            f"the beamlet weights by {min(v['weight_change_l1'] for v in deliv.values()):.0%}-"
+            f"{max(v['weight_change_l1'] for v in deliv.values()):.0%} (L1)")
     r2 = row("001", "QA of the deliverable (sequenced) converted plan",
              "Issue #20: QA also checks the deliverable plan (sequenced for the target machine's MLC, dose "
              "re-computed from the sequenced fluence)",
              {"summary": dsum, "n_conversions": n, "n_gamma_pass": n_d, "gamma_min_pct": GAMMA_MIN,
-              "sequencing": "step and shoot, 10 levels per beam", "conversions": deliv},
+              "sequencing": "step and shoot, 10 levels per beam (sliding window beside it)",
+              "per_machine": {m: {"passed": a, "n": b} for m, (a, b) in per_m.items()}, "conversions": deliv},
              f"the standard plan's dose, as for the conversion row ({setting})",
              held_d,
              f"criterion: >= {need}/{n} sequenced plans at gamma 3%/3mm >= {GAMMA_MIN:g} %: "
              + ("met" if held_d else "not met") + f" ({dsum}). Measured here on the kept conversion; the batch's "
-             "QA stage itself does not yet sequence the plan")
+             "QA stage itself does not yet sequence the plan. Measured so far: the failures are the 10 mm machine's; a "
+             "sliding window (no intensity levels) fails as the 10-level step and shoot does, so the level count is "
+             "not the cause; the sequencer's resampling of the 5 mm beamlet rows onto the leaf rows changes the "
+             "weights (weight_change_l1). Outside this row, on head and neck: leaf_alignment='isocentre' (82 %) and "
+             "a DAO conversion (leaf-row segments, 84 %) fail too, so the leaf-row geometry of conversion and "
+             "sequencer still disagree; not resolved")
     return [r1, r2]
 
 
