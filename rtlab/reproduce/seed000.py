@@ -25,7 +25,8 @@ Rows (ids of :data:`ROWS`):
 ``region_warm_start``
     The dose-region model's prediction as a warm start (para. 134-136, claim 7) against zero,
     uniform and target-shaped starts on held-out generated cases: iterations and wall time
-    (preparation included) to reach the uniform start's final objective value.
+    (preparation included) to reach one objective value: the largest final value of the uniform,
+    target-shaped and predicted runs (each stops by the claim-6 change rule), so all three reach it.
 """
 
 from __future__ import annotations
@@ -46,18 +47,20 @@ from ..planning.settings import CONFORMITY_RECIPE
 from .schema import row
 
 __all__ = ["ROWS", "TG119", "CI_TOL", "MULTI_CI_MIN", "levels_of", "level_figures", "conformity_row", "falloff_row",
-           "control_points_rows", "region_warm_start_row", "DATASETS", "nearest_level"]
+           "control_points_rows", "region_warm_start_row", "DATASETS", "nearest_level", "natural_gradient"]
 
 TG119 = ["tg119_cshape_easy", "tg119_cshape_hard", "tg119_multitarget", "tg119_prostate", "tg119_headneck"]
 #: "Equal CI": the falloff / control-point plan's CI may be at most this much lower.
 CI_TOL = 0.01
 #: Issue #20: every level of the multitarget case at Paddick CI >= 0.6 with its goals met.
 MULTI_CI_MIN = 0.6
-#: Falloff gradient of the falloff row (Gy/mm): the low-dose ring at 80 % of 50 Gy lies 10 mm out,
-#: more than a voxel of the row's grids (2 Gy/mm puts it at 5 mm, inside one 6-10 mm voxel).
-FALLOFF_G = 1.0
+#: Falloff gradient of the falloff row (Gy/mm): patent 000's example 200 cGy/mm (full run, 5 mm grid:
+#: the low-dose ring at 80 % of 50 Gy lies 5 mm out); the reduced run's 10 mm grid needs 1 Gy/mm
+#: (ring 10 mm out; at 2 Gy/mm it holds no voxel and the plans are identical).
+FALLOFF_G = 2.0
+FALLOFF_G_REDUCED = 1.0
 #: The gradients of the falloff row's sweep (full run, first case).
-FALLOFF_SWEEP = (0.5, 1.0, 2.0)
+FALLOFF_SWEEP = (0.5, 1.0, 2.0, 4.0)
 #: The repository's data sets (region model, training data); present in a clone, not in a wheel.
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
@@ -118,7 +121,8 @@ def _scaled(case, dose):
 
 
 def _settings(reduced):
-    return dict(spacing=10.0 if reduced else 6.0, max_iter=15 if reduced else 40)
+    """Grid (mm) and iteration limit: notebook 02-04's 5 mm and 60 iterations; reduced 10 mm, 15."""
+    return dict(spacing=10.0 if reduced else 5.0, max_iter=15 if reduced else 60)
 
 
 def conformity_row(reduced: bool = False) -> dict:
@@ -163,7 +167,7 @@ def falloff_row(reduced: bool = False) -> dict:
     """Falloff rule vs the same plan without it, at equal coverage (module docstring)."""
     s = _settings(reduced)
     names = ["tg119_cshape_easy"] if reduced else ["tg119_cshape_easy", "tg119_multitarget", "tg119_headneck"]
-    G = FALLOFF_G
+    G = FALLOFF_G_REDUCED if reduced else FALLOFF_G
     cases, ok = {}, []
     for name in names:
         case = get_phantom(name, spacing=s["spacing"])
@@ -177,6 +181,11 @@ def falloff_row(reduced: bool = False) -> dict:
                           "ci_as_optimised": _r(metrics.paddick_ci(p.dose, t, rx=rx, body=dom)),
                           "gi_as_optimised": _r(metrics.gradient_index(p.dose, t, rx=rx, body=dom)),
                           "iterations": int(p.timings["iterations"]), "scale_to_equal_d95": _r(f)}
+            if fo is None:
+                fig["_dose"] = scaled
+        fig["natural_gradient_gy_per_mm"] = natural_gradient(case, fig.pop("_dose"), t, rx)
+        for k in ("falloff", "no_falloff"):
+            fig[k].pop("_dose", None)
         a, b = fig["falloff"], fig["no_falloff"]
         fig["gi_improved"] = bool(a["gi"] < b["gi"])
         fig["ci_equal"] = bool(a["ci"] >= b["ci"] - CI_TOL)
@@ -184,7 +193,8 @@ def falloff_row(reduced: bool = False) -> dict:
         cases[name] = fig
     held = all(ok)
     summary = "; ".join(f"{n}: GI {c['no_falloff']['gi']:.2f} -> {c['falloff']['gi']:.2f}, CI {c['no_falloff']['ci']:.3f}"
-                        f" -> {c['falloff']['ci']:.3f}" for n, c in cases.items())
+                        f" -> {c['falloff']['ci']:.3f} (plan without falloff falls {c['natural_gradient_gy_per_mm']} "
+                        "Gy/mm to 80 %)" for n, c in cases.items())
     sweep = {}
     if not reduced:  # the parameter that matters: the gradient G, on the first case
         case = get_phantom(names[0], spacing=s["spacing"])
@@ -207,6 +217,21 @@ def falloff_row(reduced: bool = False) -> dict:
                f"the same conformity plan without falloff (same case, beams, {s['spacing']:g} mm grid, max_iter "
                f"{s['max_iter']}), both scaled to first-target D95 = prescription",
                held, why)
+
+
+def natural_gradient(case, dose, target, rx, low=0.8):
+    """Mean dose gradient (Gy/mm) from ``rx`` at the target surface to ``low * rx`` outside it.
+
+    ``(1 - low) * rx`` divided by the mean distance (mm, from the target surface) of the body
+    voxels outside the target whose dose lies within 2.5 % of ``low * rx``: how steep the plan
+    falls off without the falloff rule, the figure to compare a falloff gradient ``G`` with.
+    """
+    sd = ndimage.distance_transform_edt(~target.mask, sampling=case.grid.spacing)
+    body = case.structures.body_mask().astype(bool)
+    band = body & ~target.mask & (np.abs(dose - low * rx) <= 0.025 * rx)
+    if not band.any():
+        return None
+    return _r((1 - low) * rx / float(sd[band].mean()), 3)
 
 
 def _cp_violation(dose, pts, d_in, d_out):
@@ -279,7 +304,7 @@ def _first_reach(history, f_star):
 def region_warm_start_row(reduced: bool = False) -> dict:
     """Region-model warm start vs zero / uniform / target-shaped starts (module docstring)."""
     model_dir = DATASETS / "region_model_small"
-    seeds = [10001] if reduced else [10001, 10002, 10003, 10004]
+    seeds = [10001] if reduced else list(range(10001, 10009))
     claim = "Dose-region model prediction as a warm start (para. 130-136, claim 7)"
     source = ("Patent 000: an initial plan from the predicted dose region speeds up the optimisation (no figure given);"
               " issue #20: iterations and wall time to the same objective value against zero, uniform and "
@@ -309,7 +334,9 @@ def region_warm_start_row(reduced: bool = False) -> dict:
         pred = model.predict_case(case, threshold=0.5)
         starts["predicted"] = (rm.warm_start_weights(inf, pred, d_ref, inf.voxel_index), time.perf_counter() - t0)
         runs = {k: pl.solve(case, inf, d_ref, x0=x0) for k, (x0, _) in starts.items()}
-        f_star = float(runs["uniform"].objective)
+        # the same objective value: the worst final value among the uniform, target-shaped and predicted
+        # starts (each stops by the claim-6 change rule, at slightly different values)
+        f_star = max(float(runs[k].objective) for k in ("uniform", "target", "predicted"))
         fig = {"objective_target": _r(f_star, 6), "dice_target_vs_predicted": _r(rm.dice(pred, target))}
         for k, res in runs.items():
             it, ts = _first_reach(res.history, f_star)
@@ -333,7 +360,8 @@ def region_warm_start_row(reduced: bool = False) -> dict:
         for b in ("zero", "uniform", "target"))
     summary = "; ".join(f"{k}: " + (f"{m['mean_iterations']:.1f} it, {m['mean_time_s']:.2f} s" if m["all_reached"]
                                     else "does not reach it") for k, m in mean.items())
-    why = ("criterion: the predicted start reaches the uniform start's final objective in fewer iterations and less "
+    why = ("criterion: the predicted start reaches the objective value that the uniform, target-shaped and predicted "
+           "starts all reach (the largest of their final values) in fewer iterations and less "
            "wall time (preparation included) than each baseline start that reaches it, mean over "
            f"{len(seeds)} held-out cases: " + ("met" if held else "not met") + f" ({summary}). The zero start is a "
            "numerically stationary point of the conformity objective (at zero dose the sigmoid membership and its "
