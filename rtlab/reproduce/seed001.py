@@ -162,10 +162,10 @@ def conversion_rows(reduced: bool = False) -> list:
              held_d,
              f"criterion: >= {need}/{n} sequenced plans at gamma 3%/3mm >= {GAMMA_MIN:g} %: "
              + ("met" if held_d else "not met") + f" ({dsum}). Measured here on the kept conversion; the batch's "
-             "QA stage itself does not yet sequence the plan. Measured so far: the failures are the 10 mm machine's; a "
-             "sliding window (no intensity levels) fails as the 10-level step and shoot does, so the level count is "
-             "not the cause; the sequencer's resampling of the 5 mm beamlet rows onto the leaf rows changes the "
-             "weights (weight_change_l1). Outside this row, on head and neck: leaf_alignment='isocentre' (82 %) and "
+             "QA stage itself does not yet sequence the plan. Beside the 10-level step and shoot, a sliding window "
+             "(no intensity levels: gamma_3_3_pct_sliding) separates the level count from the sequencer's "
+             "resampling of the 5 mm beamlet rows onto the leaf rows, whose change of the weights is "
+             "weight_change_l1. Outside this row, on head and neck: leaf_alignment='isocentre' (82 %) and "
              "a DAO conversion (leaf-row segments, 84 %) fail too, so the leaf-row geometry of conversion and "
              "sequencer still disagree; not resolved")
     return [r1, r2]
