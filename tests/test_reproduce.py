@@ -114,7 +114,8 @@ def test_region_row_criterion(rows000):
     if "mean" not in fig:  # no trained model in this checkout
         assert r["held"] is False
         return
-    for case in fig["cases"].values():
+    assert fig["not_trained_on"]  # a TG-119 phantom, a case type the model was not trained on
+    for case in list(fig["cases"].values()) + list(fig["not_trained_on"].values()):
         # the target value is the largest final objective of the three non-zero starts: all three reach it
         finals = [case[k]["objective_final"] for k in ("uniform", "target", "predicted")]
         assert case["objective_target"] == pytest.approx(max(finals), rel=1e-5)
