@@ -1,6 +1,7 @@
 """OptimizerPanel and ReviewPanel driven from Python (no browser): threads, stop, settings, review."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from rtlab.planning import optimise_plan, prepare_plan  # noqa: E402
 from rtlab.widgets import DVHPlot, OptimizerPanel, ReviewPanel  # noqa: E402
 
 ANGLES = [0.0, 120.0, 240.0]
+
+DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +161,21 @@ def test_review_panel_accept_edit_reoptimise_log(case, problem):
         ReviewPanel(object())
     with pytest.raises(RuntimeError, match="no plan"):
         ReviewPanel().accept()
+
+
+def test_start_menu_runs_from_the_chosen_start(case, problem):
+    """The start menu is rtlab.planning.warm_start (patent 000, para. 134-136): the run's problem
+    has that start's x0, and 'region' is offered only with a model."""
+    from rtlab.planning import warm_start
+
+    assert "region" not in OptimizerPanel(case, problem).start.options
+    panel = OptimizerPanel(case, problem, region_model=str(DATASETS / "region_model_200"))
+    assert list(panel.start.options) == ["uniform", "zero", "target", "region"]
+    panel.max_iter.value = 2
+    panel.start.value = "target"
+    panel.run()
+    res = panel.wait(timeout=300)
+    assert panel.run_problem.info["warm_start"]["kind"] == "target"
+    np.testing.assert_allclose(panel.run_problem.x0, warm_start(problem, "target").x0, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(res.x0, panel.run_problem.x0)
+    assert "start: target" in "".join(o.get("text", "") for o in panel.out.outputs)

@@ -221,3 +221,51 @@ def test_control_points_add_their_term(case):
     assert term.value(e) == pytest.approx(ref.value(full), rel=1e-9, abs=1e-15)
     g = term.gradient(e)
     np.testing.assert_allclose(g[term.rows], ref.gradient(full)[flat], rtol=1e-9, atol=1e-15)
+
+
+def test_control_points_on_every_level():
+    """Patent 000, para. 179-181: every target gets control points at its own dose; an outside
+    point of a lower level that lies in a higher-dose target is dropped."""
+    from rtlab.methods.control_points import ControlPointTerm
+    from rtlab.phantoms import get_phantom
+    from rtlab.planning import prepare_plan
+
+    mt = get_phantom("tg119_multitarget", spacing=6.0)
+    prob = prepare_plan(mt, ANGLES[:3], control_points=True, dose_grid_mm=12.0)
+    by = prob.info["control_points_by_target"]
+    targets = [s for s in mt.structures.values() if s.kind == "target"]
+    assert set(by) == {t.name for t in targets} and all(by[t.name].n_control > 0 for t in targets)
+    assert prob.info["control_points"] is by[targets[0].name]
+    names = set(prob.objective.names)
+    assert "control points" in names and all(f"control points {t.name}" in names for t in targets[1:])
+    op = prob.operator
+    for t in targets[1:]:
+        term = prob.objective[f"control points {t.name}"]
+        d = t.prescription
+        higher = np.zeros(mt.grid.shape, bool)
+        for u in targets:
+            if u.prescription > d:
+                higher |= u.mask
+        cp = ControlPointTerm.from_control_points(by[t.name], d, 0.9 * d)
+        rows = op.ct_rows_of_flat(cp.voxel_index)
+        expect = (rows >= 0) & (cp.inside | ~higher.ravel()[cp.voxel_index])
+        assert sorted(op.ct_index[term.rows]) == sorted(cp.voxel_index[expect])
+    # a lower level's outside points inside a higher-dose target are dropped: a synthetic higher
+    # target covering a 3-voxel shell around the Superior target removes all of its outside points
+    sup = mt.structures["SuperiorTarget"]
+    cen = mt.structures["CenterTarget"]
+    from scipy.ndimage import binary_dilation
+
+    grown = cen.mask | (binary_dilation(sup.mask, iterations=3) & ~sup.mask)
+    from dataclasses import replace as _replace
+    mt2 = _replace(mt, structures=mt.structures.__class__(
+        mt.grid, [(_replace(s, mask=grown) if s.name == "CenterTarget" else s) for s in mt.structures.values()]))
+    prob2 = prepare_plan(mt2, ANGLES[:3], control_points=True, dose_grid_mm=12.0)
+    cp2 = ControlPointTerm.from_control_points(prob2.info["control_points_by_target"]["SuperiorTarget"], 25.0, 22.5)
+    assert (~cp2.inside).any() and (~cp2.inside & grown.ravel()[cp2.voxel_index]).all()
+    if cp2.inside.any():
+        kept = set(prob2.operator.ct_index[prob2.objective["control points SuperiorTarget"].rows])
+        assert kept <= set(cp2.voxel_index[cp2.inside])
+    else:  # every point was outside, in the higher target: no term is left
+        assert "control points SuperiorTarget" not in prob2.objective.names
+    assert "control points SuperiorTarget" in prob.objective.names  # the same points without the overlap

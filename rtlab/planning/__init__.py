@@ -27,12 +27,15 @@ from .pipeline import PlanResult, failing_goals, meet_goals, optimise_plan, plan
 from .problem import PlanProblem, angles_for, prepare_plan
 from .recipes import build_objective, region_of_interest
 from .rtplan import RecomputedPlan, delivery_to_rtplan, export_plan_dicom, gamma_against, recompute_rtplan
+from .warm_start import WARM_STARTS, warm_start
 from .settings import (CONFORMITY_RECIPE, OBJECTIVES, QUADRATIC_RECIPE, PlanSettings, control_point_find_options,
                        full_recipe)
 
 __all__ = [
     "plan_case",
     "prepare_plan",
+    "warm_start",
+    "WARM_STARTS",
     "optimise_plan",
     "meet_goals",
     "failing_goals",

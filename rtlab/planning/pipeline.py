@@ -26,6 +26,7 @@ from ..io.npz import save_npz
 from ..dose.operator import PlanOperator
 from ..optimize import OptimizationResult, PlanSession, Solver
 from .problem import PlanProblem, prepare_plan
+from .warm_start import warm_start as start_from
 from .recipes import goal_term_name
 from .settings import SOLVER_FIELDS, PlanSettings
 
@@ -287,7 +288,8 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
               recipe: Mapping | None = None, max_iter: int = 100, change_threshold: float | None = 1e-4,
               change_window: int = 5, method: str = "lbfgsb", machine=None, cutoff_mm: float | None = None,
               backend: str = "numba", progress: bool = False, callback: Callable | None = None,
-              settings: PlanSettings | None = None) -> PlanResult:
+              settings: PlanSettings | None = None, warm_start: str | None = None,
+              region_model=None) -> PlanResult:
     """Plan a case end to end: influence matrix, objective, optimisation, dose, scores.
 
     ``plan_case(case, ...)`` is ``optimise_plan(prepare_plan(case, ...), ...)``.
@@ -304,7 +306,7 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
         Dose falloff gradient ``G`` in **Gy/mm** (patent 000 eqs 16-17; 2.0 Gy/mm = 200 cGy/mm):
         adjusts lower-dose targets and adds the automatic low-dose ring.
     control_points : bool
-        Add control-point dose bounds on the first target (patent 000, para. 154-197).
+        Add control-point dose bounds on every target (patent 000, para. 154-197).
     bixel_mm : float
         Bixel size at the isocentre plane (mm).
     dose_grid_mm : float, optional
@@ -336,10 +338,17 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
         returning ``True`` stops the run.
     settings : PlanSettings, optional
         Every setting at once (then the keyword settings above are not used).
+    warm_start : {'uniform', 'zero', 'target', 'region'}, optional
+        Start point of the optimisation (:func:`rtlab.planning.warm_start`; default the uniform
+        preliminary plan). ``'region'`` fits the weights to the dose region a trained region
+        model predicts (patent 000, para. 134-136), ``'target'`` to the targets themselves.
+    region_model : RegionModel or path-like, optional
+        The model of ``warm_start='region'`` (e.g. ``'datasets/region_model_200_l80'``).
 
     Returns
     -------
     PlanResult
+        ``result.info['warm_start']`` says which start was used and its cost (s).
     """
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable, taking one history record (dict)")
@@ -349,6 +358,8 @@ def plan_case(case, angles: Sequence[float] | None = None, objective: str = "con
                                 recipe_overrides=recipe, cutoff_mm=cutoff_mm, backend=backend, max_iter=max_iter,
                                 change_threshold=change_threshold, change_window=change_window, method=method)
     problem = prepare_plan(case, angles, machine=machine, progress=progress, settings=settings)
+    if warm_start is not None or region_model is not None:
+        problem = start_from(problem, warm_start, region_model=region_model)
     res = optimise_plan(problem, progress=progress, callback=callback, settings=settings)
     return meet_goals(problem, res, progress=progress, callback=callback, settings=settings)
 

@@ -28,7 +28,8 @@ Objective recipes (``objective=``)
   dose-grid rows outside the region of interest;
 * with ``control_points=True``: the dose bounds of :mod:`rtlab.methods.control_points`
   (para. 179-181) as a quadratic penalty. The points are those of
-  :func:`~rtlab.methods.control_points.find_control_points` on the first target with the
+  :func:`~rtlab.methods.control_points.find_control_points` on every target (each at its own
+  dose; an outside point inside a higher-dose target is dropped) with the
   keyword arguments of the recipe entry ``control_point_find`` (a dict, see
   :func:`control_point_find_options`; default ``None`` = the library defaults with
   ``mode='2d'``).
@@ -177,11 +178,19 @@ def region_of_interest(case, roi_mm: float = 20.0) -> np.ndarray:
     return roi & case.structures.body_mask().astype(bool)
 
 
-def _control_point_term(case, op, target, d_ref, recipe, weight):
+def _control_point_term(case, op, target, d_ref, recipe, weight, higher=None, name="control points"):
+    """The control-point term of one target (patent 000, para. 179-180) on rows of ``E x``.
+
+    ``higher`` (bool mask, optional): voxels of targets with a higher dose; an *outside* control
+    point there is dropped (its bound, ``control_point_outside * d_ref``, would pull a
+    higher-dose target down).
+    """
     pts = find_control_points(target.mask, case.grid.spacing, **recipe["control_point_find"])
     cp = ControlPointTerm.from_control_points(pts, d_ref, recipe["control_point_outside"] * d_ref, weight=1.0)
     rows = op.ct_rows_of_flat(cp.voxel_index)
     keep = rows >= 0
+    if higher is not None:
+        keep &= cp.inside | ~higher.ravel()[cp.voxel_index]
     if not keep.any():
         return None, pts
     inner = ControlPointTerm(np.arange(int(keep.sum())), cp.inside[keep], cp.bound[keep], weight=1.0)
@@ -197,7 +206,7 @@ def _control_point_term(case, op, target, d_ref, recipe, weight):
             g = inner.gradient(dd)
             return v, g[order]
 
-    t = ControlPointDoseTerm(rows[keep], weight, name="control points")
+    t = ControlPointDoseTerm(rows[keep], weight, name=name)
     return t, pts
 
 
@@ -283,11 +292,23 @@ def build_objective(case, op: PlanOperator, objective: str = "conformity", fallo
         terms.append(MaxDose(roi_rows, rec["max_level"] * d_max, rec["max_weight"], softness=rec["max_softness"],
                              name="max dose"))
         if control_points:
-            t0, d0 = targets[0]
-            term, pts = _control_point_term(case, op, t0, d0, rec, rec["control_point_weight"])
-            info["control_points"] = pts
-            if term is not None:
-                terms.append(term)
+            # every level's target gets its control points (patent 000, para. 179-181: "for each of the
+            # one or more dose control points" of the target regions); the first target's term keeps
+            # the name "control points", the others' are "control points <target>"
+            by_target = {}
+            for i, (t, d) in enumerate(targets):
+                higher = np.zeros(case.grid.shape, bool)
+                for u, du in targets:
+                    if u is not t and du > d:
+                        higher |= u.mask
+                term, pts = _control_point_term(case, op, t, d, rec, rec["control_point_weight"],
+                                                higher=higher if higher.any() else None,
+                                                name="control points" if i == 0 else f"control points {t.name}")
+                by_target[t.name] = pts
+                if term is not None:
+                    terms.append(term)
+            info["control_points"] = by_target[targets[0][0].name]
+            info["control_points_by_target"] = by_target
     elif objective == "matrad":
         terms += matrad_terms(case, op)
         limits = {}  # the file's own organ terms only

@@ -267,7 +267,7 @@ class PlanSettings(Mapping):
         Dose falloff gradient ``G`` in Gy/mm (patent 000 eqs 16-17; 2.0 Gy/mm = 200 cGy/mm);
         conformity recipe only.
     control_points : bool
-        Control-point dose bounds on the first target (patent 000, para. 154-197); conformity only.
+        Control-point dose bounds on every target (patent 000, para. 154-197); conformity only.
     bixel_mm : float
         Bixel size at the isocentre plane (mm).
     dose_grid_mm : float, optional

@@ -25,7 +25,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..core.case import Case
-from ..planning import CONFORMITY_RECIPE, OBJECTIVES, PlanProblem, optimise_plan, prepare_plan
+from ..planning import (CONFORMITY_RECIPE, OBJECTIVES, WARM_STARTS, PlanProblem, optimise_plan, prepare_plan,
+                        warm_start)
 from .panel import Panel, ipywidgets
 
 __all__ = ["OptimizerPanel"]
@@ -105,11 +106,18 @@ class OptimizerPanel(Panel):
         Seconds between refreshes of the table, plot, viewer and DVH during a run.
     report_every : int
         F/S/f_C reports every this many iterations (1 = every iteration, the live table).
+    region_model : RegionModel or path-like, optional
+        The dose-region model of the ``'region'`` start (e.g. ``'datasets/region_model_200_l80'``);
+        without one the ``start`` menu has no ``'region'`` entry.
 
     Attributes
     ----------
     objective : ipywidgets.Dropdown
         ``'conformity'`` or ``'quadratic'``.
+    start : ipywidgets.Dropdown
+        Start point of the run (:func:`rtlab.planning.warm_start`): ``'uniform'`` (the preliminary
+        plan), ``'zero'``, ``'target'`` (weights fitted to the targets) or ``'region'`` (fitted to
+        the region model's prediction, patent 000 para. 134-136).
     weights : dict term name -> ipywidgets.BoundedFloatText
         Weight of each per-target term (``PlanProblem.target_terms()``; eq 6's ``w_I``).
     split : ipywidgets.Checkbox
@@ -146,7 +154,7 @@ class OptimizerPanel(Panel):
     EVENTS = EVENTS
 
     def __init__(self, case, problem=None, viewer=None, dvh=None, *, prepare_options: dict | None = None,
-                 update_interval: float = 0.2, report_every: int = 1):
+                 update_interval: float = 0.2, report_every: int = 1, region_model=None):
         if not isinstance(case, Case):
             raise TypeError(f"case must be an rtlab.core.case.Case, got {type(case).__name__}")
         if not update_interval >= 0:
@@ -176,6 +184,10 @@ class OptimizerPanel(Panel):
         choices = [o for o in OBJECTIVES if o != "matrad" or "matrad" in getattr(case, "meta", {})]
         self.objective = ipywidgets.Dropdown(options=choices, value="conformity", description="objective",
                                              layout=lay, style=style)
+        self.region_model = region_model
+        starts = [k for k in WARM_STARTS if k != "region" or region_model is not None]
+        self.start = ipywidgets.Dropdown(options=starts, value="uniform", description="start", layout=lay,
+                                         style=style)
         self.weights: dict[str, ipywidgets.BoundedFloatText] = {}
         self.weights_box = ipywidgets.VBox()
         self.split = ipywidgets.Checkbox(value=False, description="split F/S (eq 7)", indent=False)
@@ -205,7 +217,7 @@ class OptimizerPanel(Panel):
         self._sync_enabled()
 
         settings = ipywidgets.VBox([
-            self.objective, ipywidgets.HTML("<b>weights</b>"), self.weights_box, self.split, self.w1, self.w2,
+            self.objective, self.start, ipywidgets.HTML("<b>weights</b>"), self.weights_box, self.split, self.w1, self.w2,
             self.steepness, ipywidgets.HTML("<b>stopping</b>"), self.objective_threshold, self.change_threshold,
             self.change_window, self.max_iter])
         live = ipywidgets.VBox([ipywidgets.HBox([self.run_button, self.stop_button]), self.progress, self.status,
@@ -321,7 +333,9 @@ class OptimizerPanel(Panel):
                                f"max_iter {opts['max_iter']}\n")
         self._set_status("running ...")
         cancel = self._cancel
-        return self._start_job(lambda: self._work(problem, opts, cancel), "optimisation", done=self._buttons_idle)
+        start = self.start.value
+        return self._start_job(lambda: self._work(problem, opts, cancel, start), "optimisation",
+                               done=self._buttons_idle)
 
     def _buttons_idle(self) -> None:
         self.run_button.disabled = False
@@ -342,8 +356,12 @@ class OptimizerPanel(Panel):
             return p.operator.dose_ct(self._x_last)
         return None if self.result is None else self.result.dose
 
-    def _work(self, problem, opts, cancel):
+    def _work(self, problem, opts, cancel, start="uniform"):
         try:
+            if start != "uniform":
+                self.out.append_stdout(f"start: {start}\n")
+                problem = warm_start(problem, start, region_model=self.region_model)
+                self.run_problem = problem
             res = optimise_plan(problem, callback=self._on_record, cancel_event=cancel,
                                 report_every=self.report_every, **opts)
         except Exception as e:  # reported by the job runner (status, out) and wait()

@@ -155,6 +155,9 @@ class PlanLab(Panel):
         Initial dose-grid spacing (mm; ``None`` = the CT grid).
     display_size : int
         Longer side of the slice view (CSS pixels).
+    region_model : RegionModel or path-like, optional
+        Offered as the ``'region'`` start of the Optimiser tab (patent 000, para. 134-136; see
+        :func:`rtlab.planning.warm_start`).
 
     Attributes
     ----------
@@ -178,7 +181,8 @@ class PlanLab(Panel):
     """
 
     def __init__(self, case=None, phantom: str = "tg119_cshape_easy", spacing_mm: float = 3.0, n_beams: int = 5,
-                 bixel_mm: float = 5.0, dose_grid_mm: float | None = 5.0, display_size: int = 420):
+                 bixel_mm: float = 5.0, dose_grid_mm: float | None = 5.0, display_size: int = 420,
+                 region_model=None):
         if case is not None and not isinstance(case, Case):
             raise TypeError(f"case must be an rtlab.core.case.Case or None (then `phantom` is built), got {type(case).__name__}")
         phantom = _ALIASES.get(phantom, phantom)
@@ -192,6 +196,7 @@ class PlanLab(Panel):
         self._bixel_mm = float(bixel_mm)
         self._dose_grid_mm = dose_grid_mm
         self._display_size = int(display_size)
+        self._region_model = region_model
         self._user_case = case
         self._gen = 0
         self._last_live = 0.0
@@ -302,7 +307,8 @@ class PlanLab(Panel):
         self.falloff_panel = FalloffPanel(case, viewer=self.viewer)
         self.control_points_panel = ControlPointsPanel(case, viewer=self.viewer)
         # the optimiser shows the current iterate on the viewer and the DVH itself (throttled)
-        self.optimizer = OptimizerPanel(case, viewer=self.viewer, dvh=self.dvh, update_interval=self.live_interval_s)
+        self.optimizer = OptimizerPanel(case, viewer=self.viewer, dvh=self.dvh, update_interval=self.live_interval_s,
+                                        region_model=self._region_model)
         self.review = ReviewPanel()
 
         def guard(fn):

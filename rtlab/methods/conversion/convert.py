@@ -159,7 +159,15 @@ class ConversionResult:
     dvh_points : list of dict
         The standard plan's DVH points and isodose levels used as constraints.
     timings : dict
-        Seconds: ``coincidence_s``, ``influence_s``, ``optimise_s``, ``qa_s``, ``total_s``.
+        Seconds: ``coincidence_s``, ``influence_s``, ``optimise_s``, ``qa_s``, ``deliverable_s``,
+        ``total_s``.
+    deliverable_qa : QAReport or None
+        QA of the deliverable plan (the sequenced fluence's dose against the standard dose).
+    deliverable : dict or None
+        The sequencing: ``method``, ``segments`` (apertures, or the sliding window's control
+        points), ``outside_fraction`` (fluence delivered where a leaf row's map has no variable,
+        dropped, as a fraction of the total) and ``max_dose_diff_gy`` (largest |deliverable -
+        converted| dose, Gy).
     """
 
     machine: str
@@ -180,6 +188,8 @@ class ConversionResult:
     segments: list | None = None
     dvh_points: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    deliverable_qa: object = None
+    deliverable: dict | None = None
 
     @property
     def converted(self) -> bool:
@@ -237,6 +247,34 @@ def _segment_matrix(y, layout, mlc, n_levels):
     return S, np.asarray(w0, float), seg_list
 
 
+def _deliver(y, layout, mlc, kind, n_levels):
+    """Sequence every beam's leaf-row map ``y`` on ``mlc`` and return the delivered leaf rows.
+
+    ``kind='sliding'``: dynamic MLC (:func:`rtlab.methods.sequencing.sliding_window`, delivers the
+    map exactly); ``'step'``: step-and-shoot (``sweep``, ``n_levels`` levels per beam: the map
+    quantised). Returns ``(y_delivered, info)`` with ``segments`` (apertures or control points)
+    and ``outside_fraction`` (fluence delivered where the map has no variable, dropped).
+    """
+    y_del = np.zeros_like(y)
+    n_seg, out, tot = 0, 0.0, 0.0
+    for lay in layout:
+        var = lay["var"]
+        fmap = np.maximum(np.where(var >= 0, y[np.maximum(var, 0)], 0.0), 0.0)
+        if fmap.max() <= 0:
+            continue
+        if kind == "sliding":
+            seq = sq.sliding_window(fmap, mlc, dx=lay["dx"], x0=lay["x0"], finite_speed=False)
+            n_seg += int(np.unique(np.round(np.r_[0.0, seq.lead.ravel(), seq.trail.ravel()], 12)).size)
+        else:
+            seq = sq.step_and_shoot(fmap, mlc, dx=lay["dx"], x0=lay["x0"], n_levels=n_levels, method="sweep")
+            n_seg += seq.n_segments
+        has = var >= 0
+        y_del[var[has]] = seq.delivered[has]
+        out += float(seq.delivered[~has].sum())
+        tot += float(seq.delivered.sum())
+    return y_del, {"segments": n_seg, "outside_fraction": out / tot if tot > 0 else 0.0}
+
+
 def _qa_rank(qa):
     if qa is None:
         return (0, 0.0)
@@ -248,7 +286,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
                  isodose_weight: float = 1.0, dvh_weight: float = 1.0, fidelity_weight: float = 0.1,
                  mimic_weight: float = 10.0, qa: bool = True, qa_kwargs: dict | None = None, max_attempts: int = 3, tighten: float = 4.0,
                  max_iter: int = 100, leaf_alignment: str = "isocentre", n_levels: int = 10,
-                 callback: Callable | None = None) -> ConversionResult:
+                 deliverable: str | None = "sliding", callback: Callable | None = None) -> ConversionResult:
     """Convert a standard plan to a specific machine (patent 001, step 4 and claims 5-7, 10-12).
 
     Parameters
@@ -298,6 +336,15 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         See :func:`leaf_row_parameterisation`.
     n_levels : int
         Intensity levels per beam for the DAO sequencing.
+    deliverable : {'sliding', 'step'} or None
+        QA of the deliverable plan as well (issue #20): the kept plan's leaf-row maps are
+        sequenced for the target machine's MLC (:mod:`rtlab.methods.sequencing`: ``'sliding'``
+        dynamic MLC, which delivers the maps exactly, so that its check only confirms that every
+        map is deliverable within the MLC's limits; ``'step'`` step-and-shoot with ``n_levels``
+        levels per beam, which quantises them), the dose re-computed from the delivered fluence
+        and QA'd against the standard plan like the plan itself (``deliverable_qa``); ``passed``
+        then needs both. ``None``: no deliverable check. The DAO method's apertures are
+        deliverable as they are (its QA is the deliverable QA).
     callback : callable, optional
         ``callback(attempt_record)`` after each attempt.
 
@@ -317,6 +364,8 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if int(max_attempts) != max_attempts or max_attempts < 1:
         raise ValueError(f"max_attempts must be a positive integer, got {max_attempts!r}")
+    if deliverable not in ("sliding", "step", None):
+        raise ValueError(f"deliverable must be 'sliding', 'step' or None (no check), got {deliverable!r}")
     if not (np.isfinite(tighten) and tighten > 1):
         raise ValueError(f"tighten must be a factor > 1, got {tighten!r}")
     if int(max_iter) < 1:
@@ -351,11 +400,14 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
     timings["optimise_s"] = 0.0
     timings["qa_s"] = 0.0
 
-    def run_qa(xb):
+    def run_qa_dose(dose):
         t = time.perf_counter()
-        r = qa_report(D_std, im_t.dose(xb), case, **qa_kwargs) if qa else None
+        r = qa_report(D_std, dose, case, **qa_kwargs) if qa else None
         timings["qa_s"] += time.perf_counter() - t
         return r
+
+    def run_qa(xb):
+        return run_qa_dose(im_t.dose(xb))
 
     def leaf_maps(y):
         return [np.where(lay["var"] >= 0, y[np.maximum(lay["var"], 0)], 0.0) for lay in layout]
@@ -418,9 +470,22 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
             tighten_objective(obj, q, case, srows, d_std, tighten, fidelity_weight, body_rows, changes)
     q, xb, yb, segs = best
     passed = None if q is None else bool(q.passed)
+    dq, dinfo = None, None
+    if deliverable is not None and method != "dao":
+        t0 = time.perf_counter()
+        y_del, dinfo = _deliver(yb, layout, tgt.mlc, deliverable, n_levels)
+        dinfo["method"] = deliverable
+        d_del = im_t.dose(P @ y_del)
+        dinfo["max_dose_diff_gy"] = float(np.max(np.abs(d_del - im_t.dose(xb))))
+        dq = run_qa_dose(d_del)
+        timings["deliverable_s"] = time.perf_counter() - t0
+        if dq is not None and passed is not None:
+            passed = passed and bool(dq.passed)
     reasons = []
+    if dq is not None and not dq.passed:
+        reasons += [f"deliverable plan ({deliverable}, sequenced for {tgt.name}'s MLC): {r}" for r in dq.reasons]
     if q is not None and not q.passed:
-        reasons = list(q.reasons) + [f"QA failed in all {len(attempts)} attempt(s) (best attempt kept):"]
+        reasons += list(q.reasons) + [f"QA failed in all {len(attempts)} attempt(s) (best attempt kept):"]
         for rec in attempts:
             rates = ", ".join(f"{k} {100 * v:.2f} %" for k, v in rec["pass_rates"].items())
             reasons.append(f"attempt {rec['attempt']}: {rates}; " + ("; ".join(rec["reasons"]) or "passed")
@@ -429,7 +494,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
     return ConversionResult(tgt.name, std.name, coin, method, xb, im_t, im_t.dose(xb), D_std, qa=q,
                             recalc_qa=recalc_qa, passed=passed, reasons=reasons, attempts=attempts,
                             leaf_fluence=leaf_maps(yb), leaf_edges=edges, segments=segs, dvh_points=points,
-                            timings=timings)
+                            timings=timings, deliverable_qa=dq if method != "dao" else q, deliverable=dinfo)
 
 
 def _split(w, segs):
