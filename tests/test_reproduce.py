@@ -105,7 +105,11 @@ def test_control_point_rows_criterion(rows000):
     assert r["held"] is all(c["with"]["rms_violation_gy"] < c["without"]["rms_violation_gy"] and
                             c["with"]["ci"] >= c["without"]["ci"] - 0.01 for c in r["rtlab_figure"]["cases"].values())
     every = _by_claim(rows000, "every dose level")
-    assert every["held"] is False and every["rtlab_figure"]["implemented"] is False
+    f = every["rtlab_figure"]
+    assert set(f["with"]["levels"]) == {"CenterTarget", "SuperiorTarget", "InferiorTarget"}
+    ok = [f["with"]["levels"][n]["rms_violation_gy"] < f["without"]["levels"][n]["rms_violation_gy"] and
+          f["with"]["levels"][n]["ci"] >= f["without"]["levels"][n]["ci"] - 0.01 for n in f["with"]["levels"]]
+    assert every["held"] is all(ok)
 
 
 def test_region_row_criterion(rows000):
@@ -114,13 +118,15 @@ def test_region_row_criterion(rows000):
     if "mean" not in fig:  # no trained model in this checkout
         assert r["held"] is False
         return
-    assert fig["not_trained_on"]  # a TG-119 phantom, a case type the model was not trained on
-    for case in list(fig["cases"].values()) + list(fig["not_trained_on"].values()):
+    assert fig["not_trained_on"]  # plan_case(warm_start=...) on a TG-119 phantom, not trained on
+    both = [(c, ("uniform", "target", "predicted")) for c in fig["cases"].values()]
+    both += [(c, ("uniform", "target", "region")) for c in fig["not_trained_on"].values()]
+    for case, starts in both:
         # the target value is the largest final objective of the three non-zero starts: all three reach it
-        finals = [case[k]["objective_final"] for k in ("uniform", "target", "predicted")]
+        finals = [case[k]["objective_final"] for k in starts]
         assert case["objective_target"] == pytest.approx(max(finals), rel=1e-5)
-        assert all(case[k]["iterations_to_target"] is not None for k in ("uniform", "target", "predicted"))
-        for k in ("zero", "uniform", "target", "predicted"):
+        assert all(case[k]["iterations_to_target"] is not None for k in starts)
+        for k in ("zero",) + starts:
             it = case[k]["iterations_to_target"]
             assert it is None or 0 <= it <= case[k]["iterations_run"]
     m = fig["mean"]
