@@ -327,8 +327,8 @@ def control_points_rows(reduced: bool = False) -> list:
                         f" Gy, CI {c['without']['ci']:.3f} -> {c['with']['ci']:.3f}" for n, c in cases.items())
     why = (f"criterion: on every case the RMS distance of the control points' doses from their bounds (inside >= D, "
            f"outside <= {CONFORMITY_RECIPE['control_point_outside']:g} D) lower with the control-point term and CI at "
-           f"most {CI_TOL} lower: " + ("met" if held else "not met") + f" ({summary}). First target; para. 181 "
-           "(every level) is the next row")
+           f"most {CI_TOL} lower: " + ("met" if held else "not met") + f" ({summary}). Scored on the first target's points; the recipe puts control points on every target "
+           "(para. 181), which the next row scores level by level")
     first = row("000", "Dose control points (para. 154-197) on the first target",
                 "Patent 000: dose control points found by filters near the target boundary locally update the plan, "
                 "improving the conformity (no figure given); issue #20: dose at the control points closer to their "
