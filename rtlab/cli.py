@@ -39,13 +39,20 @@ The plan and engine settings go into one :class:`rtlab.planning.PlanSettings`, w
 Size: about 850 lines: every subcommand's argument checks (all made before any work starts,
 issue #15) and its one-screen report live beside its parser entry; the work itself is one
 library call per subcommand.
+``rtlab reproduce [--seed 000|001 ...] [--reduced] [--json]``
+    The reproduction rows of :mod:`rtlab.reproduce` (issue #20): one row per claim of the source
+    documents, computed live (minutes; ``--reduced``: fewer and coarser cases); ``--json`` prints
+    ``{"rows": [...]}``.
 ``rtlab lab [--notebooks DIR] [JUPYTER OPTIONS ...]``
     Open JupyterLab on the notebooks, as ``scripts/lab.sh`` does: every other option goes to
     ``jupyter lab`` untouched and in order, and ``--allow-root`` is added when run as root.
-``rtlab batch --cases NAME|FILE ... --machines NAME[=LOAD] ... [--scheduler ADDRESS] [--workers N] [--out DIR] [--spacing MM] [--angles ...] [--max-iter N] [--fanout K] [--policy P] [--dashboard-address HOST:PORT|none] [--json]``
+``rtlab batch --cases NAME|FILE ... --machines NAME[=LOAD] ... [--scheduler ADDRESS] [--workers N] [--out DIR] [--spacing MM] [--angles ...] [--max-iter N] [--fanout K] [--policy P] [--delineate [ATLAS]] [--measure-loads] [--dashboard-address HOST:PORT|none] [--json]``
     Patent 001 batch planning on dask (:func:`rtlab.batch.run_batch_cli`): a standard plan per
     case, converted for the machines, QA'd, persisted; prints progress, the dashboard link and
-    the QA table. Exit status 1 when a case failed or a plan failed QA.
+    the QA table. ``--delineate`` adds the automatic delineation stage (a stand-in for a
+    clinical auto-contouring model; Dice against the case's own contours in the records);
+    ``--measure-loads`` takes the machines' queue loads from the cluster (``--scheduler``).
+    Exit status 1 when a case failed or a plan failed QA.
 
 Every argument is checked before any work starts. Every subcommand exits with status 2 and a
 one-line message on bad input (no traceback; ``RTLAB_DEBUG=1`` shows it); an unexpected
@@ -56,6 +63,7 @@ internal error exits with status 1 and one line. Warnings are printed one line e
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -660,6 +668,13 @@ def cmd_batch(args) -> int:
         _machine(args)  # fail here, before any worker starts, on a missing or broken file
         opts["machine_file"] = str(Path(args.machine_file).resolve()) if Path(args.machine_file).is_file() \
             else args.machine_file
+    if args.delineate is not None:
+        opts["delineate"] = True if args.delineate is True else dict(atlas=args.delineate)
+    if args.measure_loads:
+        if args.scheduler is None:
+            raise CLIError("--measure-loads needs --scheduler: the local cluster's workers have no machine pools "
+                           "(start workers with --resources MACHINE=1 on your scheduler)")
+        kw["measure_loads"] = True
     quiet = bool(args.json)
     summary = run_batch_cli(args.cases, args.machines, args.scheduler, args.workers, args.out, spacing=args.spacing,
                             stage_options=opts, progress=not quiet and sys.stderr.isatty(), verbose=not quiet, **kw)
@@ -667,9 +682,33 @@ def cmd_batch(args) -> int:
         print(json.dumps(dict(out=summary["out"], files=summary["files"], persisted=summary["persisted"],
                               replanned=summary.get("replanned", {}), failed=summary["failed"],
                               qa_failed=summary["qa_failed"], all_passed=summary["all_passed"],
-                              dashboard=summary["dashboard"], elapsed_s=round(summary["elapsed_s"], 3)),
+                              dashboard=summary["dashboard"], elapsed_s=round(summary["elapsed_s"], 3),
+                              **{k: summary[k] for k in ("delineation", "measured_loads") if k in summary}),
                          default=json_safe))
     return 0 if not summary["failed"] and not summary["qa_failed"] else 1
+
+
+REPRODUCE_SEEDS = ("000", "001")
+
+
+def cmd_reproduce(args) -> int:
+    seeds = REPRODUCE_SEEDS if not args.seed else tuple(dict.fromkeys(str(s).zfill(3) for s in args.seed))
+    unknown = [s for s in seeds if s not in REPRODUCE_SEEDS]
+    if unknown:
+        raise CLIError(f"--seed: no reproduction rows for {', '.join(unknown)}; seeds with rows: "
+                       f"{', '.join(REPRODUCE_SEEDS)}")
+    # imported here: the rows pull in planning, batch (dask) and the region model (torch)
+    reproduce = importlib.import_module("rtlab.reproduce")
+    t0 = time.perf_counter()
+    rows = reproduce.run(seeds, reduced=args.reduced, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"rows": rows}, default=json_safe))
+    else:
+        print(reproduce.rows_table(rows))
+        held = sum(r["held"] for r in rows)
+        print(f"\n{held}/{len(rows)} rows held; {time.perf_counter() - t0:.0f} s"
+              + (" (reduced)" if args.reduced else ""))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -784,8 +823,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="machine choice by congestion when --fanout is less than the machines")
     sp.add_argument("--qa-attempts", type=int, default=2, metavar="N", help="conversions tried per plan until QA passes")
     _add_machine_arg(sp, "of the standard plans (the conversion targets keep their own sources)")
+    sp.add_argument("--delineate", nargs="?", const=True, default=None, metavar="ATLAS",
+                    help="run the automatic delineation stage first (patent 001 step 2; a STAND-IN for a clinical "
+                         "auto-contouring model: body by HU threshold, targets from the atlas phantom ATLAS, default "
+                         "the case's own phantom); records hold each contour's Dice against the case's contours")
+    sp.add_argument("--measure-loads", action="store_true",
+                    help="measure each machine's queue load from the cluster (tasks on the workers with dask "
+                         "resource MACHINE) before every machine choice; needs --scheduler")
     sp.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     sp.set_defaults(func=cmd_batch)
+
+    sp = sub.add_parser("reproduce", help="reproduce the source documents' claims: one row per claim (issue #20)",
+                        description="Compute the reproduction rows (rtlab.reproduce): each claim of the source "
+                                    "documents, the source's statement, rtlab's measured figure, the baseline and "
+                                    "whether the claim held. Takes minutes (docs/reproduction.md).")
+    sp.add_argument("--seed", action="append", metavar="NNN",
+                    help="source document: 000 (patent 000) or 001 (patent 001); repeat for several (default: all)")
+    sp.add_argument("--reduced", action="store_true", help="fewer and coarser cases (what the tests run)")
+    sp.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')
+    sp.set_defaults(func=cmd_reproduce)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

@@ -21,7 +21,7 @@ PKG = Path(__file__).resolve().parents[1] / "rtlab"
 
 #: Layer of each top-level part of rtlab -> the layers it may import (besides itself).
 #: Lowest first: base (``_util``, ``_lazy``) < core < {phantoms, io, dose, optimize, evaluate}
-#: < methods < planning < batch < widgets < cli.
+#: < methods < planning < batch < {widgets, reproduce} < cli.
 ALLOWED = {
     "base": set(),
     "core": {"base"},
@@ -34,8 +34,9 @@ ALLOWED = {
     "planning": {"base", "core", "phantoms", "io", "dose", "optimize", "evaluate", "methods"},
     "batch": {"base", "core", "phantoms", "io", "dose", "optimize", "evaluate", "methods", "planning"},
     "widgets": {"base", "core", "phantoms", "io", "dose", "optimize", "evaluate", "methods", "planning", "batch"},
+    "reproduce": {"base", "core", "phantoms", "io", "dose", "optimize", "evaluate", "methods", "planning", "batch"},
     "cli": {"base", "core", "phantoms", "io", "dose", "optimize", "evaluate", "methods", "planning", "batch",
-            "widgets"},
+            "widgets", "reproduce"},
     "root": {"base", "core"},
 }
 

@@ -36,6 +36,7 @@ from .._util import VERSION
 from ..core.case import Case
 from ..phantoms import list_phantoms
 from .persist import jsonable
+from .stages import OPTIONAL_STAGES
 
 __all__ = ["case_input_hash", "stage_settings", "fingerprint", "mismatch_reason", "rtlab_version"]
 
@@ -134,8 +135,13 @@ def _describe(obj):
 
 
 def stage_settings(stages) -> dict:
-    """Each stage's function and bound options (``functools.partial`` keywords), JSON-ready."""
-    return {f.name: _describe(getattr(stages, f.name)) for f in fields(stages)}
+    """Each stage's function and bound options (``functools.partial`` keywords), JSON-ready.
+
+    An optional stage that is not run (``None``, e.g. ``delineate``) is left out, so adding an
+    optional stage does not change the fingerprint of batches that do not use it.
+    """
+    return {f.name: _describe(getattr(stages, f.name)) for f in fields(stages)
+            if not (f.name in OPTIONAL_STAGES and getattr(stages, f.name) is None)}
 
 
 def _sha(doc) -> str:

@@ -26,6 +26,10 @@ plan that fails QA (claim 7). Here the controlled computers are dask.distributed
 * the local cluster's dashboard listens on 127.0.0.1 only unless ``dashboard_address`` says
   otherwise, and at most :func:`rtlab.core.validate.max_workers` local worker processes are
   started (4 per CPU core).
+
+Size: just over 600 lines: the master is one ``as_completed`` event loop (decompose, delineate,
+choose machines by measured or typed-in congestion, convert, QA retry, persist) plus its CLI
+hook's argument checks; splitting the loop would scatter its shared state.
 """
 
 from __future__ import annotations
@@ -45,11 +49,11 @@ from .._util import check_output_path
 from ..core.validate import MAX_WORKERS_PER_CORE, check_spacing, cpu_count, max_workers
 from ..methods.conversion import list_machines
 from ..phantoms import list_phantoms, phantom_grid_of
-from .congestion import CongestionModel
+from .congestion import CongestionModel, measure_queue_loads
 from .fingerprint import fingerprint, mismatch_reason
 from .persist import check_id, completed_records, persist_record, read_sidecar
 from .report import format_qa_table, qa_table, write_summary
-from .stages import CaseRef, Stages, rtlab_stages
+from .stages import CaseRef, Stages, delineation_report, rtlab_stages
 
 distributed = load("distributed", extra="dask", purpose="batch planning (patent 001)")
 
@@ -150,6 +154,8 @@ class _CaseState:
     machines: list = field(default_factory=list)
     open: int = 0
     reason: str = ""
+    delineation: object = None  # future of the delineate stage's report (None: no delineate stage)
+    delineation_report: object = None
 
 
 class BatchPlanner:
@@ -180,12 +186,18 @@ class BatchPlanner:
         Load one assigned plan adds to its machine's queue.
     retries : int
         ``client.submit(retries=)`` for every task.
+    measure_loads : bool or dict machine -> pool, optional
+        Measure the machines' queue loads from the running dask cluster before every machine
+        choice (:func:`rtlab.batch.congestion.measure_queue_loads`: tasks processing on / waiting
+        for each machine's worker pool) and add them to the typed-in loads. True: the pool of
+        machine ``m`` is the workers with dask resource ``m``; a dict names the pools. Default
+        None: typed-in loads only.
     """
 
     def __init__(self, cases: Sequence, machines, stages=None, policy: str = "shortest_queue",
                  priorities: Mapping[str, int] | None = None, user_choice: Mapping | None = None,
                  fanout: int = 1, max_qa_attempts: int = 2, plan_load: float | Callable = 1.0,
-                 retries: int = 2):
+                 retries: int = 2, measure_loads: bool | Mapping | None = None):
         if isinstance(cases, (str, bytes)) or not hasattr(cases, "__iter__"):
             raise TypeError(f"cases must be a list of case ids or cases, got {cases!r}")
         self.cases = list(cases)
@@ -216,6 +228,19 @@ class BatchPlanner:
         self.max_qa_attempts = int(max_qa_attempts)
         self.plan_load = plan_load
         self.retries = int(retries)
+        if measure_loads is None or measure_loads is False:
+            self.measure_pools = None
+        elif measure_loads is True:
+            self.measure_pools = {m: f"resource:{m}" for m in self.congestion.queues}
+        elif isinstance(measure_loads, Mapping):
+            self.measure_pools = dict(measure_loads)
+            unknown = set(self.measure_pools) - set(self.congestion.queues)
+            missing = set(self.congestion.queues) - set(self.measure_pools)
+            if unknown or missing:
+                raise ValueError(f"measure_loads: give a pool for every machine and no other; unknown "
+                                 f"{sorted(unknown)}, missing {sorted(missing)}")
+        else:
+            raise TypeError(f"measure_loads must be None, True or a dict machine -> pool, got {measure_loads!r}")
 
     # ---------------------------------------------------------------------------------------
     def _needed(self, cid: str) -> int:
@@ -286,6 +311,10 @@ class BatchPlanner:
                        replanned={c: w for c, w in replanned.items() if c in {x for _, x in todo}}, failed={}, qa_failed=[],
                        duplicates=0, assignments={}, records=[], dashboard=dashboard_link(client),
                        n_workers=len(client.scheduler_info().get("workers", {})))
+        if self.stages.delineate is not None:
+            summary["delineation"] = {}  # case -> the delineate stage's report (Dice per structure)
+        if self.measure_pools is not None:
+            summary["measured_loads"] = []  # per machine choice: the loads measured from the cluster
         token = uuid.uuid4().hex[:8]
         st = self.stages
         tags: dict[str, tuple] = {}
@@ -315,6 +344,8 @@ class BatchPlanner:
             return q
 
         try:
+            if self.measure_pools is not None:  # every pool must exist before any task is submitted
+                measure_queue_loads(client, list(self.congestion.queues), self.measure_pools)
             if summary["dashboard"]:
                 print(f"rtlab.batch: dask dashboard at {summary['dashboard']}")
             emit("start", dict(todo=[c for _, c in todo], skipped=summary["skipped"], dashboard=summary["dashboard"],
@@ -325,6 +356,10 @@ class BatchPlanner:
             for ref, cid in todo:
                 s = _CaseState(ref, cid, self.priorities.get(cid, 0))
                 s.load = submit(st.load, ref, key=f"load-{cid}", prio=s.priority, tag=None)
+                if st.delineate is not None:  # patent 001 step 2 (opt-in): later stages plan on its contours
+                    s.load = submit(st.delineate, s.load, key=f"delineate-{cid}", prio=s.priority, tag=None)
+                    s.delineation = submit(delineation_report, s.load, key=f"delineation-{cid}", prio=s.priority,
+                                           tag=None)
                 ac.add(submit(st.n_beams, s.load, key=f"nbeams-{cid}", prio=s.priority, tag=("n_beams", cid)))
                 states[cid] = s
             for fut in ac:
@@ -334,9 +369,12 @@ class BatchPlanner:
                     err = fut.exception()
                     tag = tags[fut.key]
                     machine = tag[2] if kind == "qa" else None
+                    stage = kind
+                    if kind == "n_beams" and s.delineation is not None and s.load.status == "error":
+                        stage = "delineate"  # the delineation failed (its error reached n_beams)
                     summary["failed"][cid if machine is None else f"{cid}__{machine}"] = \
-                        f"{kind}: {type(err).__name__}: {err}"
-                    emit("failed", dict(case=cid, machine=machine, stage=kind, error=f"{type(err).__name__}: {err}",
+                        f"{stage}: {type(err).__name__}: {err}"
+                    emit("failed", dict(case=cid, machine=machine, stage=stage, error=f"{type(err).__name__}: {err}",
                                         attempt=tag[3] if kind == "qa" else None, priority=s.priority))
                     if kind == "qa":
                         s.open -= 1
@@ -358,13 +396,18 @@ class BatchPlanner:
                     emit("n_beams", dict(case=cid, n_beams=n))
                 elif kind == "standard":
                     emit("standard", dict(case=cid, worker=where(fut), priority=s.priority))
+                    if self.measure_pools is not None:  # claim 8 on the cluster's real queues
+                        measured = measure_queue_loads(client, list(self.congestion.queues), self.measure_pools)
+                        self.congestion.set_measured(measured)
+                        summary["measured_loads"].append(dict(case=cid, loads=measured))
                     names, reason = self.congestion.choose(self.fanout, self.user_choice.get(cid))
                     have = set(done.get(cid, []))
                     for m in names:
                         self.congestion.assign(m, self._load_of(cid))
                     s.machines = list(names)
                     summary["assignments"][cid] = list(names)
-                    emit("assigned", dict(case=cid, machines=names, reason=reason, loads=self.congestion.loads))
+                    emit("assigned", dict(case=cid, machines=names, reason=reason, loads=self.congestion.loads,
+                                          measured=self.congestion.measured if self.measure_pools is not None else None))
                     for m in names:
                         if m in have:  # resumed: this machine's plan is already on disk
                             bar.update(1)
@@ -383,10 +426,16 @@ class BatchPlanner:
                         ac.add(start_conversion(s, machine, attempt + 1))  # claim 7: back to step 4
                         continue
                     plan = conv_futs[(cid, machine)].result()
+                    if s.delineation is not None and s.delineation_report is None:
+                        s.delineation_report = s.delineation.result()  # small dict, finished long ago
+                        summary["delineation"][cid] = s.delineation_report
+                        emit("delineated", dict(case=cid, report=s.delineation_report))
                     meta = dict(qa=dict(qa), attempt=attempt, attempts=attempt + 1, priority=s.priority,
                                 policy=self.congestion.policy, choice_reason=s.reason,
                                 machine_load_after=self.congestion.loads.get(machine), batch=token,
                                 finished_unix=time.time())
+                    if s.delineation_report is not None:
+                        meta["delineation"] = s.delineation_report
                     if persist_record(out, cid, machine, plan, meta, fingerprint=fps[cid]):
                         summary["persisted"].append([cid, machine])
                         summary["records"].append(dict(case=cid, machine=machine, passed=bool(qa["passed"]),
@@ -401,7 +450,7 @@ class BatchPlanner:
                     s.open -= 1
                     bar.update(1)
                     if s.open == 0:  # release this case's data on the workers
-                        s.load = s.standard = None
+                        s.load = s.standard = s.delineation = None
                         for m in s.machines:
                             conv_futs.pop((cid, m), None)
             bar.close()
@@ -426,7 +475,7 @@ def run_batch(cases, machines, out, stages=None, client=None, scheduler: str | N
     ----------
     cases, machines, stages
         See :class:`BatchPlanner`; further planner options (``policy``, ``priorities``,
-        ``user_choice``, ``fanout``, ``max_qa_attempts``, ``plan_load``, ``retries``) go in
+        ``user_choice``, ``fanout``, ``max_qa_attempts``, ``plan_load``, ``retries``, ``measure_loads``) go in
         ``**planner_kwargs``.
     out : path-like
         Output directory (resumable).

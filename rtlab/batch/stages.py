@@ -6,12 +6,16 @@ A batch runs, per case (patent 001, steps 1-6):
 stage             call                                                  patent 001
 ================  ====================================================  ==================
 ``load``          ``load(case_ref) -> case``                            step 1 (data in)
+``delineate``     ``delineate(case) -> case`` (optional, off by default) step 2 (claim 4)
 ``n_beams``       ``n_beams(case) -> int``                              task decomposition
 ``influence``     ``influence(case, beam_index) -> beam data``          step 3 (per beam)
 ``optimize``      ``optimize(case, [beam data...]) -> standard plan``   step 3
 ``convert``       ``convert(case, standard, machine, attempt) -> plan`` step 4 (claims 5-6)
 ``qa``            ``qa(case, standard, plan, machine) -> dict``         claim 7
 ================  ====================================================  ==================
+
+``delineate`` is opt-in (``None`` by default: no task, and the fingerprint of a batch without
+it is what it was before the stage existed); when set, every later stage sees its case.
 
 ``qa`` returns a dict with at least ``"passed"`` (bool); when it is False the master calls
 ``convert`` again with ``attempt + 1`` (claim 7: "returning to step (4)"), up to
@@ -27,6 +31,14 @@ rtlab's stages (:func:`rtlab_stages`, the defaults)
     string names a built-in phantom (:func:`rtlab.phantoms.get_phantom`, optionally at
     ``spacing``) or a case file (rtlab ``.npz``, matRad ``.mat``, DICOM directory) that the
     worker reads (workers need the path: a shared file system on a multi-node cluster).
+``delineate`` (opt-in: ``rtlab_stages(delineate=True)`` or a dict of options)
+    :func:`rtlab_delineate`: patent 001's automatic delineation (step 2) by
+    :func:`rtlab.methods.delineation.delineate_case` - body by HU thresholding, targets from an
+    atlas of rtlab's built-in phantoms registered by the body (or region growing from seeds).
+    A **stand-in for a clinical auto-contouring model** (:data:`DELINEATION_STAGE_LABEL`). The
+    plan is made on the automatic contours; the Dice of each against the case's own structures
+    (the ground truth of a phantom) is recorded in ``case.meta['delineation']``, which the master
+    copies into every record's sidecar and ``summary['delineation']``.
 ``n_beams`` / ``influence``
     The gantry angles (``angles=`` or the case's suggested beams); one task per beam builds
     that beam's influence matrix with the **standard machine's** source
@@ -73,12 +85,13 @@ from ..dose.influence import join_influence
 from ..evaluate.qa import qa_report
 from ..io import load_dicom, load_matrad, load_npz
 from ..methods.conversion import METHODS, convert_plan, get_machine
+from ..methods.delineation import REGISTRATIONS, STAND_IN, delineate_case
 from ..phantoms import get_phantom, list_phantoms
 from ..planning import meet_goals, optimise_plan, prepare_plan
 from .persist import check_id
 
 __all__ = ["Stages", "default_stages", "rtlab_stages", "CaseRef", "merge_influences", "plan_from_influence",
-           "rtlab_load", "rtlab_n_beams", "rtlab_influence", "rtlab_optimize", "rtlab_convert", "rtlab_qa"]
+           "rtlab_delineate", "delineation_report", "DELINEATION_STAGE_LABEL", "OPTIONAL_STAGES", "rtlab_load", "rtlab_n_beams", "rtlab_influence", "rtlab_optimize", "rtlab_convert", "rtlab_qa"]
 
 _CASE_SUFFIXES = (".npz", ".mat")
 
@@ -150,6 +163,42 @@ def rtlab_load(case_ref, spacing: float | None = None):
     if c is None:
         raise ValueError(f"{p.name} holds no case (write one with rtlab.io.save_npz(path, case))")
     return c
+
+
+#: What the ``delineate`` stage is, in every record it touches.
+DELINEATION_STAGE_LABEL = "delineate (patent 001 step 2): " + STAND_IN
+
+#: Stages that may be None (not run); a None optional stage is left out of the fingerprint.
+OPTIONAL_STAGES = ("delineate",)
+
+
+def rtlab_delineate(case, atlas: str | None = None, structures="targets", registration: str = "moments",
+                    threshold_hu: float = -500.0, seeds: Mapping | None = None):
+    """Optional ``delineate`` stage: automatic contours (a STAND-IN for a clinical auto-contouring model).
+
+    :func:`rtlab.methods.delineation.delineate_case` on the loaded case: the body by HU
+    thresholding, the targets (``structures``) from the atlas entry ``atlas`` (default: the case's
+    own built-in phantom) registered by the body, or by region growing from ``seeds``. The case's
+    input structures of the same names are the ground truth of the Dice report.
+
+    Returns
+    -------
+    Case
+        The case with the automatic contours; ``case.meta['delineation']`` holds the report
+        (``stage`` = :data:`DELINEATION_STAGE_LABEL`, ``dice`` per structure where ground truth
+        exists, registration, volumes).
+    """
+    out, report = delineate_case(case, atlas=atlas, seeds=seeds, structures=structures, threshold_hu=threshold_hu,
+                                 registration=registration)
+    report["stage"] = DELINEATION_STAGE_LABEL
+    out.meta["delineation"] = report
+    return out
+
+
+def delineation_report(case) -> dict | None:
+    """The ``delineate`` stage's report of a case (``case.meta['delineation']``), or None."""
+    meta = getattr(case, "meta", None)
+    return dict(meta["delineation"]) if isinstance(meta, Mapping) and "delineation" in meta else None
 
 
 def _angles(case, angles) -> list[float]:
@@ -363,9 +412,12 @@ class Stages:
     optimize: Callable = rtlab_optimize
     convert: Callable = rtlab_convert
     qa: Callable = rtlab_qa
+    delineate: Callable | None = None
 
     def __post_init__(self):
         for f in fields(self):
+            if f.name in OPTIONAL_STAGES and getattr(self, f.name) is None:
+                continue
             if not callable(getattr(self, f.name)):
                 raise TypeError(f"stage {f.name!r} must be callable, got {getattr(self, f.name)!r}")
 
@@ -390,7 +442,7 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
                  max_iter: int = 50, convert_method: str = "fluence", convert_max_iter: int = 50,
                  attempts_per_task: int = 2, escalate: float = 2.0, tighten: float = 4.0,
                  qa_kwargs: Mapping | None = None, standard: str = "standard", machine_file=None,
-                 **plan_options) -> Stages:
+                 delineate: bool | Mapping = False, **plan_options) -> Stages:
     """rtlab's real stages with one set of settings (see the module docstring).
 
     Parameters
@@ -411,6 +463,11 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
         Beam model of the standard plans: a matRad photon machine file or a built-in name
         (``rtlab batch --machine-file``); the standard machine's MLC is kept, and conversion
         targets keep their own sources. The path travels to the workers, which load it once.
+    delineate : bool or dict
+        Run the optional ``delineate`` stage (:func:`rtlab_delineate`; a stand-in for a clinical
+        auto-contouring model): True with its defaults, or a dict of its options (``atlas``,
+        ``structures``, ``registration``, ``threshold_hu``, ``seeds``). Default False: no
+        delineation, the case's own structures are planned (records and fingerprints unchanged).
     **plan_options
         Further :func:`plan_from_influence` options (``rx``, ``roi_mm``, ``recipe``, ``falloff``, ...).
     """
@@ -426,7 +483,23 @@ def rtlab_stages(spacing: float | None = None, angles: Sequence[float] | None = 
         raise ValueError(f"spacing must be a positive voxel size in mm, got {spacing!r}")
     a = None if angles is None else tuple(float(v) for v in angles)
     qk = None if qa_kwargs is None else dict(qa_kwargs)
+    dl = None
+    if delineate is not False and delineate is not None:
+        opts = {} if delineate is True else dict(delineate) if isinstance(delineate, Mapping) else None
+        if opts is None:
+            raise TypeError(f"delineate must be True/False or a dict of rtlab_delineate options, got {delineate!r}")
+        unknown = set(opts) - {"atlas", "structures", "registration", "threshold_hu", "seeds"}
+        if unknown:
+            raise ValueError(f"delineate: unknown option(s) {sorted(unknown)}; use atlas, structures, registration, "
+                             "threshold_hu, seeds")
+        if opts.get("registration", "moments") not in REGISTRATIONS:
+            raise ValueError(f"delineate: registration must be one of {REGISTRATIONS}, got {opts['registration']!r}")
+        if "atlas" in opts and opts["atlas"] is not None and opts["atlas"] not in list_phantoms():
+            raise ValueError(f"delineate: atlas must be a built-in phantom ({', '.join(list_phantoms())}), "
+                             f"got {opts['atlas']!r}")
+        dl = partial(rtlab_delineate, **opts)
     return Stages(
+        delineate=dl,
         load=partial(rtlab_load, spacing=spacing),
         n_beams=partial(rtlab_n_beams, angles=a),
         influence=partial(rtlab_influence, angles=a, bixel_mm=bixel_mm, dose_grid_mm=dose_grid_mm,

@@ -1,0 +1,110 @@
+"""Reproduction of the source documents' claims: one row per claim, computed live (issue #20).
+
+Each row is a plain dict with exactly the keys of :data:`ROW_KEYS`::
+
+    {"seed": "000", "claim": str, "source_figure": str, "rtlab_figure": dict,
+     "baseline": str, "held": bool, "why": str}
+
+``source_figure`` is what the source document states (the patents give no numbers; where the
+issue sets the figure to reach, it is quoted as such), ``rtlab_figure`` holds rtlab's measured
+numbers (finite floats, ints, bools, strings; nested dicts/lists), ``baseline`` names what the
+figure is compared with (same case, beams, grid and iteration budget) and ``held`` is the
+stated criterion applied to ``rtlab_figure`` (``why`` says the criterion and the outcome).
+
+Rows are registered per seed (:data:`REGISTRY`: ``seed -> [(row id, function)]``); a row
+function takes ``reduced`` (fewer and coarser cases, for the tests) and returns one row dict or a
+list of rows (when two rows share one expensive computation). :func:`run` runs them with a
+tqdm progress bar; :func:`check_row` validates a row's schema. ``benchmarks/reproduce.py`` and
+``rtlab reproduce`` print them.
+
+The rows themselves live in :mod:`rtlab.reproduce.seed000` (patent 000: conformity objective,
+falloff, control points, region model) and :mod:`rtlab.reproduce.seed001` (patent 001:
+conversion, deliverable-plan QA, congestion, delineation).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from tqdm.auto import tqdm
+
+from . import seed000, seed001
+from .schema import ROW_KEYS, check_row, row
+
+__all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_table"]
+
+#: seed -> [(row id, row function(reduced: bool) -> row dict or list of row dicts)]
+REGISTRY: dict[str, list[tuple[str, Callable]]] = {
+    "000": list(seed000.ROWS),
+    "001": list(seed001.ROWS),
+}
+
+SEEDS = tuple(REGISTRY)
+
+
+def run(seeds: Iterable[str] | str | None = None, reduced: bool = False, progress: bool = True,
+        only: Iterable[str] | None = None) -> list[dict]:
+    """Compute the rows of ``seeds`` (default: all of :data:`SEEDS`).
+
+    Parameters
+    ----------
+    seeds : str or iterable of str, optional
+        ``'000'``, ``'001'``, ...
+    reduced : bool
+        Fewer and coarser cases (the CI tests); the full rows are those of docs/reproduction.md.
+    progress : bool
+        A tqdm bar over the rows.
+    only : iterable of str, optional
+        Row ids to run (default all of each seed's rows).
+
+    Returns
+    -------
+    list of dict
+        The rows (:func:`check_row`-valid), each computed live.
+    """
+    if seeds is None:
+        seeds = SEEDS
+    elif isinstance(seeds, str):
+        seeds = [seeds]
+    seeds = [str(s).zfill(3) for s in seeds]
+    unknown = [s for s in seeds if s not in REGISTRY]
+    if unknown:
+        raise ValueError(f"no reproduction rows for seed(s) {unknown}; seeds with rows: {list(SEEDS)}")
+    todo = [(s, rid, fn) for s in seeds for rid, fn in REGISTRY[s]]
+    if only is not None:
+        only = set(only)
+        bad = only - {rid for _, rid, _ in todo}
+        if bad:
+            raise ValueError(f"unknown row id(s) {sorted(bad)}; rows: {[rid for _, rid, _ in todo]}")
+        todo = [t for t in todo if t[1] in only]
+    out: list[dict] = []
+    bar = tqdm(todo, desc="reproduce", disable=not progress, leave=False)
+    for seed, rid, fn in bar:
+        bar.set_postfix_str(f"{seed}:{rid}")
+        t0 = time.perf_counter()
+        got = fn(reduced=bool(reduced))
+        for r in got if isinstance(got, list) else [got]:
+            check_row(r)
+            r["rtlab_figure"].setdefault("run_s", round(time.perf_counter() - t0, 1))
+            out.append(r)
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def rows_table(rows: list[dict]) -> str:
+    """A markdown table of rows (``rtlab_figure`` as its ``summary`` entry when there is one)."""
+    lines = ["| seed | claim | source | rtlab | baseline | held | why |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fig = r["rtlab_figure"]
+        shown = fig.get("summary") if isinstance(fig.get("summary"), str) else \
+            ", ".join(f"{k} {_fmt(v)}" for k, v in fig.items() if not isinstance(v, (dict, list)))
+        cells = [r["seed"], r["claim"], r["source_figure"], shown, r["baseline"], "held" if r["held"] else "NOT held",
+                 r["why"]]
+        lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""The reproduction rows (issue #20, :mod:`rtlab.reproduce`) in their reduced form.
+
+Seed 000's rows are computed in-process, seed 001's through ``rtlab reproduce --seed 001
+--reduced --json`` (the CLI's output must parse). Every row is checked for its schema, finite
+figures and - recomputed here from the figures, independently of the row's code - that
+``held`` is the stated criterion. The per-level CI/GI helper is checked against a plain numpy
+count on a dose whose answer is known. No timing is asserted (benchmarks/reproduce.py times).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from rtlab import reproduce  # noqa: E402
+from rtlab.phantoms import get_phantom  # noqa: E402
+from rtlab.reproduce import seed000  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def rows000():
+    return reproduce.run("000", reduced=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def rows001():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "rtlab.cli", "reproduce", "--seed", "001", "--reduced", "--json"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stdout[-2000:]
+    return json.loads(lines[0])["rows"]
+
+
+def _by_claim(rows, words):
+    hit = [r for r in rows if words in r["claim"]]
+    assert len(hit) == 1, [r["claim"] for r in rows]
+    return hit[0]
+
+
+def _floats(v):
+    if isinstance(v, dict):
+        for x in v.values():
+            yield from _floats(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _floats(x)
+    elif isinstance(v, float):
+        yield v
+
+
+def test_schema_and_finite_figures(rows000, rows001):
+    assert [r["seed"] for r in rows000] == ["000"] * 5 and [r["seed"] for r in rows001] == ["001"] * 4
+    for r in rows000 + rows001:
+        assert tuple(r) == reproduce.ROW_KEYS
+        reproduce.check_row(r)
+        assert json.loads(json.dumps(r)) == r
+        assert all(math.isfinite(v) for v in _floats(r["rtlab_figure"]))
+        assert ("criterion" in r["why"]) or ("not implemented" in r["why"]), r["why"]
+        assert r["baseline"]
+
+
+def test_conformity_row_criterion(rows000):
+    r = _by_claim(rows000, "Conformity objective vs quadratic")
+    cases = r["rtlab_figure"]["cases"]
+    assert set(cases) == {"tg119_cshape_easy", "tg119_multitarget"}
+    for c in cases.values():
+        # the baseline's budget: the quadratic plan may run as many iterations as the conformity plan used
+        assert c["iterations_quadratic"] <= c["iterations_conformity"]
+        for obj in ("conformity", "quadratic"):
+            first = next(iter(c[obj]["levels_at_equal_d95"].values()))
+            assert first["d95_gy"] == pytest.approx(first["rx_gy"], abs=0.05)   # equal target D95
+    mt = cases["tg119_multitarget"]["conformity"]
+    assert list(mt["levels"]) == ["CenterTarget", "SuperiorTarget", "InferiorTarget"]
+    expect = all(v["ci"] >= 0.6 for v in mt["levels"].values()) and not mt["goals_failed"]
+    assert r["held"] is expect
+
+
+def test_falloff_row_criterion(rows000):
+    r = _by_claim(rows000, "falloff")
+    for c in r["rtlab_figure"]["cases"].values():
+        assert c["gi_improved"] is (c["falloff"]["gi"] < c["no_falloff"]["gi"])
+        assert c["ci_equal"] is (c["falloff"]["ci"] >= c["no_falloff"]["ci"] - 0.01)
+    assert r["held"] is all(c["falloff"]["gi"] < c["no_falloff"]["gi"] and
+                            c["falloff"]["ci"] >= c["no_falloff"]["ci"] - 0.01
+                            for c in r["rtlab_figure"]["cases"].values())
+
+
+def test_control_point_rows_criterion(rows000):
+    r = _by_claim(rows000, "on the first target")
+    for c in r["rtlab_figure"]["cases"].values():
+        for side in ("with", "without"):
+            assert c[side]["n_inside"] > 0 and c[side]["n_outside"] > 0
+            assert c[side]["rms_violation_gy"] >= 0
+    assert r["held"] is all(c["with"]["rms_violation_gy"] < c["without"]["rms_violation_gy"] and
+                            c["with"]["ci"] >= c["without"]["ci"] - 0.01 for c in r["rtlab_figure"]["cases"].values())
+    every = _by_claim(rows000, "every dose level")
+    f = every["rtlab_figure"]
+    assert set(f["with"]["levels"]) == {"CenterTarget", "SuperiorTarget", "InferiorTarget"}
+    ok = [f["with"]["levels"][n]["rms_violation_gy"] < f["without"]["levels"][n]["rms_violation_gy"] and
+          f["with"]["levels"][n]["ci"] >= f["without"]["levels"][n]["ci"] - 0.01 for n in f["with"]["levels"]]
+    assert every["held"] is all(ok)
+
+
+def test_region_row_criterion(rows000):
+    r = _by_claim(rows000, "warm start")
+    fig = r["rtlab_figure"]
+    if "mean" not in fig:  # no trained model in this checkout
+        assert r["held"] is False
+        return
+    assert fig["not_trained_on"]  # plan_case(warm_start=...) on a TG-119 phantom, not trained on
+    both = [(c, ("uniform", "target", "predicted")) for c in fig["cases"].values()]
+    both += [(c, ("uniform", "target", "region")) for c in fig["not_trained_on"].values()]
+    for case, starts in both:
+        # the target value is the largest final objective of the three non-zero starts: all three reach it
+        finals = [case[k]["objective_final"] for k in starts]
+        assert case["objective_target"] == pytest.approx(max(finals), rel=1e-5)
+        assert all(case[k]["iterations_to_target"] is not None for k in starts)
+        for k in ("zero",) + starts:
+            it = case[k]["iterations_to_target"]
+            assert it is None or 0 <= it <= case[k]["iterations_run"]
+    m = fig["mean"]
+    p = m["predicted"]
+    expect = p["all_reached"] and all(not m[b]["all_reached"] or (p["mean_iterations"] < m[b]["mean_iterations"] and
+                                                                  p["mean_time_s"] < m[b]["mean_time_s"])
+                                      for b in ("zero", "uniform", "target"))
+    assert r["held"] is expect
+
+
+def test_conversion_rows_criterion(rows001):
+    for words in ("within the retry budget", "deliverable"):
+        r = _by_claim(rows001, words)
+        conv = r["rtlab_figure"]["conversions"]
+        assert set(conv) == {"tg119_cshape_easy/linac_10mm_hard", "tg119_cshape_easy/linac_5mm_soft"}
+        n_pass = sum(v["gamma_3_3_pct"] >= 95.0 for v in conv.values())
+        assert r["rtlab_figure"]["n_gamma_pass"] == n_pass
+        assert r["held"] is (n_pass >= math.ceil(0.9 * len(conv)))
+        assert all(0 <= v["gamma_3_3_pct"] <= 100 for v in conv.values())
+    r = _by_claim(rows001, "within the retry budget")
+    for v in r["rtlab_figure"]["conversions"].values():
+        att = v["attempts"]
+        assert 1 <= len(att) <= 2 and v["gamma_3_3_pct"] == att[-1]["gamma_3_3_pct"]
+        assert all(not a["qa_passed"] for a in att[:-1])   # retried only after a failed QA
+        assert v["qa_passed"] is att[-1]["qa_passed"]
+    assert r["rtlab_figure"]["n_whole_qa_pass"] == sum(v["qa_passed"] for v in r["rtlab_figure"]["conversions"].values())
+
+
+def test_congestion_row_criterion(rows001):
+    r = _by_claim(rows001, "congestion")
+    f = r["rtlab_figure"]
+    assert set(f["measured"]) == set(f["submitted"])
+    assert all(f["measured"][m] == f["processing"][m] + f["waiting"][m] for m in f["measured"])
+    assert r["held"] is (all(f["measured"][m] == f["submitted"][m] for m in f["submitted"]) and f["choice"] == "linac_c")
+
+
+def test_delineation_row_criterion(rows001):
+    r = _by_claim(rows001, "delineation")
+    cases = r["rtlab_figure"]["cases"]
+    worst = min(c["dice"][t] for c in cases.values() for t in c["targets"])
+    assert all(0 <= v <= 1 for c in cases.values() for v in c["dice"].values())
+    assert r["rtlab_figure"]["min_target_dice"] == pytest.approx(worst, abs=1e-4)
+    assert r["held"] is (worst >= 0.9)
+
+
+def test_level_figures_against_numpy():
+    """A dose of exactly each level's prescription in its target: CI 1 and GI 1 on every level."""
+    case = get_phantom("tg119_multitarget", spacing=10.0)
+    levels = seed000.levels_of(case)
+    dose = np.zeros(case.grid.shape)
+    for t, rx, _ in reversed(levels):
+        dose[t.mask] = rx
+    figs = seed000.level_figures(case, dose)
+    body = case.structures.body_mask().astype(bool)
+    higher = np.zeros_like(body)
+    for t, rx, dom in levels:
+        np.testing.assert_array_equal(dom, body & ~higher)
+        tv = t.mask.sum()
+        piv = (dom & (dose >= rx)).sum()
+        tvpiv = (t.mask & dom & (dose >= rx)).sum()
+        assert figs[t.name]["ci"] == pytest.approx(tvpiv ** 2 / (tv * piv), abs=1e-4) == 1.0
+        assert figs[t.name]["gi"] == pytest.approx((dom & (dose >= rx / 2)).sum() / piv, abs=1e-4)
+        higher |= t.mask
+    # a uniform 10 % hot dose: every level's D95 scales, the scaled dose has first-level D95 = rx
+    scaled, f = seed000._scaled(case, dose * 1.1)
+    assert f == pytest.approx(1 / 1.1)
+
+
+def test_bad_rows_and_seeds_are_refused():
+    good = reproduce.row("000", "c", "s", {"x": 1.0}, "b", True, "criterion: met")
+    reproduce.check_row(good)
+    with pytest.raises(ValueError, match="finite"):
+        reproduce.row("000", "c", "s", {"x": float("nan")}, "b", True, "w")
+    with pytest.raises(TypeError, match="held"):
+        reproduce.check_row({**good, "held": 1})
+    with pytest.raises(ValueError, match="keys"):
+        reproduce.check_row({k: v for k, v in good.items() if k != "why"})
+    with pytest.raises(ValueError, match="no reproduction rows"):
+        reproduce.run("042", progress=False)
+    with pytest.raises(ValueError, match="unknown row id"):
+        reproduce.run("000", progress=False, only=["nope"])
+    r = subprocess.run([sys.executable, "-m", "rtlab.cli", "reproduce", "--seed", "042"], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert r.returncode == 2 and "no reproduction rows for 042" in r.stderr
+
+
+def test_cli_seeds_match_the_registry():
+    from rtlab.cli import REPRODUCE_SEEDS
+
+    assert tuple(REPRODUCE_SEEDS) == tuple(reproduce.SEEDS)
