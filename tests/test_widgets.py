@@ -18,6 +18,7 @@ from rtlab.widgets import (  # noqa: E402
     View3D,
     asset_path,
     beam_source,
+    enclosed_volume,
     isodose_mesh,
     slice_of,
     slice_to_index,
@@ -324,6 +325,34 @@ def test_isodose_mesh_of_radial_dose():
     assert len(isodose_mesh(dose, grid, 49.9).vertices) >= 0
     with pytest.raises(ValueError, match="level"):
         isodose_mesh(dose, grid, -1.0)
+
+
+def test_enclosed_volume_closed_forms():
+    # a unit cube of 12 outward triangles, scaled and shifted: volume = 2 * 3 * 4 mm^3
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float)
+    faces = np.array([[0, 2, 1], [1, 2, 3], [4, 5, 6], [5, 7, 6], [0, 1, 4], [1, 5, 4],
+                      [2, 6, 3], [3, 6, 7], [0, 4, 2], [2, 4, 6], [1, 3, 5], [3, 7, 5]])
+    v = corners * [2.0, 3.0, 4.0] + [10.0, -5.0, 7.0]
+    assert enclosed_volume(v, faces) == pytest.approx(24.0, rel=1e-12)
+    assert enclosed_volume(v, faces[:, ::-1]) == pytest.approx(24.0, rel=1e-12)  # orientation-free
+    with pytest.raises(ValueError, match="not closed"):
+        enclosed_volume(v, faces[:-1])
+    assert enclosed_volume(np.zeros((0, 3)), np.zeros((0, 3), int)) == 0.0
+
+    # isosurfaces against the sphere they approximate (4/3 pi r^3) and the voxel count
+    grid = Grid((30, 36, 40), (2.0, 1.5, 1.0))
+    Z, Y, X = grid.mesh()
+    r = np.sqrt(Z**2 + Y**2 + X**2)
+    dose = 60.0 * np.exp(-r**2 / (2 * 10.0**2))
+    r_half = 10.0 * np.sqrt(2 * np.log(2))  # the 30 Gy sphere
+    exact = 4 / 3 * np.pi * r_half**3
+    m1 = isodose_mesh(dose, grid, 30.0)
+    assert m1.volume_cc * 1000 == pytest.approx(exact, rel=0.02)
+    assert m1.volume_cc * 1000 == pytest.approx(np.sum(dose >= 30.0) * np.prod(grid.spacing), rel=0.03)
+    m2 = isodose_mesh(dose, grid, 30.0, step_size=2)  # coarser: smaller, still within 6 %
+    assert m2.volume_cc * 1000 == pytest.approx(exact, rel=0.06)
+    s = structure_mesh(r <= 12.0, grid)
+    assert s.volume_cc * 1000 == pytest.approx(4 / 3 * np.pi * 12.0**3, rel=0.03)
 
 
 def test_beam_source_iec61217():

@@ -26,7 +26,7 @@ See ``docs/widgets.md``.
 from .._lazy import attach
 from .dvh import DVHPlot
 from .slice_viewer import ORIENTATIONS, SliceViewer, asset_path, slice_of, slice_to_index
-from .view3d import Mesh, View3D, beam_source, isodose_mesh, structure_mesh
+from .view3d import Mesh, View3D, beam_source, enclosed_volume, isodose_mesh, structure_mesh
 
 __all__ = [
     "SliceViewer",
@@ -35,6 +35,7 @@ __all__ = [
     "Mesh",
     "structure_mesh",
     "isodose_mesh",
+    "enclosed_volume",
     "beam_source",
     "slice_of",
     "slice_to_index",
