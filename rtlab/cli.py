@@ -36,7 +36,7 @@ The plan and engine settings go into one :class:`rtlab.planning.PlanSettings`, w
 (``--grid MM`` is its ``dose_grid_mm``, ``--bixel`` its ``bixel_mm``, ``--falloff`` its
 ``falloff_gy_per_mm``).
 
-Size: about 850 lines: every subcommand's argument checks (all made before any work starts,
+Size: about 910 lines: every subcommand's argument checks (all made before any work starts,
 issue #15) and its one-screen report live beside its parser entry; the work itself is one
 library call per subcommand.
 ``rtlab reproduce [--seed 000|001 ...] [--reduced] [--json]``
