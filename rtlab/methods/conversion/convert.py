@@ -219,14 +219,18 @@ class ConversionResult:
                 f"passed={self.passed}, attempts={self.n_attempts}{rates})")
 
 
+def _leaf_map(y, var):
+    """One beam's leaf-row map: ``y[var]`` where the cell has a variable (``var >= 0``), else 0."""
+    return np.where(var >= 0, y[np.maximum(var, 0)], 0.0)
+
+
 def _segment_matrix(y, layout, mlc, n_levels):
     """Step-and-shoot apertures of every beam's leaf-row map ``y``; columns = apertures on the variables."""
     cols_r, cols_c, seg_list, w0 = [], [], [], []
     k = 0
     for lay in layout:
         var = lay["var"]
-        fmap = np.where(var >= 0, y[np.maximum(var, 0)], 0.0)
-        fmap = np.maximum(fmap, 0.0)
+        fmap = np.maximum(_leaf_map(y, var), 0.0)
         if fmap.max() <= 0:
             seg_list.append([])
             continue
@@ -259,7 +263,7 @@ def _deliver(y, layout, mlc, kind, n_levels):
     n_seg, out, tot = 0, 0.0, 0.0
     for lay in layout:
         var = lay["var"]
-        fmap = np.maximum(np.where(var >= 0, y[np.maximum(var, 0)], 0.0), 0.0)
+        fmap = np.maximum(_leaf_map(y, var), 0.0)
         if fmap.max() <= 0:
             continue
         if kind == "sliding":
@@ -410,7 +414,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         return run_qa_dose(im_t.dose(xb))
 
     def leaf_maps(y):
-        return [np.where(lay["var"] >= 0, y[np.maximum(lay["var"], 0)], 0.0) for lay in layout]
+        return [_leaf_map(y, lay["var"]) for lay in layout]
 
     recalc_qa = run_qa(P @ y0)
     edges = [lay["leaf_edges"] for lay in layout]
@@ -469,6 +473,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
             changes = []
             tighten_objective(obj, q, case, srows, d_std, tighten, fidelity_weight, body_rows, changes)
     q, xb, yb, segs = best
+    d_conv = im_t.dose(xb)
     passed = None if q is None else bool(q.passed)
     dq, dinfo = None, None
     if deliverable is not None and method != "dao":
@@ -476,7 +481,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
         y_del, dinfo = _deliver(yb, layout, tgt.mlc, deliverable, n_levels)
         dinfo["method"] = deliverable
         d_del = im_t.dose(P @ y_del)
-        dinfo["max_dose_diff_gy"] = float(np.max(np.abs(d_del - im_t.dose(xb))))
+        dinfo["max_dose_diff_gy"] = float(np.max(np.abs(d_del - d_conv)))
         dq = run_qa_dose(d_del)
         timings["deliverable_s"] = time.perf_counter() - t0
         if dq is not None and passed is not None:
@@ -491,7 +496,7 @@ def convert_plan(case, x, im, machine, standard=STANDARD_MACHINE, *, method: str
             reasons.append(f"attempt {rec['attempt']}: {rates}; " + ("; ".join(rec["reasons"]) or "passed")
                            + (f" [after: {'; '.join(rec['changes'])}]" if rec["changes"] else ""))
     timings["total_s"] = time.perf_counter() - t_all
-    return ConversionResult(tgt.name, std.name, coin, method, xb, im_t, im_t.dose(xb), D_std, qa=q,
+    return ConversionResult(tgt.name, std.name, coin, method, xb, im_t, d_conv, D_std, qa=q,
                             recalc_qa=recalc_qa, passed=passed, reasons=reasons, attempts=attempts,
                             leaf_fluence=leaf_maps(yb), leaf_edges=edges, segments=segs, dvh_points=points,
                             timings=timings, deliverable_qa=dq if method != "dao" else q, deliverable=dinfo)
