@@ -26,7 +26,11 @@ scoring, writing), the rtlab command ::
 ``benchmarks/_matrad_peer_plan.py`` in ``--peer-python`` (pyRadPlan's whole pipeline: 5 mm
 bixels, its default 5 mm dose grid, L-BFGS-B on the file's cst objectives), alternating which
 goes first. One untimed warm-up of each comes first (numba's cache, pyc files, the page
-cache). Reported per beam count: medians of the wall times, ``ratio`` = rtlab / peer (the
+cache). Both sides run with Python's default of writing bytecode (``PYTHONDONTWRITEBYTECODE``
+removed from their environment): the peer's site-packages hold pip's compiled ``.pyc`` files,
+and rtlab's editable checkout gets its own on the warm-up, as on a user's first run; a shell
+that sets ``PYTHONDONTWRITEBYTECODE=1`` would otherwise make rtlab alone compile its ~150
+modules from source on every run (about 0.2 s). Reported per beam count: medians of the wall times, ``ratio`` = rtlab / peer (the
 issue's goal: <= 0.1), each side's median stage times (rtlab's ``timings`` from ``plan --json``;
 the peer's own stage timer), and the plan quality of both doses scored by rtlab's scorer on the
 CT grid with the TG-119 goals (goals table, Paddick CI at 50 Gy, target D95/D10, core D10), so
@@ -148,6 +152,8 @@ def main_matrad(args) -> int:
 
     case = with_goals(load_matrad(path), "auto")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # both sides with bytecode files (module docstring)
+    peer_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     tmp = Path(tempfile.mkdtemp(prefix="rtlab_conformity_matrad_"))
     configs = {}
     for nb in [int(v) for v in args.beams.split(",") if v.strip()]:
@@ -159,10 +165,10 @@ def main_matrad(args) -> int:
         # untimed warm-up of both (numba cache, pyc files, page cache)
         _run_timed(rt_cmd, env)
         if not args.skip_peer_warmup:
-            _run_timed(peer_cmd)
+            _run_timed(peer_cmd, peer_env)
         rt_rows, peer_rows = [], []
         for rep in range(args.repeats):
-            order = [("rtlab", rt_cmd, env), ("peer", peer_cmd, None)]
+            order = [("rtlab", rt_cmd, env), ("peer", peer_cmd, peer_env)]
             for name, cmd, e in (order if rep % 2 == 0 else order[::-1]):
                 wall, js, la0, la1 = _run_timed(cmd, e)
                 row = {"wall_s": round(wall, 3), "load_before": round(la0, 2), "load_after": round(la1, 2),

@@ -168,9 +168,14 @@ def test_plan_matrad_defaults_to_a_5mm_dose_grid_and_reports_timings(tmp_path):
     assert all(v is None or v >= 0 for v in t.values())
     if t["total_s"] is not None:  # /proc is there: the stages fit inside the process's life
         assert t["total_s"] >= t["import_s"] + t["load_s"] + t["build_s"] + t["optimize_s"] - 0.05
-    r = _plan_cli("--matrad", str(f), "--angles", "0,120,240", "--max-iter", "3", "--json", "--grid", "ct")
+    assert out["max_iter"] == 3  # given
+    r = _plan_cli("--matrad", str(f), "--angles", "0,120,240", "--json", "--grid", "ct")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["dose_grid_mm"] is None
+    out = json.loads(r.stdout)
+    assert out["dose_grid_mm"] is None
+    from rtlab.cli import MATRAD_MAX_ITER
+
+    assert out["max_iter"] == MATRAD_MAX_ITER == 50  # the matRad default (converged on TG119.mat)
     r = _plan_cli("--matrad", str(f), "--grid", "fine")
     assert r.returncode == 2 and "--grid" in r.stderr
 
@@ -182,6 +187,9 @@ def test_plan_of_a_phantom_keeps_the_ct_grid_default():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["dose_grid_mm"] is None and out["recipe_overrides"] == {}
+    r = _plan_cli("--phantom", "sphere", "--spacing", "10", "--angles", "0,180", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["max_iter"] == 100  # built-in phantoms keep the usual limit
 
 
 def test_process_age_is_the_time_since_the_process_started():
