@@ -44,6 +44,26 @@ def test_bixel_grid_covers_target_with_margin():
         fit_bixel_grid(Beam(0.0), g, np.zeros(g.shape, bool))
 
 
+def test_prepare_beams_fits_each_beam_as_fit_bixel_grid_does():
+    """prepare_beams computes the targets' corners and the isocentre once for all beams; the
+    bixel grids must be those of fit_bixel_grid beam by beam (the per-beam reference)."""
+    from rtlab.core.beams import prepare_beams, target_union
+    from rtlab.phantoms import get_phantom
+
+    case = get_phantom("tg119_cshape_easy", spacing=(7.5, 9.0, 9.0))
+    angles = [0.0, 50.0, 130.0, 222.5, 300.0]
+    beams = prepare_beams(case, angles, bixel_mm=5.0, margin=1)
+    iso = tuple(case.isocenter())
+    tm = target_union(case)
+    for a, b in zip(angles, beams):
+        assert b.isocenter == iso
+        ref = fit_bixel_grid(Beam(a, 0.0, iso, 5.0), case.grid, tm, margin=1)
+        assert (b.bixels.r0, b.bixels.c0) == (ref.r0, ref.c0)
+        np.testing.assert_array_equal(b.bixels.mask, ref.mask)
+    with pytest.raises(ValueError, match="margin"):
+        prepare_beams(case, angles, margin=-1)
+
+
 def test_beam_validation():
     with pytest.raises(ValueError, match="bixel_mm"):
         Beam(0.0, bixel_mm=0.0)

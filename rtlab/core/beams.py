@@ -238,11 +238,19 @@ def fit_bixel_grid(beam: Beam, grid, mask, margin: int = 1) -> BixelGrid:
         raise ValueError("mask is empty: no target to fit the bixel grid to (zero field); pass a non-empty target")
     if int(margin) != margin or margin < 0:
         raise ValueError(f"margin must be a non-negative integer number of bixels, got {margin!r}")
-    idx = np.argwhere(m)
-    pts = grid.index_to_world(idx)
+    return _fit_to_points(beam, _mask_corner_points(grid, m), margin)
+
+
+def _mask_corner_points(grid, m) -> np.ndarray:
+    """The 8 corners of every voxel of the (non-empty, bool) mask ``m``, world ``(z, y, x)`` mm, (8 n, 3)."""
+    pts = grid.index_to_world(np.argwhere(m))
     half = np.asarray(grid.spacing) / 2
     corners = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)]) * half
-    allp = (pts[:, None, :] + corners[None]).reshape(-1, 3)
+    return (pts[:, None, :] + corners[None]).reshape(-1, 3)
+
+
+def _fit_to_points(beam: Beam, allp: np.ndarray, margin: int) -> BixelGrid:
+    """:func:`fit_bixel_grid` on the corner points of :func:`_mask_corner_points` (computed once per case)."""
     u, v, t = beam.project(allp)
     if np.any(t <= 0):
         raise ValueError("part of the target lies behind the source; check the isocenter and SAD")
@@ -291,24 +299,38 @@ def prepare_beams(case, beams, bixel_mm: float = 5.0, margin: int = 1) -> list[B
     """
     if beams is None or len(beams) == 0:
         raise ValueError("beams is empty; pass at least one gantry angle or Beam")
+    if int(margin) != margin or margin < 0:
+        raise ValueError(f"margin must be a non-negative integer number of bixels, got {margin!r}")
     out = []
-    tmask = None
+    corners = None  # the targets' voxel corners, computed once for all beams
+    case_iso = None  # case.isocenter(), computed once (a centroid over the CT grid)
+
+    def default_iso():
+        nonlocal case_iso
+        if case_iso is None:
+            case_iso = tuple(case.isocenter())
+        return case_iso
+
     for b in beams:
         if isinstance(b, Beam):
             beam = b
         elif hasattr(b, "gantry"):
-            iso = case.isocenter() if getattr(b, "isocenter", None) is None else b.isocenter
+            iso = default_iso() if getattr(b, "isocenter", None) is None else b.isocenter
             beam = Beam(float(b.gantry), float(getattr(b, "couch", 0.0)), tuple(iso), bixel_mm)
         elif np.isscalar(b):
-            beam = Beam(float(b), 0.0, tuple(case.isocenter()), bixel_mm)
+            beam = Beam(float(b), 0.0, default_iso(), bixel_mm)
         else:
             raise TypeError(f"beams entries must be Beam, BeamSpec or gantry angles, got {type(b).__name__}")
         if not case.grid.contains(beam.isocenter):
             raise ValueError(f"isocenter {beam.isocenter} mm lies outside the CT grid "
                              f"(bounds z/y/x {case.grid.bounds.round(1).tolist()} mm); move it inside the patient")
         if beam.bixels is None:
-            if tmask is None:
+            if corners is None:
                 tmask = target_union(case)
-            beam = beam.with_bixels(fit_bixel_grid(beam, case.grid, tmask, margin))
+                if not tmask.any():
+                    raise ValueError("mask is empty: no target to fit the bixel grid to (zero field); "
+                                     "pass a non-empty target")
+                corners = _mask_corner_points(case.grid, tmask)
+            beam = beam.with_bixels(_fit_to_points(beam, corners, int(margin)))
         out.append(beam)
     return out
