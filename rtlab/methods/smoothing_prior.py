@@ -58,12 +58,12 @@ from scipy import ndimage
 
 from .._util import check_finite, check_positive
 from ..core.selection import rows_for
-from ..optimize import Objective, Solver
+from ..optimize import Objective, Solver, Term
 from .sequencing import TNMUPenalty, tnmu
 from .smoothing import as_term, map_shapes, nlm_prior, split_maps, weights_to_maps
 
 __all__ = ["PDEPriorPenalty", "oar_projection", "pde_prior_term", "TNMUBoundedResult", "tnmu_bounded_solve",
-           "plan_tnmu", "COMPONENTS"]
+           "plan_tnmu", "coverage_normalisation", "smooth_in_optimisation", "edge_stop", "COMPONENTS"]
 
 #: The components of :class:`PDEPriorPenalty`, in the order of its ``weights``.
 COMPONENTS = ("tv", "fidelity", "mu", "oar")
@@ -308,6 +308,39 @@ class _ALPenalty:
         return (self.rho * z / self.tnmu0) * self.t.smooth_tnmu_gradient(u)
 
 
+class _DoseFloorAL(Term):
+    """Augmented-Lagrangian term of the dose constraints ``floor_i <= d_i <= ceil_i`` on ``rows`` (eq. 8's
+    "dose constraints in target areas"): ``1/n sum psi(c_i, lam_i) + psi(e_i, mu_i)`` with
+    ``psi(c, l) = rho/2 max(0, c + l/rho)^2 - l^2/(2 rho)``, ``c_i = (floor_i - d_i) / scale`` and
+    ``e_i = (d_i - ceil_i) / scale`` (no ceiling: ``ceil = inf``)."""
+
+    def __init__(self, rows, floor, ceil, rho, scale):
+        super().__init__(rows, 1.0, "target dose band (eq. 8, AL)")
+        self.floor, self.ceil = floor, ceil
+        self.lam, self.mu = np.zeros(floor.size), np.zeros(floor.size)
+        self.rho, self.scale = float(rho), float(scale)
+
+    def violations(self, d_rows):
+        lo = (self.floor - d_rows) / self.scale
+        hi = (d_rows - self.ceil) / self.scale if self.ceil is not None else np.full(d_rows.size, -np.inf)
+        return lo, hi
+
+    def _eval_sub(self, d):
+        lo, hi = self.violations(d)
+        z = np.maximum(0.0, lo + self.lam / self.rho)
+        y = np.maximum(0.0, hi + self.mu / self.rho)
+        n = d.size
+        v = float(np.sum(0.5 * self.rho * (z * z + y * y) - (self.lam**2 + self.mu**2) / (2 * self.rho))) / n
+        return v, self.rho * (y - z) / self.scale / n
+
+    def update(self, d_rows):
+        """Multiplier step; returns the largest relative violation."""
+        lo, hi = self.violations(d_rows)
+        self.lam = np.maximum(0.0, self.lam + self.rho * lo)
+        self.mu = np.maximum(0.0, self.mu + self.rho * np.maximum(hi, -1e300))
+        return float(max(lo.max(), hi.max(), 0.0))
+
+
 @dataclass
 class TNMUBoundedResult:
     """Outcome of :func:`tnmu_bounded_solve`.
@@ -346,7 +379,7 @@ class TNMUBoundedResult:
 
 def tnmu_bounded_solve(im, objective, tnmu0: float, *, mu_per_unit: float = 1.0, x0=None, max_iter: int = 100,
                        n_outer: int = 5, rho: float = 10.0, s: float | None = None, tau: float | None = None,
-                       tol: float = 1e-3, progress=None) -> TNMUBoundedResult:
+                       tol: float = 1e-3, dose_floor=None, progress=None) -> TNMUBoundedResult:
     """Minimise ``objective`` subject to ``TNMU(x) <= tnmu0`` (paper 003, eq. 8) and ``x >= 0``.
 
     Augmented Lagrangian over L-BFGS-B (module docstring). ``max_iter`` is the total L-BFGS-B
@@ -369,6 +402,11 @@ def tnmu_bounded_solve(im, objective, tnmu0: float, *, mu_per_unit: float = 1.0,
         Smoothing widths of the TNMU (MU); default ``1e-3 tnmu0 / n_beams`` and ``5 s``.
     tol : float
         Relative violation accepted before the final exact check.
+    dose_floor : (rows, floor) or (rows, floor, ceiling), optional
+        Eq. 8's dose constraints in the target: ``floor_i <= d_i (<= ceiling_i)`` (Gy) on
+        influence-matrix ``rows``, one multiplier per voxel and side in the same augmented
+        Lagrangian (e.g. the unsmoothed plan's target doses capped at the prescription, so that
+        smoothing keeps its coverage).
     progress : callable, optional
         ``progress(outer_record)`` after each outer step.
     """
@@ -389,11 +427,31 @@ def tnmu_bounded_solve(im, objective, tnmu0: float, *, mu_per_unit: float = 1.0,
     A = im.operator() if hasattr(im, "operator") else im.matrix
     n_outer = max(1, int(n_outer))
     per = max(1, int(max_iter) // n_outer)
-    lam, used, outer, prev = 0.0, 0, [], np.inf
+    floor_term = None
+    if dose_floor is not None:
+        if len(dose_floor) not in (2, 3):
+            raise ValueError("dose_floor must be (rows, floor) or (rows, floor, ceiling)")
+        f_rows = np.asarray(dose_floor[0], np.int64).ravel()
+        if f_rows.size == 0:
+            raise ValueError("dose_floor has no rows; pass (rows, floor) of the target's voxels")
+        f_val = np.broadcast_to(np.asarray(dose_floor[1], float), f_rows.shape).copy()
+        check_finite("dose_floor floor", f_val)
+        c_val = None
+        if len(dose_floor) == 3 and dose_floor[2] is not None:
+            c_val = np.broadcast_to(np.asarray(dose_floor[2], float), f_rows.shape).copy()
+            check_finite("dose_floor ceiling", c_val)
+            if np.any(c_val < f_val):
+                raise ValueError("dose_floor: the ceiling is below the floor for some voxels")
+        order = np.argsort(f_rows, kind="stable")  # terms keep their rows sorted
+        f_rows, f_val = f_rows[order], f_val[order]
+        c_val = None if c_val is None else c_val[order]
+        floor_term = _DoseFloorAL(f_rows, f_val, c_val, 100.0 * rho, max(float(np.mean(np.abs(f_val))), 1e-12))
+    lam, used, outer, prev, prev_f = 0.0, 0, [], np.inf, np.inf
     for k in range(n_outer):
         budget = per if k < n_outer - 1 else max(1, int(max_iter) - used)
         al = as_term(_ALPenalty(tpen, tnmu0, lam, rho), im, name="TNMU bound (eq. 8, AL)")
-        solver = Solver(A, Objective(list(objective.terms) + [al]), max_iter=budget)
+        extra = [al] if floor_term is None else [al, floor_term]
+        solver = Solver(A, Objective(list(objective.terms) + extra), max_iter=budget)
         res = solver.run(x)
         x = res.x
         used += res.iterations
@@ -406,6 +464,13 @@ def tnmu_bounded_solve(im, objective, tnmu0: float, *, mu_per_unit: float = 1.0,
             rho *= 10.0
         prev = max(c, 0.0)
         d = solver.dose(x)
+        if floor_term is not None:
+            worst = floor_term.update(d[floor_term.rows])
+            rec["floor_violation"] = worst
+            if worst > 0 and worst > 0.25 * prev_f:
+                floor_term.rho *= 10.0
+            prev_f = worst
+            done = done and worst <= tol
         rec["objective"] = float(objective.value(d, x) if objective.beamlet_terms else objective.value(d))
         outer.append(rec)
         if progress is not None:
@@ -422,3 +487,84 @@ def tnmu_bounded_solve(im, objective, tnmu0: float, *, mu_per_unit: float = 1.0,
     f = float(objective.value(d, x) if objective.beamlet_terms else objective.value(d))
     return TNMUBoundedResult(x=x, tnmu=float(exact), tnmu_smooth=tpen.smooth_tnmu(weights_to_maps(im, x)),
                              tnmu0=float(tnmu0), objective=f, iterations=int(used), outer=outer, scale=float(scale))
+
+
+def coverage_normalisation(dose_fn, x, target_mask, rx: float, n_covered: int) -> float:
+    """The global factor ``a >= 1`` that brings ``n_covered`` target voxels of ``a x`` to ``rx`` Gy.
+
+    ``dose_fn(x)`` gives the dose on the CT grid; ``a = rx / d_(n)`` with ``d_(n)`` the
+    ``n_covered``-th highest target dose (1 when already covered). A planner's MU
+    normalisation: one factor on every beam, so the fluence shapes are kept.
+    """
+    d = np.sort(np.asarray(dose_fn(x))[np.asarray(target_mask, bool)])[::-1]
+    if d.size == 0:
+        raise ValueError("target_mask is empty; pass the target's voxels")
+    ref = d[min(max(int(n_covered), 1), d.size) - 1]
+    return float(max(1.0, rx / ref)) if ref > 0 else 1.0
+
+
+def smooth_in_optimisation(case, im, objective, x_start, x_baseline, *, mu_per_unit: float, term_weight: float = 0.3,
+                           weights=(1.0, 0.1, 1.0, 1.0), max_iter: int = 50, target_constraints: bool = True,
+                           normalise: bool = True, target_band: float | None = 0.005, prior=None):
+    """Paper 003's smoothing inside the optimisation, as rtlab runs it (docs/methods/smoothing.md).
+
+    Minimise ``objective + prior`` (default: :func:`pde_prior_term` of ``x_start`` with the
+    union of the case's targets for the OAR term) from ``x_start`` subject to eq. 8:
+    ``TNMU <= TNMU(x_baseline)`` and, with ``target_constraints``, no target voxel below
+    ``min(baseline dose, prescription)`` nor above ``(1 + target_band)`` times its baseline dose
+    (None: no ceiling) (:func:`tnmu_bounded_solve`, ``max_iter`` L-BFGS-B
+    iterations); then, with ``normalise``, scale by :func:`coverage_normalisation` to the
+    baseline's PTV coverage when the scaled plan still meets the TNMU bound.
+
+    Parameters
+    ----------
+    case : rtlab.core.case.Case
+        Its targets (the first named ``PTV``, else the first target, sets the coverage).
+    im : rtlab.dose.InfluenceMatrix
+    objective : rtlab.optimize.Objective
+    x_start, x_baseline : ndarray
+        The start plan (prior built from it) and the unsmoothed plan (bound and floor).
+    mu_per_unit : float
+        MU per unit beamlet weight.
+    prior : rtlab.optimize.Term, optional
+        Another smoothing term in place of the PDE/NLM prior (e.g. ``as_term(L2Penalty(...))``).
+
+    Returns
+    -------
+    x : ndarray
+        The smoothed plan (meets ``TNMU <= TNMU(x_baseline)`` exactly).
+    info : dict
+        ``tnmu0``, ``result`` (:class:`TNMUBoundedResult`), ``normalisation`` (factor applied),
+        ``x_optimised`` (before normalisation).
+    """
+    targets = [t for t in case.structures.targets if t.mask.any()]
+    if not targets:
+        raise ValueError("case has no non-empty target")
+    tmask = np.zeros(case.grid.shape, bool)
+    rx_rows = np.zeros(im.shape[0])
+    for t in targets:
+        tmask |= t.mask
+        rx_rows[rows_for(t.mask, im.voxel_index, missing="raise")] = float(
+            t.prescription if t.prescription is not None else case.prescription)
+    tnmu0 = plan_tnmu(im, x_baseline, mu_per_unit)
+    if prior is None:
+        prior = pde_prior_term(im, x_start, tmask, weights=weights, term_weight=term_weight)
+    floor = None
+    if target_constraints:
+        t_rows = rows_for(tmask, im.voxel_index)
+        d_b = np.asarray(im.matvec(x_baseline), float)[t_rows]
+        low = np.minimum(d_b, rx_rows[t_rows])
+        floor = (t_rows, low, None if target_band is None else np.maximum(d_b * (1 + float(target_band)), low))
+    res = tnmu_bounded_solve(im, Objective(list(objective.terms) + [prior]), tnmu0, mu_per_unit=mu_per_unit,
+                             x0=x_start, max_iter=max_iter, dose_floor=floor)
+    x, a = res.x, 1.0
+    if normalise:
+        ptv = next((t for t in targets if t.name == "PTV"), targets[0])
+        rx = float(ptv.prescription if ptv.prescription is not None else case.prescription)
+        n_cov = int(np.count_nonzero(np.asarray(im.dose(x_baseline))[ptv.mask] >= rx))
+        a = coverage_normalisation(im.dose, x, ptv.mask, rx, n_cov)
+        if a > 1.0 and plan_tnmu(im, a * x, mu_per_unit) <= tnmu0 * (1 + 1e-9):
+            x = a * x
+        else:
+            a = 1.0
+    return x, {"tnmu0": float(tnmu0), "result": res, "normalisation": float(a), "x_optimised": res.x}
