@@ -40,7 +40,7 @@ import math
 
 import numpy as np
 
-from .. import metrics as M
+from ..evaluate import metrics as M
 from ..core.selection import rows_for
 from ..dose import build_influence, mu_per_unit_fluence
 from ..methods import smoothing as sm
