@@ -139,12 +139,15 @@ def test_weights_maps_round_trip_and_zero_outside_masks(small_im):
     np.testing.assert_allclose(sm.apply_per_beam(im, lambda m: 2 * m, x), 2 * x)
 
 
-@pytest.mark.parametrize("penalty", ["L2", "curvature", "L1", "TNMU"])
+@pytest.mark.parametrize("penalty", ["L2", "curvature", "L1", "TNMU", "explicit"])
 def test_as_term_gradient_matches_finite_differences(small_im, penalty):
     _, im = small_im
     shapes = sm.map_shapes(im)
+    n_flat = sum(r * c for r, c in shapes)
     pen = {"L2": lambda: sm.L2Penalty(shapes), "curvature": lambda: sm.CurvaturePenalty(shapes),
-           "L1": lambda: sm.L1Penalty(shapes, eps=0.1), "TNMU": lambda: TNMUPenalty(shapes, tnmu0=1.0)}[penalty]()
+           "L1": lambda: sm.L1Penalty(shapes, eps=0.1), "TNMU": lambda: TNMUPenalty(shapes, tnmu0=1.0),
+           "explicit": lambda: sm.ExplicitSmoothingPenalty(np.linspace(0.2, 1.0, n_flat),
+                                                           np.linspace(0.5, 2.0, n_flat))}[penalty]()
     term = sm.as_term(pen, im, weight=0.7, name=penalty)
     assert term.space == "beamlet"
     rng = np.random.default_rng(1)

@@ -580,18 +580,21 @@ class TNMUPenalty:
         excess = max(0.0, self.smooth_tnmu(x) - self.tnmu0)
         return self.weight * excess**2
 
-    def gradient(self, x) -> np.ndarray:
-        excess = self.smooth_tnmu(x) - self.tnmu0
+    def smooth_tnmu_gradient(self, x) -> np.ndarray:
+        """Gradient of :meth:`smooth_tnmu` with respect to the flat weights (MU per unit weight)."""
         out = []
         for m, c in zip(self._maps(x), self.mpu):
-            if excess <= 0:
-                out.append(np.zeros(m.size))
-                continue
             d = np.diff(c * m, axis=1, prepend=0.0)
             r = _softplus(d, self.s).sum(axis=1)
             p = np.exp(r / self.tau - np.logaddexp.reduce(r / self.tau))  # d LSE / d r_j
             dd = p[:, None] * _sigmoid(d / self.s)  # d TNMU / d d_jk
             g = dd.copy()
             g[:, :-1] -= dd[:, 1:]  # d_{k+1} = x_{k+1} - x_k depends on x_k with sign -1
-            out.append((2 * self.weight * excess * c * g).ravel())
+            out.append((c * g).ravel())
         return np.concatenate(out)
+
+    def gradient(self, x) -> np.ndarray:
+        excess = self.smooth_tnmu(x) - self.tnmu0
+        if excess <= 0:
+            return np.zeros(sum(a * b for a, b in self.shapes))
+        return 2 * self.weight * excess * self.smooth_tnmu_gradient(x)

@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from . import seed000, seed001
+from . import seed000, seed001, seed003
 from .schema import ROW_KEYS, check_row, row
 
 __all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_table"]
@@ -38,6 +38,7 @@ __all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_tab
 REGISTRY: dict[str, list[tuple[str, Callable]]] = {
     "000": list(seed000.ROWS),
     "001": list(seed001.ROWS),
+    "003": list(seed003.ROWS),
 }
 
 SEEDS = tuple(REGISTRY)
