@@ -17,7 +17,8 @@ How rtlab runs it
   voxels that matter for the objective (targets, organs at risk and the body within
   ``margin_mm`` of a target, :func:`planning_voxels`), which keeps it small.
 * **One ant = one beam set.** An ant picks ``n_beams`` candidates one after the other, with
-  probability proportional to the pheromone ``tau`` of each allowed angle (angles closer than
+  probability proportional to ``tau * eta_vis`` of each allowed angle (pheromone times the
+  visibility ``1 / Phi`` of the angle's single-beam plan; angles closer than
   ``min_separation_deg`` to a chosen one are not allowed). Its plan is optimised on the chosen
   columns only (a few L-BFGS-B iterations, :func:`optimise_beams`, on a quadratic or
   conformity objective, :func:`default_objective`). Evaluations are memoised by beam set.
@@ -30,9 +31,11 @@ How rtlab runs it
   (``eta_ref``, ``theta_ref``, ``MU_ref`` per beam, ``f`` the plan's objective); the plan's cost
   is the mean of ``phi_b`` over its beams, i.e.
   ``Phi = alpha mean(eta_hat) + beta mean(theta_hat) + gamma f_hat + lambda TNMU/TNMU_ref``.
-* **Pheromone update** (ant system with an elitist ant): ``tau <- (1 - rho) tau``; every ant
-  deposits ``Q / phi_b`` on each of its angles, and the best set so far deposits
-  ``elite / Phi_best`` on each of its angles; ``tau`` is kept within ``[tau_min, tau_max]`` (as in
+* **Pheromone update** (rank-based ant system with an elitist ant): ``tau <- (1 - rho) tau``;
+  the better half of the iteration's ants deposit ``Q (n_rank - r) / n_rank / Phi`` on each of
+  their angles (``deposit='all'``: every ant ``Q / phi_b``, rtlab's first version, which with no
+  visibility kept returning the best equispaced set: see :func:`select_beam_angles`), and the best
+  set so far deposits ``elite / Phi_best`` on each of its angles; ``tau`` is kept within ``[tau_min, tau_max]`` (as in
   the MAX-MIN ant system) so no angle is ever ruled out for good.
 * ``eta`` is computed with ``dx = 1`` (per bixel, dimensionless), ``theta`` and ``TNMU`` on the
   fluence maps in MU per fraction (engine calibration, ``fractions`` default
@@ -42,8 +45,10 @@ How rtlab runs it
 
 Everything is seeded (``numpy.random.default_rng(seed)``) and deterministic.
 
-Size: just over 600 lines: the candidate influence, the fixed-set optimiser and the ant
-colony search of paper 003 share their helpers; splitting them would only move imports.
+Size: about 900 lines: the candidate influence, the fixed-set optimiser, its dense
+single-threaded path (:func:`dense_candidates`, :class:`DenseColumns`, :class:`single_thread_blas`),
+the shared :class:`SetEvaluator` and the ant colony of paper 003 share their helpers; the searches
+beside the colony (greedy, exhaustive) are in :mod:`rtlab.methods.angle_search`.
 """
 
 from __future__ import annotations
