@@ -63,7 +63,7 @@ def test_aco_is_reproducible_and_its_cost_is_the_documented_formula(toy):
     assert np.mean([e["objective"] for e in refs]) / r1.reference["objective"] == pytest.approx(1.0)
     # recompute the best set's cost from scratch: optimise, measure, weigh (paper weights)
     key = r1.best_set
-    x, res = ba.optimise_beams(im, r1.objective, key, max_iter=KW["max_iter"])
+    x, res = ba.optimise_beams(im, r1.objective, key, max_iter=KW["max_iter"], dense=ba.dense_candidates(im))
     q = ba.plan_quantities(im, x, key, r1.fractions)
     ref = r1.reference
     a, b, g, l = ba.PAPER_WEIGHTS
@@ -84,11 +84,12 @@ def test_aco_beats_or_ties_the_worst_equispaced_set_and_ranks_well(toy):
     assert r.cost <= max(eq)
     assert r.cost <= min(eq) + 1e-12  # it keeps the best reference at least
     # brute force over all pairs allowed by the separation: the ACO set is in the better half
+    D = ba.dense_candidates(im)
     costs = []
     for pair in itertools.combinations(range(8), 2):
         if abs((r.candidates[pair[1]] - r.candidates[pair[0]] + 180) % 360 - 180) < KW["min_separation_deg"]:
             continue
-        x, res = ba.optimise_beams(im, r.objective, pair, max_iter=KW["max_iter"])
+        x, res = ba.optimise_beams(im, r.objective, pair, max_iter=KW["max_iter"], dense=D)
         q = ba.plan_quantities(im, x, pair, r.fractions)
         ev = dict(q, objective=res.objective)
         costs.append(ba._cost_parts(ev, r.reference, ba.PAPER_WEIGHTS)[0])

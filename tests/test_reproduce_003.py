@@ -103,4 +103,4 @@ def test_stored_full_run():
 
 def test_cli_and_registry_accept_003():
     assert "003" in reproduce.SEEDS and "003" in REPRODUCE_SEEDS
-    assert [rid for rid, _ in reproduce.REGISTRY["003"]] == ["smoothing"]
+    assert [rid for rid, _ in reproduce.REGISTRY["003"]] == ["smoothing", "angles"]  # + seed003_angles
