@@ -41,9 +41,11 @@ Units: mm, minutes, Gy.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +57,10 @@ from ..._lazy import load
 from ..._util import atomic_path
 from ...core.geometry import Grid
 from ...dose import pointkernel as pk
-from .problem import GKPlan, PlanningProblem, build_problem, normalize_coverage
+from . import learning
+from .isocentres import optimize_times
+from .plan import plan_gamma_knife
+from .problem import GKPlan, PlanningProblem, build_problem, evaluate_plan, normalize_coverage, plan_loss
 
 torch = load("torch", extra="ml", purpose="the Gamma-Knife shot network (patent 002 learning)")
 
@@ -407,8 +412,6 @@ def predict(net: ShotNet, case: TargetCase, coverage: float = 0.96, model=None, 
     ``t``; :func:`rtlab.methods.gk.optimize_times`, L-BFGS-B, at most ``polish_iter`` iterations, from the
     predicted times), as FIG. 9 op. 950 does after the optimiser.
     """
-    from .isocentres import optimize_times
-
     s, t = net.predict_raw(case)
     if int(polish_iter) > 0:
         t, _ = optimize_times(case.problem, s, times0=t, model=model, max_iter=int(polish_iter))
@@ -420,8 +423,6 @@ def predict(net: ShotNet, case: TargetCase, coverage: float = 0.96, model=None, 
 
 def plan_metrics(plan: GKPlan, case: TargetCase, model=None) -> dict:
     """Eq. 8 objective (full problem), Paddick CI, GI, coverage and beam-on time of a plan for ``case``."""
-    from .problem import evaluate_plan, plan_loss
-
     mt = evaluate_plan(plan, case.grid, case.mask, case.rx, model=model)
     obj = plan_loss(case.problem, plan.shots, plan.times, model)[0]
     return dict(objective=float(obj), ci_paddick=mt["ci_paddick"], gi=mt["gi"], coverage=mt["coverage"],
@@ -434,7 +435,9 @@ def compare(net: ShotNet, cases, optimizer_kw=None, mlp=None, model=None, progre
 
     Each entry has ``learned``, ``optimizer`` (and ``mlp``) dicts of :func:`plan_metrics` plus
     ``seconds`` (wall time to produce the normalised plan: forward pass + normalisation, or the
-    whole :func:`rtlab.methods.gk.plan_gamma_knife`). All plans are normalised to 96 % coverage.
+    whole :func:`rtlab.methods.gk.plan_gamma_knife`) and ``cpu_s`` (the process's CPU time for the
+    same, all threads: less sensitive to other work on the machine). The metrics themselves are not
+    timed. All plans are normalised to 96 % coverage.
 
     Parameters
     ----------
@@ -446,42 +449,39 @@ def compare(net: ShotNet, cases, optimizer_kw=None, mlp=None, model=None, progre
         Also the network's plan with its times re-optimised for that many L-BFGS-B iterations
         (:func:`predict` ``polish_iter``), entries ``learned+polish{n}``.
     """
-    import warnings
-
-    from . import learning
-    from .plan import plan_gamma_knife
-
     out = []
     for c in tqdm(cases, desc="compare", disable=not progress, leave=False):
         row = {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         plan = predict(net, c, model=model)
-        row["learned"] = dict(plan_metrics(plan, c, model), seconds=time.perf_counter() - t0)
+        row["learned"] = dict(plan_metrics(plan, c, model), seconds=time.perf_counter() - t0,
+                              cpu_s=time.process_time() - c0)
         for n in polish:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             plan = predict(net, c, model=model, polish_iter=n)
-            row[f"learned+polish{int(n)}"] = dict(plan_metrics(plan, c, model), seconds=time.perf_counter() - t0)
-        t0 = time.perf_counter()
+            row[f"learned+polish{int(n)}"] = dict(plan_metrics(plan, c, model), seconds=time.perf_counter() - t0,
+                                                  cpu_s=time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = plan_gamma_knife(c.grid, c.mask, c.rx, model=model, **(optimizer_kw or {}))
-        row["optimizer"] = dict(plan_metrics(res.plan, c, model), seconds=time.perf_counter() - t0)
+        row["optimizer"] = dict(plan_metrics(res.plan, c, model), seconds=time.perf_counter() - t0,
+                                cpu_s=time.process_time() - c0)
         if mlp is not None:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             feats = learning.target_features(c.grid, c.mask)
             shots, times, _ = mlp.forward(feats, c.grid.center)
             p = GKPlan(shots, times)
             idx = np.flatnonzero(c.mask.ravel())
             p, _ = normalize_coverage(p, p.dose(c.grid, indices=idx, model=model), c.rx, 0.96)
-            row["mlp"] = dict(plan_metrics(p, c, model), seconds=time.perf_counter() - t0)
+            row["mlp"] = dict(plan_metrics(p, c, model), seconds=time.perf_counter() - t0,
+                              cpu_s=time.process_time() - c0)
         out.append(row)
     return out
 
 
 def train_mlp(cases, n_shots: int = 4, epochs: int = 30, lr: float = 0.01, seed: int = 0, model=None):
     """The feature MLP of :mod:`rtlab.methods.gk.learning` trained (unsupervised, eq. 8) on the same targets."""
-    from . import learning
-
     samples = [learning.TargetSample(c.grid, c.mask, c.rx, learning.target_features(c.grid, c.mask), c.problem)
                for c in cases]
     mlp = learning.ShotMLP(n_shots=n_shots, n_hidden=16, seed=seed)
@@ -554,8 +554,6 @@ def train_default(out=None, progress: bool = True, **overrides) -> tuple[ShotNet
 
 
 def _main(argv=None):
-    import argparse
-
     ap = argparse.ArgumentParser(description="Train the Gamma-Knife shot network (patent 002 learning).")
     ap.add_argument("--out", default=None, help="directory for gk_shotnet.pt/.json (e.g. rtlab/data)")
     for k, v in DEFAULT.items():
