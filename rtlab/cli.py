@@ -838,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "documents, the source's statement, rtlab's measured figure, the baseline and "
                                     "whether the claim held. Takes minutes (docs/reproduction.md).")
     sp.add_argument("--seed", action="append", metavar="NNN",
-                    help="source document: 000 (patent 000) or 001 (patent 001); repeat for several (default: all)")
+                    help="source document: 000, 001 or 002 (patents 000-002); repeat for several (default: all)")
     sp.add_argument("--reduced", action="store_true", help="fewer and coarser cases (what the tests run)")
     sp.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')
     sp.set_defaults(func=cmd_reproduce)

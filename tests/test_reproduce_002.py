@@ -49,12 +49,14 @@ def test_learning_row_criterion_recomputed(rows):
             for who in ("learned", "optimizer", "mlp")}
     ratio = mean["learned"]["objective"] / mean["optimizer"]["objective"]
     speed = mean["optimizer"]["seconds"] / mean["learned"]["seconds"]
-    assert f["objective_ratio"] == pytest.approx(ratio, rel=1e-3)
-    assert f["speedup"] == pytest.approx(speed, rel=1e-2, abs=0.1)
+    # per-target figures are rounded to 4 decimals (objectives ~0.02: up to 0.25 % each)
+    assert f["objective_ratio"] == pytest.approx(ratio, rel=5e-3)
+    assert f["speedup"] == pytest.approx(speed, rel=2e-2, abs=0.1)
     held = ratio <= seed002.OBJECTIVE_RATIO_MAX and speed >= seed002.SPEEDUP_MIN
     assert rows["A"]["held"] is bool(held)
     within = sum(p["learned"]["objective"] <= 1.1 * p["optimizer"]["objective"] for p in per)
-    assert f["n_within_10pct"] == within
+    assert abs(f["n_within_10pct"] - within) <= sum(  # a target on the 10 % line may flip by the rounding
+        abs(p["learned"]["objective"] / p["optimizer"]["objective"] - 1.1) < 0.01 for p in per)
     # every plan normalised to 96 % coverage
     for p in per:
         for who in ("learned", "optimizer", "mlp"):
@@ -73,3 +75,4 @@ def test_subgradient_row_criterion_recomputed(rows):
     assert all(p["adam_feasible"] for p in f["per_target"])
     ratio = np.mean([p["subgradient"] / p["adam"] for p in f["per_target"]])
     assert f["subgradient_over_adam"] == pytest.approx(ratio, rel=1e-3)
+    assert f["closed_form_rel_err"] <= 0.005  # the known answer of the one-point problem
