@@ -129,3 +129,38 @@ def test_bad_input(water):
         gg.objective_iso_gradient(water, [b], w, None, method="ad")
     with pytest.raises(ValueError, match="angles"):
         gg.refine_beam_angles(water, [np.nan])
+
+
+@pytest.mark.parametrize("gantry", [0.0, 30.0])
+def test_gantry_gradient_matches_engine_finite_differences(water, gantry):
+    """Analytic dD/d(gantry) (rotation of the projection + depth change) against central differences of the engine."""
+    b, w = _beam(water, gantry, seed=1)
+    gr = gg.dose_gantry_gradient(water, b, w, voxels="all", cutoff_mm=CUT)
+    np.testing.assert_allclose(gr.grad, gr.geometric + gr.depth_term)
+    fd = gg.dose_geometry_fd(water, b, w, "gantry", h=0.5, voxels="all", cutoff_mm=CUT)
+    deep = gr.depth >= 5.0
+    sc = np.abs(fd).max()
+    assert sc > 0 and np.abs(gr.grad).max() > 0.5 * sc
+    err = np.abs(gr.grad[deep] - fd[deep]).max() / sc
+    rms = np.sqrt(np.mean((gr.grad[deep] - fd[deep]) ** 2) / np.mean(fd[deep] ** 2))
+    assert err < 0.06 and rms < 0.03, (err, rms)  # measured 0.006/0.005 at 0 deg, 0.048/0.017 at 30 deg
+
+
+def test_gantry_gradient_depth_term_on_a_curved_surface():
+    """Sphere phantom (air around a round body): the depth term brings the analytic derivative closer to the engine's."""
+    c = get_phantom("sphere", spacing=5.0, radius=12.0)
+    b, w = _beam(c, 30.0, seed=1)
+    gr = gg.dose_gantry_gradient(c, b, w, voxels="all", cutoff_mm=CUT)
+    fd = gg.dose_geometry_fd(c, b, w, "gantry", h=1.0, voxels="all", cutoff_mm=CUT)
+    deep = gr.depth >= 10.0  # the fan look-up near a curved surface makes the engine's differences noisy
+    sc = np.abs(fd).max()
+
+    def rms(g):
+        return np.sqrt(np.mean((g[deep] - fd[deep]) ** 2) / np.mean(fd[deep] ** 2))
+
+    assert np.abs(gr.grad[deep] - fd[deep]).max() / sc < 0.07  # measured 0.044
+    assert rms(gr.grad) < 0.08  # measured 0.051
+    assert rms(gr.grad) < rms(gr.geometric)  # measured 0.051 against 0.066 without the depth term
+    assert np.abs(gr.depth_term).max() > 0.01 * sc
+    with pytest.raises(ValueError, match="step_mm"):
+        gg.dose_gantry_gradient(c, b, w, step_mm=0.0)

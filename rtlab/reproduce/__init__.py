@@ -19,7 +19,9 @@ tqdm progress bar; :func:`check_row` validates a row's schema. ``benchmarks/repr
 
 The rows themselves live in :mod:`rtlab.reproduce.seed000` (patent 000: conformity objective,
 falloff, control points, region model) and :mod:`rtlab.reproduce.seed001` (patent 001:
-conversion, deliverable-plan QA, congestion, delineation); paper 003's beam-angle rows are in
+conversion, deliverable-plan QA, congestion, delineation), :mod:`rtlab.reproduce.seed002` (patent 002:
+learning through the dose, the projected subgradient of eq. 9) and :mod:`rtlab.reproduce.seed003` (paper
+003: smoothing inside the optimisation); paper 003's beam-angle rows are in
 :mod:`rtlab.reproduce.seed003_angles`.
 """
 
@@ -30,7 +32,7 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from . import seed000, seed001, seed003, seed003_angles
+from . import seed000, seed001, seed002, seed003, seed003_angles
 from .schema import ROW_KEYS, check_row, row
 
 __all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_table"]
@@ -39,6 +41,7 @@ __all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_tab
 REGISTRY: dict[str, list[tuple[str, Callable]]] = {
     "000": list(seed000.ROWS),
     "001": list(seed001.ROWS),
+    "002": list(seed002.ROWS),
     "003": list(seed003.ROWS) + list(seed003_angles.ROWS),
 }
 

@@ -5,7 +5,9 @@ through the dose, linac geometry gradients.
 * :mod:`~rtlab.methods.gk.isocentres` -- initial shots, projected subgradient (eq 9), smooth
   reformulation (eq 11), times with the shots fixed;
 * :mod:`~rtlab.methods.gk.plan` -- :func:`plan_gamma_knife`, :func:`gk_summary`;
-* :mod:`~rtlab.methods.gk.learning` -- a network trained through the point-kernel dose;
+* :mod:`~rtlab.methods.gk.learning` -- a feature MLP trained through the point-kernel dose;
+* :mod:`~rtlab.methods.gk.shotnet` -- a torch CNN from the target's mask/distance map to shots and
+  times, trained end to end through a torch copy of the point kernel (eqs 3-6; shipped weights);
 * :mod:`~rtlab.methods.gk.geometry_gradients` -- isocentre and gantry-angle gradients of a linac
   plan through the SVD pencil beam.
 
@@ -36,7 +38,9 @@ kernel of :mod:`rtlab.dose.pointkernel`:
 3. **Projected subgradient descent (eq. 9)**: ``theta <- proj(theta - eta g)``, ``g`` from the
    analytic kernel gradient (eq. 10, :func:`rtlab.dose.pointkernel.dose_vjp`); the projection
    clips ``t >= 0`` and keeps each shot inside the target's bounding box. Steps are scaled per
-   coordinate (Adam moments), with separate step sizes for positions (mm) and times (min).
+   coordinate (Adam moments), with separate step sizes for positions (mm) and times (min);
+   ``step='subgradient'`` takes the patent's plain projected subgradient step instead
+   (normalised, diminishing ``eta_0 / sqrt(k)``).
 4. **Smooth reformulation (eq. 11)**: auxiliary ``s_T >= 0, s_T >= d_T - D`` and
    ``s_O >= 0, s_O >= D - d_O`` turn the hinges into smooth constraints; the problem
    ``min w_T/|V_T| sum s_T^2 + w_O/|V_O| sum s_O^2 + lam sum t`` is solved by scipy's
@@ -51,7 +55,7 @@ Prescription convention: ``rx`` is the absolute prescription dose (Gy); like Gam
 it usually ends near the 50 % isodose of the plan maximum (reported as ``isodose_pct``).
 """
 
-from . import geometry_gradients, learning
+from . import geometry_gradients, learning, shotnet
 from .isocentres import blas_single_thread, initial_shots, optimize_pgd, optimize_smooth, optimize_times
 from .plan import GKResult, crop_to_target, gk_summary, plan_gamma_knife
 from .problem import GKPlan, PlanningProblem, build_problem, evaluate_plan, normalize_coverage, plan_loss, target_as_mask
@@ -59,5 +63,5 @@ from .problem import GKPlan, PlanningProblem, build_problem, evaluate_plan, norm
 __all__ = [
     "GKPlan", "PlanningProblem", "build_problem", "plan_loss", "normalize_coverage", "evaluate_plan", "target_as_mask",
     "initial_shots", "optimize_times", "optimize_pgd", "optimize_smooth", "blas_single_thread",
-    "GKResult", "plan_gamma_knife", "crop_to_target", "gk_summary", "learning", "geometry_gradients",
+    "GKResult", "plan_gamma_knife", "crop_to_target", "gk_summary", "learning", "shotnet", "geometry_gradients",
 ]

@@ -43,18 +43,40 @@ finite differences noisy at sub-voxel steps. The tests therefore compare the ana
 with central differences of the engine (rebuilding the beam's influence columns at
 ``iso +- h``) beyond the build-up, with a cut-off large enough to hold the whole kernel.
 
-Gantry angle (finite differences, :func:`objective_angle_gradient`)
---------------------------------------------------------------------
-A gantry rotation pivots the source around the isocentre (17 mm per degree at SAD 1000 mm), so
-the depth change is not small there; the angle derivative is taken by central differences of the
-engine (the beam's influence columns rebuilt at ``gantry +- h`` with the same bixels). With the
-fluence re-optimised at every angle, the objective's derivative at the optimum equals this
-fixed-fluence derivative (envelope / Danskin theorem), which is what :func:`refine_beam_angles`
-uses: it alternates fluence re-optimisation (:func:`rtlab.methods.beam_angles.optimise_beams`,
-L-BFGS-B) with a projected gradient step on the angles (patent 002, eq. 1), with backtracking.
+Gantry angle (analytic, :func:`dose_gantry_gradient`; finite differences, :func:`objective_angle_gradient`)
+---------------------------------------------------------------------------------------------------------
+A gantry turn by ``theta`` rotates the source and the collimator frame about the gantry axis
+``a`` through the isocentre (``a = R_c(couch) e_z``, :func:`gantry_axis`; ``de/dtheta = a x e``).
+The source moves 17 mm per degree at SAD 1000 mm, so the depth change is not small here::
+
+    dD/dtheta = g_iso . (a x (P - iso))                       (projection and inverse square)
+              + dD/dd * int_0^L grad rho(P + s r) . (s/L) dS_perp ds     (radiological depth)
+
+``g_iso`` is the isocentre gradient above (the projection of ``P`` turns as if ``P`` moved by
+``-a x (P - iso)``), ``dS = a x (S - iso)`` the source's velocity, ``r`` the unit vector from
+``P`` to the source, ``L = |S - P|``, ``dS_perp`` the part of ``dS`` across the ray (the ray
+pivots about ``P``), ``dD/dd`` from the derivative of the Bortfeld depth components
+``b/(b - mu) (-mu exp(-mu d) + b exp(-b d))``. The ray integral runs on the density's
+central-difference gradient (trilinear, zero outside the grid) with a step of half a voxel.
+Against central differences of the engine (tests): water box 0.6 % (gantry 0) and 4.8 %
+(gantry 30) of the largest derivative beyond the build-up; sphere phantom (air around a round
+body) 4.4 % beyond 10 mm depth, rms 5.1 % against 6.6 % without the depth term. Nearer the
+curved surface the engine's fan look-up makes its own differences noisy.
+
+:func:`objective_angle_gradient` still takes the objective's angle derivative by central
+differences of the engine (the beam's influence columns rebuilt at ``gantry +- h`` with the same
+bixels). With the fluence re-optimised at every angle, the objective's derivative at the optimum
+equals this fixed-fluence derivative (envelope / Danskin theorem), which is what
+:func:`refine_beam_angles` uses: it alternates fluence re-optimisation
+(:func:`rtlab.methods.beam_angles.optimise_beams`, L-BFGS-B) with a projected gradient step on
+the angles (patent 002, eq. 1), with backtracking.
 
 Units: positions mm ``(z, y, x)``, angles degrees, dose Gy; objective gradients are per mm
 or per degree.
+
+Size: about 700 lines: the isocentre and gantry derivatives share one pass over the lateral
+Gaussians (:func:`_lateral_sums`) and are checked against the same engine differences, and the
+angle refinement that uses them sits beside them.
 """
 
 from __future__ import annotations
@@ -64,6 +86,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from scipy.special import ndtr
 
 from ...core.beams import Beam
@@ -79,6 +102,9 @@ __all__ = [
     "engine_beam_dose",
     "IsoGradient",
     "dose_iso_gradient",
+    "GantryGradient",
+    "gantry_axis",
+    "dose_gantry_gradient",
     "dose_geometry_fd",
     "objective_iso_gradient",
     "objective_angle_gradient",
@@ -176,6 +202,70 @@ class IsoGradient:
     depth: np.ndarray
 
 
+def _lateral_sums(case, beam, w, machine, voxels, cutoff_mm, chunk, broad_sigma_mm, want_depth):
+    """Dose ``D`` and its partial sums ``dD/du``, ``dD/dv`` (and ``dD/d depth`` if ``want_depth``) per voxel."""
+    if cutoff_mm is None:
+        cutoff_mm = auto_cutoff_mm(machine, beam.bixel_mm, broad_sigma_mm)
+    if not (np.isfinite(cutoff_mm) and cutoff_mm > 0):
+        raise ValueError(f"cutoff_mm must be a positive distance in mm, got {cutoff_mm!r}")
+    if int(chunk) < 1:
+        raise ValueError(f"chunk must be a positive number of voxels, got {chunk!r}")
+    vidx, _, _ = select_voxels(case, case.grid, voxels)
+    pts = case.grid.index_to_world(np.stack(np.unravel_index(vidx, case.grid.shape), axis=1)).astype(np.float64)
+    widest = max((float(s[split_gaussians(s, broad_sigma_mm)].max()) for s in
+                  (machine.gaussians(x)[1] for x in machine.kernel_ssds) if split_gaussians(s, broad_sigma_mm).any()),
+                 default=0.0)
+    bv = beam_voxels(case, beam, machine, pts, max(cutoff_mm, BROAD_REACH_SIGMAS * widest))
+    comp, sig, cw = machine.gaussians(bv.ssd)
+    broad = split_gaussians(sig, broad_sigma_mm)
+    centers = beam.bixels.centers()  # (m, 2) (v, u)
+    vc, uc = centers[:, 0], centers[:, 1]
+    h = beam.bixel_mm
+    n = len(vidx)
+    D = np.zeros(n)
+    Du = np.zeros(n)
+    Dv = np.zeros(n)
+    Dd = np.zeros(n) if want_depth else None
+    wd = _depth_factor_derivative(bv, beam, machine) if want_depth else None
+    ok = np.flatnonzero(np.isfinite(bv.u))
+    cut2 = float(cutoff_mm) ** 2
+    for a in range(0, ok.size, int(chunk)):
+        ii = ok[a:a + int(chunk)]
+        du = bv.u[ii][:, None] - uc[None]
+        dv = bv.v[ii][:, None] - vc[None]
+        keep_n = (du * du + dv * dv) <= cut2
+        for k, s, c, is_broad in zip(comp, sig, cw, broad):
+            keep = True if is_broad else keep_n
+            ap, am = (du + h / 2) / s, (du - h / 2) / s
+            bp, bm = (dv + h / 2) / s, (dv - h / 2) / s
+            fu = ndtr(ap) - ndtr(am)
+            fv = ndtr(bp) - ndtr(bm)
+            gu = (np.exp(-0.5 * ap * ap) - np.exp(-0.5 * am * am)) * (_INV_SQRT_2PI / s)
+            gv = (np.exp(-0.5 * bp * bp) - np.exp(-0.5 * bm * bm)) * (_INV_SQRT_2PI / s)
+            lat = np.where(keep, fu * fv, 0.0) @ w
+            f = c * bv.w[ii, k]
+            D[ii] += f * lat
+            Du[ii] += f * (np.where(keep, gu * fv, 0.0) @ w)
+            Dv[ii] += f * (np.where(keep, fu * gv, 0.0) @ w)
+            if want_depth:
+                Dd[ii] += c * wd[ii, k] * lat
+    return vidx, bv, ok, D, Du, Dv, Dd
+
+
+def _depth_factor_derivative(bv, beam, machine):
+    """``d/dd [(SAD/t)^2 D_k(d)]`` per voxel and depth component (Bortfeld 1993; 0 at d <= 0)."""
+    d = np.where(np.isfinite(bv.depth), np.maximum(bv.depth, 0.0), 0.0)[:, None]
+    b = np.asarray(machine.betas, float)[None]
+    mu = float(machine.mu)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        isq = np.where(np.isfinite(bv.t) & (bv.t > 0), (beam.sad / bv.t) ** 2, 0.0)[:, None]
+    x = b - mu
+    safe = np.abs(x) > 1e-12
+    xs = np.where(safe, x, 1.0)
+    der = np.where(safe, b / xs * (-mu * np.exp(-mu * d) + b * np.exp(-b * d)), b * np.exp(-mu * d) * (1.0 - mu * d))
+    return np.where(bv.depth[:, None] > 0, der * isq, 0.0)
+
+
 def dose_iso_gradient(case, beam: Beam, weights, machine=None, voxels="body", cutoff_mm: float | None = None,
                       chunk: int = 4096, broad_sigma_mm: float | None = DEFAULT_BROAD_SIGMA_MM) -> IsoGradient:
     """Analytic ``dD/d(iso)`` of one beam with its fluence fixed (patent 002, eq. 10 for the linac model).
@@ -211,46 +301,8 @@ def dose_iso_gradient(case, beam: Beam, weights, machine=None, voxels="body", cu
     beam = _check_beam(beam)
     w = _weights(beam, weights)
     machine = generic_6mv() if machine is None else machine
-    if cutoff_mm is None:
-        cutoff_mm = auto_cutoff_mm(machine, beam.bixel_mm, broad_sigma_mm)
-    if not (np.isfinite(cutoff_mm) and cutoff_mm > 0):
-        raise ValueError(f"cutoff_mm must be a positive distance in mm, got {cutoff_mm!r}")
-    if int(chunk) < 1:
-        raise ValueError(f"chunk must be a positive number of voxels, got {chunk!r}")
-    vidx, _, _ = select_voxels(case, case.grid, voxels)
-    pts = case.grid.index_to_world(np.stack(np.unravel_index(vidx, case.grid.shape), axis=1)).astype(np.float64)
-    widest = max((float(s[split_gaussians(s, broad_sigma_mm)].max()) for s in
-                  (machine.gaussians(x)[1] for x in machine.kernel_ssds) if split_gaussians(s, broad_sigma_mm).any()),
-                 default=0.0)
-    bv = beam_voxels(case, beam, machine, pts, max(cutoff_mm, BROAD_REACH_SIGMAS * widest))
-    comp, sig, cw = machine.gaussians(bv.ssd)
-    broad = split_gaussians(sig, broad_sigma_mm)
-    centers = beam.bixels.centers()  # (m, 2) (v, u)
-    vc, uc = centers[:, 0], centers[:, 1]
-    h = beam.bixel_mm
+    vidx, bv, ok, D, Du, Dv, _ = _lateral_sums(case, beam, w, machine, voxels, cutoff_mm, chunk, broad_sigma_mm, False)
     n = len(vidx)
-    D = np.zeros(n)
-    Du = np.zeros(n)
-    Dv = np.zeros(n)
-    ok = np.flatnonzero(np.isfinite(bv.u))
-    cut2 = float(cutoff_mm) ** 2
-    for a in range(0, ok.size, int(chunk)):
-        ii = ok[a:a + int(chunk)]
-        du = bv.u[ii][:, None] - uc[None]
-        dv = bv.v[ii][:, None] - vc[None]
-        keep_n = (du * du + dv * dv) <= cut2
-        for k, s, c, is_broad in zip(comp, sig, cw, broad):
-            keep = True if is_broad else keep_n
-            ap, am = (du + h / 2) / s, (du - h / 2) / s
-            bp, bm = (dv + h / 2) / s, (dv - h / 2) / s
-            fu = ndtr(ap) - ndtr(am)
-            fv = ndtr(bp) - ndtr(bm)
-            gu = (np.exp(-0.5 * ap * ap) - np.exp(-0.5 * am * am)) * (_INV_SQRT_2PI / s)
-            gv = (np.exp(-0.5 * bp * bp) - np.exp(-0.5 * bm * bm)) * (_INV_SQRT_2PI / s)
-            f = c * bv.w[ii, k]
-            D[ii] += f * (np.where(keep, fu * fv, 0.0) @ w)
-            Du[ii] += f * (np.where(keep, gu * fv, 0.0) @ w)
-            Dv[ii] += f * (np.where(keep, fu * gv, 0.0) @ w)
     eu, ev, eb = beam.frame()
     grad = np.zeros((n, 3))
     t = bv.t[ok][:, None]
@@ -258,6 +310,115 @@ def dose_iso_gradient(case, beam: Beam, weights, machine=None, voxels="body", cu
     gv_p = (beam.sad * ev[None] - bv.v[ok][:, None] * eb[None]) / t
     grad[ok] = -(Du[ok][:, None] * gu_p + Dv[ok][:, None] * gv_p) + (2.0 * D[ok] / bv.t[ok])[:, None] * eb[None]
     return IsoGradient(D, grad, vidx, np.asarray(bv.depth, float))
+
+
+@dataclass
+class GantryGradient:
+    """Dose of one beam and its analytic derivative with respect to the gantry angle (fluence fixed).
+
+    Attributes
+    ----------
+    dose : ndarray (n,)
+        Gy at the selected voxels.
+    grad : ndarray (n,)
+        ``dD/d(gantry)`` in Gy/degree.
+    geometric, depth_term : ndarray (n,)
+        Its two parts: the rotation of the projection and inverse square, and the change of the
+        radiological depth (Gy/degree).
+    voxel_index, depth : ndarray (n,)
+        As :class:`IsoGradient`.
+    """
+
+    dose: np.ndarray
+    grad: np.ndarray
+    geometric: np.ndarray
+    depth_term: np.ndarray
+    voxel_index: np.ndarray
+    depth: np.ndarray
+
+
+def gantry_axis(beam: Beam) -> np.ndarray:
+    """Unit gantry rotation axis ``(z, y, x)`` in patient coordinates: ``R_c(couch) e_z`` (``rtlab.core.beams``).
+
+    ``d e / d(theta) = a x e`` for every frame vector ``e`` of the beam (theta in radians).
+    """
+    p = np.deg2rad(float(beam.couch))
+    a_xyz = np.array([np.sin(p), 0.0, np.cos(p)])  # R_c(phi) @ (0, 0, 1)
+    return a_xyz[::-1].copy()
+
+
+def _depth_derivative(case, points, source, dsource, step_mm):
+    """``d(depth)/d(source)`` along ``dsource``: ``int_0^L grad rho(P + s r) . (s/L) dS_perp ds`` (mm per unit)."""
+    rho = np.pad(np.asarray(case.density, float), 1)  # zero outside the grid
+    sp = np.asarray(case.grid.spacing, float)
+    grads = np.gradient(rho, *sp)
+    origin = np.asarray(case.grid.origin, float) - sp  # of the padded grid
+    ext = np.asarray(case.grid.shape) * sp
+    P = np.asarray(points, float)
+    r = source[None] - P
+    L = np.linalg.norm(r, axis=1)
+    rh = r / L[:, None]
+    dperp = dsource[None] - (rh @ dsource)[:, None] * rh
+    # the ray leaves the (padded) grid within its diagonal
+    smax = float(np.linalg.norm(ext + 2 * sp))
+    n_s = int(np.ceil(smax / step_mm))
+    out = np.zeros(P.shape[0])
+    for j in range(n_s):
+        sj = (j + 0.5) * step_mm
+        x = P + sj * rh
+        idx = ((x - origin) / sp).T
+        g = np.stack([ndimage.map_coordinates(gr, idx, order=1, mode="constant", cval=0.0) for gr in grads], axis=1)
+        inside = sj < L
+        out += np.where(inside, np.einsum("ni,ni->n", g, dperp) * (sj / L), 0.0) * step_mm
+    return out
+
+
+def dose_gantry_gradient(case, beam: Beam, weights, machine=None, voxels="body", cutoff_mm: float | None = None,
+                         chunk: int = 4096, broad_sigma_mm: float | None = DEFAULT_BROAD_SIGMA_MM,
+                         step_mm: float | None = None) -> GantryGradient:
+    """Analytic ``dD/d(gantry)`` of one beam with its fluence fixed (patent 002: derivative w.r.t. the incidence angle).
+
+    A gantry turn by ``theta`` rotates source and collimator frame about the gantry axis ``a``
+    through the isocentre (:func:`gantry_axis`). Two parts (module docstring):
+
+    * geometric: the projection ``(u, v, t)`` of voxel ``P`` turns as if ``P`` moved by
+      ``-a x (P - iso)``; with the isocentre gradient ``g_iso = -grad_P D`` (depth fixed) this is
+      ``g_iso . (a x (P - iso))``;
+    * depth: the source moves by ``dS = a x (S - iso)``, pivoting the ray about ``P``; the
+      radiological depth changes by ``int_0^L grad rho(P + s r) . (s / L) dS_perp ds`` (``r`` the
+      unit vector to the source, ``L = |S - P|``, ``dS_perp`` the part across the ray), summed with
+      a trapezoid rule of ``step_mm`` on the density's central-difference gradient (trilinear);
+      times ``dD/d depth`` from the derivative of the Bortfeld depth components.
+
+    Both per radian, returned per degree. Parameters as :func:`dose_iso_gradient`; ``step_mm``
+    (default half the smallest voxel) is the ray step of the depth integral.
+    """
+    beam = _check_beam(beam)
+    w = _weights(beam, weights)
+    machine = generic_6mv() if machine is None else machine
+    if step_mm is None:
+        step_mm = 0.5 * min(case.grid.spacing)
+    if not (np.isfinite(step_mm) and step_mm > 0):
+        raise ValueError(f"step_mm must be a positive distance in mm, got {step_mm!r}")
+    vidx, bv, ok, D, Du, Dv, Dd = _lateral_sums(case, beam, w, machine, voxels, cutoff_mm, chunk, broad_sigma_mm, True)
+    n = len(vidx)
+    eu, ev, eb = beam.frame()
+    iso = np.asarray(beam.isocenter, float)
+    a = gantry_axis(beam)
+    pts = case.grid.index_to_world(np.stack(np.unravel_index(vidx[ok], case.grid.shape), axis=1)).astype(np.float64)
+    t = bv.t[ok][:, None]
+    gu_p = (beam.sad * eu[None] - bv.u[ok][:, None] * eb[None]) / t
+    gv_p = (beam.sad * ev[None] - bv.v[ok][:, None] * eb[None]) / t
+    g_iso = -(Du[ok][:, None] * gu_p + Dv[ok][:, None] * gv_p) + (2.0 * D[ok] / bv.t[ok])[:, None] * eb[None]
+    geo = np.zeros(n)
+    dep = np.zeros(n)
+    # a x v in (z, y, x) storage: the reversed component order is left-handed, so np.cross flips sign
+    geo[ok] = np.einsum("ni,ni->n", g_iso, -np.cross(a[None], pts - iso[None]))
+    S = beam.source
+    dS = -np.cross(a, S - iso)
+    dep[ok] = Dd[ok] * _depth_derivative(case, pts, S, dS, float(step_mm))
+    per_deg = np.pi / 180.0
+    return GantryGradient(D, (geo + dep) * per_deg, geo * per_deg, dep * per_deg, vidx, np.asarray(bv.depth, float))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -149,17 +149,29 @@ def optimize_times(prob: PlanningProblem, shots, times0=None, model=None, max_it
 
 
 def optimize_pgd(prob: PlanningProblem, shots, times, model=None, n_iter: int = 60,
-                 lr_mm: float = 0.25, lr_rel: float = 0.05, callback=None):
+                 lr_mm: float = 0.25, lr_rel: float = 0.05, callback=None, step: str = "adam"):
     """Projected subgradient descent on eq. 8 over shot positions and times (patent 002, eq. 9).
 
     ``theta <- proj(theta - eta * g)`` with ``g`` the (sub)gradient of eq. 8 from the analytic
     kernel derivative (eq. 10); the projection clips ``t >= 0`` and each shot into
-    ``prob.bbox``. Steps are per-coordinate normalised (Adam moments, beta1 0.9, beta2 0.999):
-    about ``lr_mm`` mm for positions and ``lr_rel`` times the mean positive time for times. The
-    best iterate is returned.
+    ``prob.bbox``. Two step rules:
+
+    * ``step='adam'`` (default): steps per-coordinate normalised by Adam moments (beta1 0.9,
+      beta2 0.999): about ``lr_mm`` mm for positions and ``lr_rel`` times the mean positive time
+      for times;
+    * ``step='subgradient'``: the patent's plain projected subgradient step (eq. 9) with the
+      classical diminishing, normalised step size (Shor):
+      ``theta_k+1 = proj(theta_k - eta_k g_k / ||g_k||)``, ``eta_k = eta_0 / sqrt(k)``, one block
+      for the positions (``eta_0 = lr_mm`` mm, ``g`` the (S, 3) position subgradient) and one for
+      the times (``eta_0 = lr_rel`` times the mean positive time times ``sqrt(n_times)``, i.e.
+      about ``lr_rel`` relative change per time). A subgradient method does not decrease the
+      loss monotonically, so the best iterate is kept.
+
+    The best iterate is returned.
 
     Parameters
     ----------
+    step : {'adam', 'subgradient'}
     callback : callable, optional
         ``callback(iteration, loss)`` after every iteration.
 
@@ -167,6 +179,8 @@ def optimize_pgd(prob: PlanningProblem, shots, times, model=None, n_iter: int = 
     -------
     shots, times, history (list of loss values)
     """
+    if step not in ("adam", "subgradient"):
+        raise ValueError(f"step must be 'adam' or 'subgradient' (eq. 9), got {step!r}")
     s, t = pk.check_shots(shots, times)
     s, t = s.copy(), t.copy()
     lr_t = lr_rel * max(t[t > 0].mean() if np.any(t > 0) else prob.rx / 10.0, 1e-6)
@@ -183,13 +197,18 @@ def optimize_pgd(prob: PlanningProblem, shots, times, model=None, n_iter: int = 
             best = (L, s.copy(), t.copy())
         if callback is not None:
             callback(k, L)
-        ms = b1 * ms + (1 - b1) * gp
-        vs = b2 * vs + (1 - b2) * gp**2
-        mt = b1 * mt + (1 - b1) * gt
-        vt = b2 * vt + (1 - b2) * gt**2
-        c1, c2 = 1 - b1**k, 1 - b2**k
-        s = s - lr_mm * (ms / c1) / (np.sqrt(vs / c2) + eps)
-        t = t - lr_t * (mt / c1) / (np.sqrt(vt / c2) + eps)
+        if step == "subgradient":
+            eta = 1.0 / np.sqrt(k)
+            s = s - eta * lr_mm * gp / max(np.linalg.norm(gp), 1e-300)
+            t = t - eta * lr_t * np.sqrt(t.size) * gt / max(np.linalg.norm(gt), 1e-300)
+        else:
+            ms = b1 * ms + (1 - b1) * gp
+            vs = b2 * vs + (1 - b2) * gp**2
+            mt = b1 * mt + (1 - b1) * gt
+            vt = b2 * vt + (1 - b2) * gt**2
+            c1, c2 = 1 - b1**k, 1 - b2**k
+            s = s - lr_mm * (ms / c1) / (np.sqrt(vs / c2) + eps)
+            t = t - lr_t * (mt / c1) / (np.sqrt(vt / c2) + eps)
         t = np.maximum(t, 0.0)
         s = np.clip(s, lo, hi)
     L = plan_loss(prob, s, t, model)[0]

@@ -40,7 +40,7 @@ def _score(mt, ci_goal, gi_goal):
 def plan_gamma_knife(grid: Grid, target, rx: float, oars=(), body=None, model=None,
                      method: str = "pgd", max_shots: int = 6, n_iter: int = 40,
                      coverage_goal: float = 0.96, ci_goal: float = 0.80, gi_goal: float = 3.0,
-                     max_rounds: int = 3, problem_kw=None, callback=None) -> GKResult:
+                     max_rounds: int = 3, problem_kw=None, callback=None, pgd_step: str = "adam") -> GKResult:
     """Plan shots and times for one target (patent 002, FIG. 9).
 
     Steps: heuristic shots -> times with shots fixed -> joint optimisation of eq. 8
@@ -62,6 +62,9 @@ def plan_gamma_knife(grid: Grid, target, rx: float, oars=(), body=None, model=No
         Region for the prescription isodose volume (default the whole grid).
     callback : callable, optional
         ``callback(stage, iteration, loss)``.
+    pgd_step : {'adam', 'subgradient'}
+        Step rule of ``method='pgd'`` (:func:`~rtlab.methods.gk.optimize_pgd`): Adam-scaled
+        steps, or the plain projected subgradient step of eq. 9.
 
     Returns
     -------
@@ -88,7 +91,8 @@ def plan_gamma_knife(grid: Grid, target, rx: float, oars=(), body=None, model=No
     t0 = time.perf_counter()
     if method == "pgd":
         cb = None if callback is None else (lambda k, L: callback("pgd", k, L))
-        shots, times, history = optimize_pgd(prob, shots, times, model=model, n_iter=n_iter, callback=cb)
+        shots, times, history = optimize_pgd(prob, shots, times, model=model, n_iter=n_iter, callback=cb,
+                                              step=pgd_step)
     elif method == "smooth":
         shots, times, info = optimize_smooth(prob, shots, times, model=model)
         history = [info["loss_eq8"]]
