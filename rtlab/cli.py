@@ -688,7 +688,7 @@ def cmd_batch(args) -> int:
     return 0 if not summary["failed"] and not summary["qa_failed"] else 1
 
 
-REPRODUCE_SEEDS = ("000", "001")
+REPRODUCE_SEEDS = ("000", "001", "004")
 
 
 def cmd_reproduce(args) -> int:
@@ -838,7 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "documents, the source's statement, rtlab's measured figure, the baseline and "
                                     "whether the claim held. Takes minutes (docs/reproduction.md).")
     sp.add_argument("--seed", action="append", metavar="NNN",
-                    help="source document: 000 (patent 000) or 001 (patent 001); repeat for several (default: all)")
+                    help="source document: 000 (patent 000), 001 (patent 001) or 004 (paper 004); repeat for several "
+                         "(default: all)")
     sp.add_argument("--reduced", action="store_true", help="fewer and coarser cases (what the tests run)")
     sp.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')
     sp.set_defaults(func=cmd_reproduce)

@@ -19,7 +19,8 @@ tqdm progress bar; :func:`check_row` validates a row's schema. ``benchmarks/repr
 
 The rows themselves live in :mod:`rtlab.reproduce.seed000` (patent 000: conformity objective,
 falloff, control points, region model) and :mod:`rtlab.reproduce.seed001` (patent 001:
-conversion, deliverable-plan QA, congestion, delineation).
+conversion, deliverable-plan QA, congestion, delineation) and :mod:`rtlab.reproduce.seed004` (paper 004:
+interactive dose shaping at the paper's kernel).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from . import seed000, seed001
+from . import seed000, seed001, seed004
 from .schema import ROW_KEYS, check_row, row
 
 __all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_table"]
@@ -38,6 +39,7 @@ __all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_tab
 REGISTRY: dict[str, list[tuple[str, Callable]]] = {
     "000": list(seed000.ROWS),
     "001": list(seed001.ROWS),
+    "004": list(seed004.ROWS),
 }
 
 SEEDS = tuple(REGISTRY)
