@@ -32,6 +32,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--kernel-sigma", default="3.0", help="patch kernel width in mm, or 'w2'")
     ap.add_argument("--lazy-sigma", type=float, default=20.0, help="lazy far-scatter width (mm); <=0: none")
+    ap.add_argument("--step-rule", default="voxel", choices=["voxel", "footprint"],
+                    help="recovery step: 'voxel' (the paper's Algorithm 1 scale, as in its table 1; default) or "
+                         "'footprint' (the session's default since issue #21: two extra patch updates per step)")
     a = ap.parse_args(argv)
 
     from rtlab.methods.ids import reproduce_paper, tpi_maps
@@ -39,7 +42,8 @@ def main(argv=None):
 
     case = get_phantom("horseshoe", spacing=a.spacing)
     ks = a.kernel_sigma if a.kernel_sigma == "w2" else float(a.kernel_sigma)
-    kw = dict(kernel_sigma_mm=ks, lazy_sigma_mm=a.lazy_sigma if a.lazy_sigma > 0 else None)
+    kw = dict(kernel_sigma_mm=ks, lazy_sigma_mm=a.lazy_sigma if a.lazy_sigma > 0 else None, step_rule=a.step_rule,
+              hold_request=a.step_rule == "footprint")
     # warm-up (numba compile / cache load) on a coarse copy
     reproduce_paper(get_phantom("horseshoe", spacing=6.0), n_steps=2, session_kwargs=kw)
 

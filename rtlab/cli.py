@@ -39,7 +39,7 @@ The plan and engine settings go into one :class:`rtlab.planning.PlanSettings`, w
 Size: about 910 lines: every subcommand's argument checks (all made before any work starts,
 issue #15) and its one-screen report live beside its parser entry; the work itself is one
 library call per subcommand.
-``rtlab reproduce [--seed 000|001|002|003 ...] [--reduced] [--json]``
+``rtlab reproduce [--seed 000|001|002|003|004 ...] [--reduced] [--json]``
     The reproduction rows of :mod:`rtlab.reproduce` (issue #20): one row per claim of the source
     documents, computed live (minutes; ``--reduced``: fewer and coarser cases); ``--json`` prints
     ``{"rows": [...]}``.
@@ -700,7 +700,7 @@ def cmd_batch(args) -> int:
     return 0 if not summary["failed"] and not summary["qa_failed"] else 1
 
 
-REPRODUCE_SEEDS = ("000", "001", "002", "003")
+REPRODUCE_SEEDS = ("000", "001", "002", "003", "004")
 
 
 def cmd_reproduce(args) -> int:
@@ -852,7 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "documents, the source's statement, rtlab's measured figure, the baseline and "
                                     "whether the claim held. Takes minutes (docs/reproduction.md).")
     sp.add_argument("--seed", action="append", metavar="NNN",
-                    help="source document: 000, 001, 002 (patents 000-002) or 003 (paper 003); repeat for several "
+                    help="source document: 000, 001, 002 (patents 000-002), 003 or 004 (papers 003, 004); repeat for several "
                          "(default: all)")
     sp.add_argument("--reduced", action="store_true", help="fewer and coarser cases (what the tests run)")
     sp.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')

@@ -20,8 +20,9 @@ tqdm progress bar; :func:`check_row` validates a row's schema. ``benchmarks/repr
 The rows themselves live in :mod:`rtlab.reproduce.seed000` (patent 000: conformity objective,
 falloff, control points, region model) and :mod:`rtlab.reproduce.seed001` (patent 001:
 conversion, deliverable-plan QA, congestion, delineation), :mod:`rtlab.reproduce.seed002` (patent 002:
-learning through the dose, the projected subgradient of eq. 9) and :mod:`rtlab.reproduce.seed003` (paper
-003: smoothing inside the optimisation); paper 003's beam-angle rows are in
+learning through the dose, the projected subgradient of eq. 9), :mod:`rtlab.reproduce.seed003` (paper
+003: smoothing inside the optimisation) and :mod:`rtlab.reproduce.seed004` (paper 004: interactive dose
+shaping at the paper's kernel); paper 003's beam-angle rows are in
 :mod:`rtlab.reproduce.seed003_angles`.
 """
 
@@ -32,7 +33,7 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from . import seed000, seed001, seed002, seed003, seed003_angles
+from . import seed000, seed001, seed002, seed003, seed003_angles, seed004
 from .schema import ROW_KEYS, check_row, row
 
 __all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_table"]
@@ -43,6 +44,7 @@ REGISTRY: dict[str, list[tuple[str, Callable]]] = {
     "001": list(seed001.ROWS),
     "002": list(seed002.ROWS),
     "003": list(seed003.ROWS) + list(seed003_angles.ROWS),
+    "004": list(seed004.ROWS),
 }
 
 SEEDS = tuple(REGISTRY)

@@ -2,7 +2,9 @@
 
 A thin layer over :class:`rtlab.methods.ids.IDSSession`. The planner clicks a voxel on the
 :class:`~rtlab.widgets.SliceViewer`, types a dose (Gy or % of the prescription) and presses
-*Apply to selected voxel*, or drags an isodose line on the slice; the session's modification
+*Apply to selected voxel*, drags an isodose line on the slice, or pushes an isodose surface in 3D
+(a point picked in the 3D view of :meth:`IDSPanel.show_3d` or on a slice, the surface level, the push
+in mm and the region's radius: *Push isodose surface*); the session's modification
 (Algorithm 1, eqs 1-3) and recovery (section 2.3) run in a background thread, then the dose
 colourwash and isodose lines, the :class:`~rtlab.widgets.DVHPlot` and the score table
 (:func:`rtlab.evaluate.compare.score`: Paddick CI, coverage, D95, organ mean ...) are redrawn.
@@ -10,12 +12,17 @@ Undo / redo step through the session's history; *export plan* writes the fluence
 bixel weights of :meth:`IDSSession.to_plan` and the dose to an ``.npz`` file.
 
 The panel holds no algorithm: every button is a public method (:meth:`IDSPanel.request_voxel`,
-:meth:`IDSPanel.request_isodose`, :meth:`IDSPanel.recover`, :meth:`IDSPanel.undo`,
+:meth:`IDSPanel.request_isodose`, :meth:`IDSPanel.request_surface`, :meth:`IDSPanel.pick_surface_point`,
+:meth:`IDSPanel.recover`, :meth:`IDSPanel.undo`,
 :meth:`IDSPanel.redo`, :meth:`IDSPanel.export_plan`) that checks its input with the session's
 own checks (so a bad request raises the library's error at once, and the status line shows
 it), then queues the library call. Jobs run one after another in a daemon thread, in the
 order they were asked for; :meth:`IDSPanel.wait` joins them and returns the dose they left
 (:attr:`IDSPanel.result`), as every panel's ``wait()`` does (:mod:`rtlab.widgets.panel`).
+
+Size: over 600 lines because the panel's five requests (voxel, isodose line, isodose surface,
+recovery, undo/redo) each check their input and queue their job here, next to the controls they
+read; the algorithms are in :mod:`rtlab.methods.ids`.
 """
 
 from __future__ import annotations
@@ -30,10 +37,14 @@ import numpy as np
 from ..core.case import Case
 from ..evaluate.compare import score
 from ..io.npz import save_npz
-from ..methods.ids import IDSSession
+from .._lazy import load
+from ..methods.ids import IDSSession, isodose_surface_request
 from .dvh import DVHPlot
 from .panel import Panel, esc, ipywidgets
 from .slice_viewer import SliceViewer
+from .view3d import View3D
+
+traitlets = load("traitlets", extra="lab", purpose="IDSPanel's surface point")
 
 __all__ = ["IDSPanel", "SCORE_ROWS"]
 
@@ -97,6 +108,11 @@ class IDSPanel(Panel):
         The latest exported plan (:meth:`export_plan`).
     """
 
+    #: Picked point of the isodose-surface request, world ``(z, y, x)`` mm (``[]``: none). Set by a
+    #: click in the 3D view (:meth:`show_3d`), by :meth:`pick_surface_point` (the voxel selected on
+    #: the slice, in any of the viewer's three orientations) or from Python.
+    surface_point = traitlets.List(traitlets.Float(), default_value=[])
+
     def __init__(self, session, *, slice_index: int | None = None, isodose_levels_pct=(55.0, 95.0, 107.0),
                  request_pct: float = 55.0, score_level_pct: float = 95.0, display_size: int = 420,
                  dvh_bins: int = 200, **session_kwargs):
@@ -153,6 +169,20 @@ class IDSPanel(Panel):
                                                layout=ipywidgets.Layout(width="320px"),
                                                style={"description_width": "initial"})
 
+        fw = ipywidgets.Layout(width="190px")
+        self.surface_level_input = ipywidgets.FloatText(value=float(request_pct), description="surface %",
+                                                        layout=fw)
+        self.surface_shift_input = ipywidgets.FloatText(value=-3.0, description="push (mm)", layout=fw)
+        self.surface_radius_input = ipywidgets.FloatText(value=10.0, description="radius (mm)", layout=fw)
+        self.surface_label = ipywidgets.HTML("<i>no surface point picked</i>")
+        self.pick_button = ipywidgets.Button(description="Surface point = selected voxel", layout=lay)
+        self.surface_button = ipywidgets.Button(description="Push isodose surface", layout=lay)
+        self.view3d = None
+        self.last_surface = None
+        self.pick_button.on_click(lambda _b: self._from_ui(self.pick_surface_point))
+        self.surface_button.on_click(lambda _b: self._from_ui(self.request_surface))
+        self.observe(self._on_surface_point, names="surface_point")
+
         self.apply_button.on_click(lambda _b: self._from_ui(self.request_voxel))
         self.recover_button.on_click(lambda _b: self._from_ui(self.recover))
         self.undo_button.on_click(lambda _b: self._from_ui(self.undo))
@@ -169,6 +199,11 @@ class IDSPanel(Panel):
             ipywidgets.HBox([self.apply_button, self.recover_button]),
             ipywidgets.HBox([self.undo_button, self.redo_button]),
             ipywidgets.HBox([self.export_path, self.export_button]),
+            ipywidgets.HTML("<b>isodose surface (3D)</b>"),
+            ipywidgets.HBox([self.surface_level_input, self.surface_shift_input]),
+            self.surface_radius_input,
+            ipywidgets.HBox([self.pick_button, self.surface_button]),
+            self.surface_label,
             self.progress,
             self.status,
             ipywidgets.HTML("<small>drag an isodose line on the slice to move it "
@@ -243,6 +278,7 @@ class IDSPanel(Panel):
         busy = self.running
         s = self.session
         self.apply_button.disabled = busy
+        self.surface_button.disabled = busy
         self.recover_button.disabled = busy or not s.has_request
         self.undo_button.disabled = busy or not s.can_undo
         self.redo_button.disabled = busy or not s.can_redo
@@ -307,6 +343,8 @@ class IDSPanel(Panel):
         self.scores = self._score(self.dose)
         self._show_scores()
         self._on_select({"new": self.viewer.selected_voxel})
+        if self.view3d is not None:
+            self._redraw_3d()
 
     def _on_event(self, ev) -> None:
         """Session callback (every modification / recovery step): progress bar."""
@@ -444,6 +482,108 @@ class IDSPanel(Panel):
             return f"{done} recovery steps; targets >= 95 %: {100 * self.session.target_coverage(95.0):.1f} %"
 
         return self._submit("recover", job)
+
+    # -- the 3D isodose-surface request ---------------------------------------------------------
+    def _surface_level_gy(self) -> float:
+        return self.to_gy(self.surface_level_input.value, "%")
+
+    def _on_surface_point(self, change) -> None:
+        p = change["new"]
+        self.surface_label.value = ("<i>no surface point picked</i>" if not p else
+                                    "surface point <b>(" + ", ".join(f"{v:.1f}" for v in p) + ") mm</b> (z, y, x)")
+
+    def pick_surface_point(self, index=None) -> list:
+        """Set :attr:`surface_point` to a voxel's centre (default: the voxel selected on the slice).
+
+        The viewer shows axial, coronal or sagittal slices (its ``orientation``), so the point can
+        be picked on any of the three orthogonal slices. Returns the point (world mm).
+        """
+        try:
+            if index is None:
+                index = self.selected_index
+                if index is None:
+                    raise ValueError("no voxel selected: click the isodose surface on the slice (or pass index=)")
+            idx = self.session.validate_request(index=index)["index"]
+        except (ValueError, TypeError) as exc:
+            raise self._fail(exc)
+        self.surface_point = [float(v) for v in self.session.grid.index_to_world(idx)]
+        return list(self.surface_point)
+
+    def show_3d(self, step_size: int = 2, width: int = 480, height: int = 380, max_points: int = 1500) -> View3D:
+        """A :class:`~rtlab.widgets.View3D` of the structures and the surface level, its points clickable.
+
+        A click on a marker of the isodose surface (its vertices, at most ``max_points``) sets
+        :attr:`surface_point`; the view is redrawn after every job. Returns the view (display
+        ``view.figure``).
+        """
+        s = self.session
+        structs = [st for st in s.case.structures.values() if st.kind != "body" and st.mask.any()]
+        self.view3d = View3D(s.grid, structs, dose=self.dose, dose_levels=[self._surface_level_gy()],
+                             step_size=step_size, width=width, height=height)
+        self._pick_max = int(max_points)
+        self._redraw_3d()
+        return self.view3d
+
+    def _redraw_3d(self) -> None:
+        v = self.view3d
+        v.set_dose(self.dose, [self._surface_level_gy()])
+        pts = v.dose_meshes[0].vertices if v.dose_meshes and len(v.dose_meshes[0].vertices) else None
+        if pts is None:
+            return
+        k = max(1, int(np.ceil(len(pts) / self._pick_max)))
+        v.add_pick_points(pts[::k], lambda p: setattr(self, "surface_point", [float(c) for c in p]),
+                          description="surface points (click to pick)")
+
+    def request_surface(self, point=None, level=None, shift_mm=None, radius_mm=None, unit: str = "%",
+                        recover: int | None = None) -> threading.Thread:
+        """Push the isodose surface at the picked point (paper 004, section 3.2), in the background.
+
+        A plain call of :meth:`rtlab.methods.ids.IDSSession.request_isodose_surface` (the region
+        and its move: :func:`rtlab.methods.ids.isodose_surface_request`).
+
+        Parameters
+        ----------
+        point : (z, y, x) mm, optional
+            Default :attr:`surface_point`.
+        level : float, optional
+            Surface level in ``unit``; default the *surface %* field.
+        shift_mm, radius_mm : float, optional
+            Push along the outward normal (> 0 grows the enclosed volume) and the region's radius;
+            default the fields.
+        unit : {'%', 'Gy'}
+        recover : int, optional
+            Recovery steps; default :attr:`steps_input`.
+
+        Raises
+        ------
+        ValueError, TypeError
+            No point picked, a point off the surface, a level without a surface (the library's
+            messages); also shown in the status line.
+        """
+        try:
+            pt = list(self.surface_point) if point is None else [float(v) for v in point]
+            if len(pt) != 3:
+                raise ValueError("no surface point: click the isodose surface in the 3D view or pick the selected "
+                                 "voxel (Surface point = selected voxel), or pass point=(z, y, x) mm")
+            level_gy = self._surface_level_gy() if level is None else self.to_gy(level, unit)
+            shift = float(self.surface_shift_input.value if shift_mm is None else shift_mm)
+            radius = float(self.surface_radius_input.value if radius_mm is None else radius_mm)
+            n = int(self.steps_input.value) if recover is None else \
+                self.session.validate_request(n_steps=recover)["n_steps"]
+            # checked now on the displayed dose, so that a bad pick fails at once
+            isodose_surface_request(self.dose, self.session.grid, level_gy, pt, shift, radius)
+        except (ValueError, TypeError) as exc:
+            raise self._fail(exc)
+
+        def job():
+            info = self.session.request_isodose_surface(level_gy, pt, shift, radius, recover=n)
+            self.last_surface = info
+            dv = np.array([self.session.dose_at(tuple(v)) for v in info["voxels"]])
+            return (f"surface {level_gy:.3f} Gy pushed {shift:+.1f} mm at {tuple(info['picked_index'])}: "
+                    f"{len(info['voxels'])} voxels (mean now {dv.mean():.3f} Gy, {n} recovery steps); "
+                    f"targets >= 95 %: {100 * self.session.target_coverage(95.0):.1f} %")
+
+        return self._submit("surface", job)
 
     def undo(self) -> threading.Thread:
         """Return to the state before the latest request / recovery (exactly), in the background."""

@@ -388,6 +388,42 @@ class View3D:
             self._figure = fig
         return self._figure
 
+    def add_pick_points(self, points_zyx, on_pick, color: str = "#ffffff", size: float = 1.5,
+                        description: str = "pick points"):
+        """Clickable markers at world points ``(n, 3)`` (mm); a click calls ``on_pick(point_zyx)``.
+
+        ipyvolume reports which marker of a scatter was clicked (``clicked_index``), not where a
+        mesh was hit, so a surface is made pickable by markers on its vertices (e.g.
+        ``mesh.vertices[::k]``). Calling again replaces the markers. Setting
+        ``pick_scatter.clicked_index`` from Python does what a click does.
+
+        Returns
+        -------
+        ipyvolume.Scatter
+            The markers (also :attr:`pick_scatter`).
+        """
+        pts = np.asarray(points_zyx, float)
+        if pts.ndim != 2 or pts.shape[1] != 3 or not len(pts) or not np.all(np.isfinite(pts)):
+            raise ValueError(f"points_zyx must be a non-empty (n, 3) array of finite world mm, got shape {pts.shape}")
+        if not callable(on_pick):
+            raise TypeError(f"on_pick must be callable, got {type(on_pick).__name__}")
+        fig = self.figure
+        x, y, z = to_display(pts)
+        sc = ipv.Scatter(x=x, y=y, z=z, color=color, geo="sphere", size=size, size_selected=size * 2,
+                         color_selected="#00ff00", description=description)
+        old = getattr(self, "pick_scatter", None)
+        fig.scatters = [s for s in fig.scatters if s is not old] + [sc]
+        self.pick_points = pts
+        self.pick_scatter = sc
+
+        def clicked(change):
+            i = change["new"]
+            if i is not None and 0 <= int(i) < len(self.pick_points):
+                on_pick(self.pick_points[int(i)].copy())
+
+        sc.observe(clicked, names="clicked_index")
+        return sc
+
     @property
     def widget(self):
         """Alias of :attr:`figure` (for layouts: ``ipywidgets.HBox([viewer, view3d.widget])``)."""

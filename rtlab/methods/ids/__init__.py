@@ -20,16 +20,17 @@ effect on a voxel from its own node boxes (:meth:`~rtlab.dose.FluenceDose.patch_
 * :mod:`~rtlab.methods.ids.session` -- :class:`IDSSession` (requests, recovery, undo/redo), with the
   modification and recovery modules in :mod:`~rtlab.methods.ids.shaping` and its events in
   :mod:`~rtlab.methods.ids.events`;
-* :mod:`~rtlab.methods.ids.patches` -- TPI maps (eq 1), rasterised isodose lines;
+* :mod:`~rtlab.methods.ids.patches` -- TPI maps (eq 1), rasterised isodose lines, moved isodose-surface
+  regions (:func:`isodose_surface_request`);
 * :mod:`~rtlab.methods.ids.figures` -- the paper's experiment and its isodose panels.
 
 See ``docs/methods/ids.md`` for the definitions where the paper leaves a choice.
 """
 
 from .figures import isodose_contours, plot_isodose_panels, reproduce_paper
-from .patches import rasterize_polyline, tpi_maps
+from .patches import isodose_surface_request, rasterize_polyline, tpi_maps
 from .events import IDSEvent, IDSResult
 from .session import IDSSession
 
 __all__ = ["IDSSession", "IDSEvent", "IDSResult", "tpi_maps", "isodose_contours", "reproduce_paper",
-           "plot_isodose_panels", "rasterize_polyline"]
+           "plot_isodose_panels", "rasterize_polyline", "isodose_surface_request"]

@@ -25,15 +25,16 @@ def isodose_contours(dose, z_index: int, levels_pct=(55, 95, 107), reference_gy:
     return {float(lv): find_contours(sl, float(lv)) for lv in levels_pct}
 
 
-def reproduce_paper(case=None, n_steps: int = 25, dose_pct: float = 55.0, kernel_sigma_mm=3.0,
+def reproduce_paper(case=None, n_steps: int = 25, dose_pct: float = 55.0, kernel_sigma_mm="w2",
                     session_kwargs=None) -> dict:
     """Paper 004's phantom experiment: lower one OAR rim voxel to 55 %, then ``n_steps`` recoveries.
 
     Start: 9 open fields conforming to the target (median target dose 100 %). The voxel is the
     OAR rim voxel on the central slice closest to the target's closed (posterior, "bottom")
     side (paper 004, figure 5: "at the bottom of the OAR"). ``kernel_sigma_mm`` is the width
-    of the patch kernel ``K`` (3 mm by default; ``'w2'`` for the paper's choice, see
-    ``docs/methods/ids.md``).
+    of the patch kernel ``K`` (default ``'w2'``, the paper's choice: the machine's second lateral
+    component; ``3.0`` for the narrow option, see ``docs/methods/ids.md``). ``session_kwargs``
+    go to :class:`IDSSession` (e.g. ``step_rule='voxel'`` for Algorithm 1's exact scale).
 
     Returns
     -------

@@ -1,7 +1,8 @@
 """Travelling-path information and request geometry of interactive dose shaping (paper 004).
 
 * :func:`tpi_maps` -- ``TPI^T`` and ``TPI^O`` per beam and control point (eq 1);
-* :func:`rasterize_polyline` -- the voxels of a dragged isodose line.
+* :func:`rasterize_polyline` -- the voxels of a dragged isodose line;
+* :func:`isodose_surface_request` -- the voxels of a moved isodose-surface region (3D).
 
 The patch rule itself (eqs 2-3, Algorithm 1) is :meth:`rtlab.methods.ids.IDSSession.unit_patch`.
 """
@@ -9,10 +10,11 @@ The patch rule itself (eqs 2-3, Algorithm 1) is :meth:`rtlab.methods.ids.IDSSess
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import binary_erosion
 
 from ...dose.fluence_kernels import OUT_OF_REACH
 
-__all__ = ["tpi_maps", "rasterize_polyline", "in_reach"]
+__all__ = ["tpi_maps", "rasterize_polyline", "in_reach", "isodose_surface_request"]
 
 
 def in_reach(pixel_u):
@@ -73,3 +75,89 @@ def rasterize_polyline(path, shape) -> np.ndarray:
         raise ValueError(f"path leaves the grid {tuple(shape)}; keep the line inside")
     _, first = np.unique(q, axis=0, return_index=True)
     return q[np.sort(first)]
+
+
+def isodose_surface_request(dose, grid, level_gy: float, point_mm, shift_mm: float, radius_mm: float = 10.0,
+                            snap_mm: float = 10.0) -> dict:
+    """The voxels of an isodose-surface region moved in 3D (paper 004, section 3.2: "shaping an isodose surface").
+
+    The planner picks a point on the ``level_gy`` isodose surface (in a 3D view or on a slice)
+    and pushes the surface there by ``shift_mm`` along its normal. The region is the surface
+    voxels (inner boundary of ``dose >= level_gy``) within ``radius_mm`` of the picked point;
+    it moves by ``shift_mm`` along the surface's outward normal (the direction in which the dose
+    falls: ``-grad d / |grad d|``, averaged over the region); the moved positions, rounded to
+    voxels, are the request's voxels (each to get ``level_gy``, :meth:`IDSSession.request_surface`).
+    ``shift_mm > 0`` grows the volume enclosed by the surface, ``< 0`` shrinks it.
+
+    Parameters
+    ----------
+    dose : ndarray ``grid.shape``
+        Current dose (Gy).
+    grid : rtlab.core.geometry.Grid
+    level_gy : float
+        Isodose level (Gy); must lie strictly between the dose's minimum and maximum.
+    point_mm : (3,) float
+        Picked point, world ``(z, y, x)`` in mm; snapped to the nearest surface voxel, which must
+        lie within ``snap_mm``.
+    shift_mm : float
+        Displacement along the outward normal (mm).
+    radius_mm : float
+        Radius of the moved region around the picked point (mm, > 0).
+    snap_mm : float
+        Largest distance (mm) between ``point_mm`` and the surface.
+
+    Returns
+    -------
+    dict
+        ``voxels`` ((n, 3) int, unique, inside the grid), ``picked_index`` (the surface voxel the
+        point snapped to), ``picked_mm`` (its world position), ``normal`` (unit outward normal,
+        world ``(z, y, x)``), ``region`` ((m, 3) int: the surface voxels before the move).
+
+    Raises
+    ------
+    ValueError
+        Shape mismatch, a non-finite dose / point / shift, a level outside the dose range, a
+        point farther than ``snap_mm`` from the surface, a moved region entirely outside the grid.
+    """
+    d = np.asarray(dose, float)
+    if d.shape != tuple(grid.shape):
+        raise ValueError(f"dose has shape {d.shape}, expected the grid shape {tuple(grid.shape)}")
+    if not np.all(np.isfinite(d)):
+        raise ValueError("dose contains NaN or infinite values")
+    pt = np.asarray(point_mm, float).ravel()
+    if pt.size != 3 or not np.all(np.isfinite(pt)):
+        raise ValueError(f"point_mm must be three finite world coordinates (z, y, x) in mm, got {point_mm!r}")
+    for nm, v in (("level_gy", level_gy), ("shift_mm", shift_mm), ("radius_mm", radius_mm), ("snap_mm", snap_mm)):
+        if not np.isfinite(float(v)):
+            raise ValueError(f"{nm} must be finite, got {v!r}")
+    if radius_mm <= 0 or snap_mm <= 0:
+        raise ValueError(f"radius_mm and snap_mm must be > 0, got {radius_mm!r}, {snap_mm!r}")
+    if not d.min() < level_gy < d.max():
+        raise ValueError(f"level_gy={level_gy:g} has no isodose surface: the dose spans "
+                         f"{d.min():.3g}..{d.max():.3g} Gy")
+    inside = d >= level_gy
+    surf = np.argwhere(inside & ~binary_erosion(inside, border_value=0))
+    w = grid.index_to_world(surf)
+    dist = np.linalg.norm(w - pt, axis=1)
+    i0 = int(np.argmin(dist))
+    if dist[i0] > snap_mm:
+        raise ValueError(f"point_mm {tuple(np.round(pt, 1))} lies {dist[i0]:.1f} mm from the {level_gy:g} Gy "
+                         f"isodose surface (more than snap_mm={snap_mm:g}); pick a point on the surface")
+    p0 = w[i0]
+    sel = np.linalg.norm(w - p0, axis=1) <= radius_mm
+    region, wr = surf[sel], w[sel]
+    sp = np.asarray(grid.spacing, float)
+    g = np.stack(np.gradient(d, *sp), axis=-1)  # dGy/dmm along (z, y, x)
+    gm = g[tuple(region.T)].mean(axis=0)
+    nrm = float(np.linalg.norm(gm))
+    if nrm == 0:
+        raise ValueError("the dose has no gradient at the picked region; the surface normal is undefined")
+    n = -gm / nrm
+    moved = grid.world_to_index(wr + shift_mm * n)
+    q = np.rint(moved).astype(np.int64)
+    ok = np.all((q >= 0) & (q < np.asarray(grid.shape)), axis=1)
+    if not ok.any():
+        raise ValueError("the moved region lies outside the grid; use a smaller shift_mm")
+    _, first = np.unique(q[ok], axis=0, return_index=True)
+    return {"voxels": q[ok][np.sort(first)], "picked_index": tuple(int(c) for c in surf[i0]),
+            "picked_mm": p0, "normal": n, "region": region}

@@ -36,9 +36,11 @@ Definitions used here (where the paper leaves a choice, ours)
   requested dose). Disturbed: target voxels with ``|d - goal| > tol``, OAR voxels with
   ``d - goal > tol`` (a colder OAR is welcome: the cold spot may grow, as in the paper's
   figure 7), request voxels with ``|d - dt| > request_tol`` (the allowed compromise). Each
-  step picks, among the disturbed voxels within ``band_mm`` of the largest distance (Euclidean
-  distance transform from the request voxels), the one with the largest deviation, and
-  restores it with one patch.
+  step picks, among the disturbed voxels whose deviation is at least ``significance`` x the
+  largest and within ``band_mm`` of the largest distance (Euclidean distance transform from the
+  request voxels), the one with the largest deviation, and restores it with one patch: scaled
+  to restore it exactly (``step_rule='voxel'``, Algorithm 1) or by least squares over the voxels
+  the patch reaches with the request held (``'footprint'``, the default; see ``step_rule``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from ...dose.machine import Machine, generic_6mv
 from ...dose.mu import beam_mu
 from ...dose.plan import Plan
 from .events import IDSEvent, IDSResult
-from .patches import in_reach, rasterize_polyline, tpi_maps
+from .patches import in_reach, isodose_surface_request, rasterize_polyline, tpi_maps
 from .shaping import DoseShaping
 
 __all__ = ["IDSSession"]
@@ -116,6 +118,21 @@ class IDSSession(DoseShaping):
         changes). 0 gives the pure close-in order.
     scale : {'linear', 'paper'}
         Patch scale rule (see module docstring).
+    step_rule : {'footprint', 'voxel'}
+        Scale of a recovery patch. ``'voxel'``: Algorithm 1's scale, the chosen voxel restored
+        exactly (the paper). ``'footprint'`` (default): the same unit patch scaled by least
+        squares over every tracked voxel it reaches (:meth:`DoseShaping._restore_footprint`);
+        with the paper's wide ``w_2`` kernel the exact rule overshoots the voxels around the
+        restored one and the recovery diverges (measured, ``docs/methods/ids.md``).
+    hold_request : bool
+        ``'footprint'`` steps add a second unit patch on the request voxel the step moves most,
+        scaled to keep it at its requested dose (default True).
+    request_weight : float
+        Weight of the (other) request voxels in the footprint fit, relative to all reached
+        voxels together (default 1).
+    max_tries : int
+        ``'footprint'`` steps: voxels the fit cannot move toward their goal are given up, and up
+        to ``max_tries`` candidates are tried within one step (default 1).
     support_sigmas : float
         Convolution kernel truncation in widths (as :class:`rtlab.dose.FluenceDose`).
     lazy_sigma_mm : float or None
@@ -145,7 +162,8 @@ class IDSSession(DoseShaping):
                  patch_sigmas: float = 2.0, recovery_steps: int = 25, tol_pct: float = 1.0,
                  request_tol_pct: float = 2.0, band_mm: float = 10.0, significance: float = 0.5, scale: str = "linear",
                  support_sigmas: float = 4.0, max_clip_iter: int = 3, lazy_sigma_mm: float | None = 20.0,
-                 callback: Callable | None = None, threads: int = 1):
+                 callback: Callable | None = None, threads: int = 1, step_rule: str = "footprint",
+                 hold_request: bool = True, request_weight: float = 1.0, max_tries: int = 1):
         t_setup = time.perf_counter()
         self.case = case
         self.machine = generic_6mv() if machine is None else machine
@@ -153,6 +171,10 @@ class IDSSession(DoseShaping):
                           max_clip_iter, band_mm, significance,
                           dict(map_margin_mm=map_margin_mm, field_margin_mm=field_margin_mm, tol_pct=tol_pct,
                                request_tol_pct=request_tol_pct, band_mm=band_mm))
+        self._set_step_rule(step_rule, hold_request, request_weight)
+        if not is_int(max_tries) or max_tries < 1:
+            raise ValueError(f"max_tries must be an integer >= 1, got {max_tries!r}")
+        self.max_tries = int(max_tries)
         self._callbacks: list[Callable] = [] if callback is None else [callback]
         self.grid = case.grid
         self._set_masks(reference_gy, tol_pct, request_tol_pct)
@@ -192,6 +214,15 @@ class IDSSession(DoseShaping):
         if not 0 <= significance <= 1:
             raise ValueError(f"significance must lie in [0, 1], got {significance!r}")
         self.significance = float(significance)
+
+    def _set_step_rule(self, step_rule, hold_request, request_weight):
+        if step_rule not in ("voxel", "footprint"):
+            raise ValueError(f"step_rule must be 'voxel' or 'footprint', got {step_rule!r}")
+        if not np.isfinite(request_weight) or request_weight < 0:
+            raise ValueError(f"request_weight must be a finite number >= 0, got {request_weight!r}")
+        self.step_rule = step_rule
+        self.hold_request = bool(hold_request)
+        self.request_weight = float(request_weight)
 
     def _set_masks(self, reference_gy, tol_pct, request_tol_pct):
         """Target, organ-at-risk and body masks; the 100 % dose and the disturbance thresholds."""
@@ -458,6 +489,7 @@ class IDSSession(DoseShaping):
         self._req = dict(kind=kind, pos=np.asarray(pos, np.int64), goals=np.asarray(goals, float),
                          before=self.d_trk.copy(), dist=dist, in_req=in_trk, skip=np.zeros(self._trk.size, bool))
         self._modify_group(pos, goals)
+        self._sync()  # the recovery starts from the modification's full effect, far scatter included
         self._emit(IDSEvent("request", 0, n, self.index_of(int(pos[0])), float(goals[0]),
                             float(self._eval([int(pos[0])])[0]), *self._disturbance()[:2]))
         if n:
@@ -522,6 +554,27 @@ class IDSSession(DoseShaping):
             raise ValueError(f"voxels must be a non-empty (n, 3) array of (z, y, x) indices or a mask, got shape {v.shape}")
         pos = np.unique(np.array([self._body_pos(x, "voxels entry") for x in v], np.int64))
         self._start_request(pos, np.full(pos.size, d), "surface", recover)
+
+    def request_isodose_surface(self, level_gy: float, point_mm, shift_mm: float, radius_mm: float = 10.0,
+                                recover: int | None = None, snap_mm: float = 10.0) -> dict:
+        """Push the ``level_gy`` isodose surface at a picked point by ``shift_mm`` along its normal.
+
+        The region and its move are :func:`rtlab.methods.ids.isodose_surface_request` on the
+        current dose (``shift_mm > 0`` grows the enclosed volume); its voxels then get
+        ``level_gy`` (:meth:`request_surface`) and ``recover`` recovery steps follow.
+
+        Returns
+        -------
+        dict
+            What :func:`~rtlab.methods.ids.isodose_surface_request` returned.
+        """
+        d = self._check_dose(level_gy, "level_gy")
+        n = None if recover is None else self._check_steps(recover)
+        info = isodose_surface_request(self.dose, self.grid, d, point_mm, shift_mm, radius_mm, snap_mm)
+        for v in info["voxels"]:
+            self._body_pos(v, "moved surface voxel")
+        self.request_surface(info["voxels"], d, recover=n)
+        return info
 
     # -- recovery (the loop itself is DoseShaping._recover) ------------------------------------
     def recover(self, n_steps: int | None = None) -> int:
