@@ -156,9 +156,12 @@ def sweep_tables(rows: list[dict]) -> str:
                      f"uniform {_na(m['uniform']['mean_iterations'], '{:.1f}')} it / "
                      f"{_na(m['uniform']['mean_time_s'], '{:.2f}')} s, target-shaped "
                      f"{_na(m['target']['mean_iterations'], '{:.1f}')} it / {_na(m['target']['mean_time_s'], '{:.2f}')}"
-                     f" s)**", "", "| level | iterations | wall time (s) | Dice(region, target) | criterion met |",
-                     "|---|---|---|---|---|"]
-            lines += [f"| {k} | {_na(v['mean_iterations'], '{:.1f}')} | {_na(v['mean_time_s'], '{:.2f}')} | "
+                     f" s)**", "", "| level | cases reaching the common value | iterations / s there | target-shaped "
+                     "there | Dice(region, target) | criterion met |", "|---|---|---|---|---|---|"]
+            lines += [f"| {k} | {v['n_reached']}/{v['n_cases']} | "
+                      f"{_na(v['mean_iterations_where_reached'], '{:.1f}')} / {_na(v['mean_time_s_where_reached'], '{:.2f}')}"
+                      f" | {_na(v['target_mean_iterations_same_cases'], '{:.1f}')} / "
+                      f"{_na(v['target_mean_time_s_same_cases'], '{:.2f}')} | "
                       f"{_na(v['mean_dice_vs_target'])} | {'yes' if v['criterion_met'] else 'no'} |"
                       for k, v in f["level_sweep"].items()]
             out.append("\n".join(lines))
