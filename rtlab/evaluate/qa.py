@@ -10,8 +10,8 @@ fails, regenerates the plan from the standard plan (claim 7). This module suppli
   plan failed (optionally a DVH tolerance consistent with the gamma's distance,
   :func:`dvh_shift_spread`).
 
-(Past 600 lines: the gamma kernel, its numpy reference, the DVH checks and the report belong to
-one check, and its tests read them together.)
+Size: about 655 lines: the gamma kernel, its numpy reference, the DVH checks and the report
+belong to one check, and its tests read them together.
 
 Gamma definition
 ----------------

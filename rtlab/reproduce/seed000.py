@@ -28,6 +28,9 @@ Rows (ids of :data:`ROWS`):
     uniform and target-shaped starts on held-out generated cases: iterations and wall time
     (preparation included) to reach one objective value: the largest final value of the uniform,
     target-shaped and predicted runs (each stops by the claim-6 change rule), so all three reach it.
+
+Size: about 615 lines: each row carries its own sweep (issue #20 item 2), kept beside the row
+whose verdict it explains.
 """
 
 from __future__ import annotations
