@@ -258,3 +258,31 @@ def test_qa_report_pass_and_fail_reasons():
         qa_report(dose, dose, case.grid)
     assert criterion_label(0.025, 2.5) == "2.5%/2.5mm"
     assert isinstance(ok.gamma["3%/3mm"], GammaResult)
+
+
+def test_dvh_shift_spread_on_a_ramp_and_the_distance_consistent_tolerance():
+    # D = 5 + g x (x in mm): a shift by s along x changes every metric of a structure away from
+    # the grid edge by exactly g s; shifts along z and y change nothing. Closed form: spread = g s.
+    grid = Grid((6, 8, 30), (2.0, 2.0, 1.0))
+    _, _, X = _coords(grid)
+    g = 0.5  # Gy/mm
+    dose = 5.0 + g * (X - X.min())
+    m = np.zeros(grid.shape, bool)
+    m[2:4, 3:5, 10:14] = True  # 16 voxels, 4 mm long, away from the x edges
+    ss = StructureSet(grid, [Structure("Small", m, grid)])
+    from rtlab.evaluate.qa import dvh_shift_spread
+    sp = dvh_shift_spread(dose, ss, grid, 3.0)
+    assert set(sp["metric"]) >= {"D95", "D50", "D2", "Dmean"}
+    assert np.allclose(sp["shift_spread_gy"], g * 3.0, atol=1e-9) and (sp["n_voxels"] == 16).all()
+    # the evaluated dose moved by 2 mm: 1 Gy on every metric; the fixed tolerance (0.15 Gy) fails
+    # it, the 3 mm-consistent one (1.5 Gy) passes it - gamma 3 %/3 mm passes such a shift too
+    moved = 5.0 + g * (X - X.min() - 2.0)
+    fixed = qa_report(dose, moved, ss, max_dvh_diff_gy=0.15, thresholds={})
+    assert not fixed.passed and all("Small" in r for r in fixed.reasons)
+    assert fixed.dvh["tolerance_gy"].eq(0.15).all() and fixed.dvh_dta_mm is None
+    dta = qa_report(dose, moved, ss, max_dvh_diff_gy=0.15, thresholds={}, dvh_dta_mm=3.0)
+    assert dta.passed and np.allclose(dta.dvh["tolerance_gy"], 1.5) and dta.to_dict()["dvh_dta_mm"] == 3.0
+    moved4 = 5.0 + g * (X - X.min() - 4.0)  # 2 Gy > 1.5 Gy: still fails
+    assert not qa_report(dose, moved4, ss, max_dvh_diff_gy=0.15, thresholds={}, dvh_dta_mm=3.0).passed
+    with pytest.raises(ValueError, match="dvh_dta_mm"):
+        qa_report(dose, moved, ss, dvh_dta_mm=-1.0)

@@ -7,7 +7,11 @@ fails, regenerates the plan from the standard plan (claim 7). This module suppli
   dose and an evaluated dose, on regular (possibly anisotropic, possibly different) grids;
 * :func:`dvh_differences` - per-structure differences of D95 / D50 / D2 / Dmean;
 * :func:`qa_report` - both together, against pass-rate and DVH thresholds, with the reasons a
-  plan failed.
+  plan failed (optionally a DVH tolerance consistent with the gamma's distance,
+  :func:`dvh_shift_spread`).
+
+Size: about 655 lines: the gamma kernel, its numpy reference, the DVH checks and the report
+belong to one check, and its tests read them together.
 
 Gamma definition
 ----------------
@@ -54,6 +58,7 @@ __all__ = [
     "gamma",
     "gamma_reference",
     "gamma_search_offsets",
+    "dvh_shift_spread",
     "dvh_differences",
     "qa_report",
     "criterion_label",
@@ -484,9 +489,12 @@ class QAReport:
     dvh : pandas.DataFrame
         :func:`dvh_differences` table.
     max_dvh_diff_gy : float
-        Tolerance on ``|diff|`` of every DVH metric (Gy).
+        Tolerance on ``|diff|`` of every DVH metric (Gy); with ``dvh_dta_mm`` the floor of the
+        per-row tolerance (``dvh['tolerance_gy']``).
     reasons : list of str
         Why the plan failed (empty when it passed).
+    dvh_dta_mm : float or None
+        The distance of the distance-consistent DVH tolerance (:func:`qa_report`), or None.
     """
 
     passed: bool
@@ -496,11 +504,12 @@ class QAReport:
     dvh: object
     max_dvh_diff_gy: float
     reasons: list = field(default_factory=list)
+    dvh_dta_mm: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-friendly summary (no arrays)."""
         return dict(passed=self.passed, pass_rates=dict(self.pass_rates), thresholds=dict(self.thresholds),
-                    max_dvh_diff_gy=self.max_dvh_diff_gy, reasons=list(self.reasons),
+                    max_dvh_diff_gy=self.max_dvh_diff_gy, dvh_dta_mm=self.dvh_dta_mm, reasons=list(self.reasons),
                     max_abs_dvh_diff_gy=float(np.nanmax(np.abs(self.dvh["diff"].to_numpy()))) if len(self.dvh) else 0.0)
 
     def summary(self) -> str:
@@ -520,7 +529,7 @@ class QAReport:
 def qa_report(reference, evaluated, case, criteria=((0.03, 3.0), (0.02, 2.0)),
               thresholds: Mapping[str, float] | None = None, max_dvh_diff_gy: float | None = None,
               cutoff: float = 0.1, local: bool = False, evaluated_grid: Grid | None = None,
-              interp_fraction: int = 10) -> QAReport:
+              interp_fraction: int = 10, dvh_dta_mm: float | None = None) -> QAReport:
     """Pre-treatment QA of a converted plan (patent 001, claim 7): gamma and DVH checks.
 
     Parameters
@@ -542,6 +551,14 @@ def qa_report(reference, evaluated, case, criteria=((0.03, 3.0), (0.02, 2.0)),
         has none).
     cutoff, local, evaluated_grid, interp_fraction
         Passed to :func:`gamma`.
+    dvh_dta_mm : float, optional
+        Distance-consistent DVH tolerance (rtlab's, not a published rule): each structure's
+        metric may differ by ``max(max_dvh_diff_gy, s)``, where ``s`` (Gy) is the largest change
+        of that metric of the reference dose shifted by ``dvh_dta_mm`` along +-z, +-y, +-x
+        (:func:`dvh_shift_spread`). A structure a few voxels big in a steep gradient changes its
+        D2/D50 by far more than 3 % under a shift the gamma's distance criterion accepts; this
+        tolerance accepts on the DVH what the gamma accepts in space. Default None: the fixed
+        ``max_dvh_diff_gy`` on every row.
 
     Returns
     -------
@@ -586,9 +603,53 @@ def qa_report(reference, evaluated, case, criteria=((0.03, 3.0), (0.02, 2.0)),
                            f"< required {100 * thr:.1f} %")
     dvh = dvh_differences(ref, evaluated, structures, grid=None,
                           evaluated_grid=evaluated_grid if evaluated_grid is not None else None)
+    if dvh_dta_mm is not None:
+        dvh_dta_mm = _positive("dvh_dta_mm", dvh_dta_mm)
+        spread = dvh_shift_spread(ref, structures, grid, dvh_dta_mm)
+        dvh = dvh.merge(spread, on=["structure", "metric"], how="left")
+        dvh["tolerance_gy"] = np.fmax(dvh["shift_spread_gy"].to_numpy(float), max_dvh_diff_gy)
+    else:
+        dvh["tolerance_gy"] = max_dvh_diff_gy
     for row in dvh.itertuples(index=False):
-        if np.isfinite(row.diff) and abs(row.diff) > max_dvh_diff_gy:
+        if np.isfinite(row.diff) and abs(row.diff) > row.tolerance_gy:
             reasons.append(f"{row.structure} {row.metric} differs by {row.diff:+.3f} Gy "
-                           f"({row.reference:.3f} -> {row.evaluated:.3f} Gy), tolerance {max_dvh_diff_gy:.3f} Gy")
+                           f"({row.reference:.3f} -> {row.evaluated:.3f} Gy), tolerance {row.tolerance_gy:.3f} Gy")
     return QAReport(passed=not reasons, pass_rates=rates, thresholds=thresholds, gamma=results, dvh=dvh,
-                    max_dvh_diff_gy=max_dvh_diff_gy, reasons=reasons)
+                    max_dvh_diff_gy=max_dvh_diff_gy, reasons=reasons, dvh_dta_mm=dvh_dta_mm)
+
+
+def dvh_shift_spread(reference, structures, grid: Grid, dta_mm: float) -> "pandas.DataFrame":
+    """How much each DVH metric of ``reference`` changes when the dose moves by ``dta_mm``.
+
+    The reference is shifted by ``+-dta_mm`` along each axis (linear interpolation,
+    ``scipy.ndimage.shift``, edge values repeated) and :func:`dvh_differences` taken against
+    the unshifted dose; the spread is the largest ``|diff|`` of the six shifts.
+
+    Parameters
+    ----------
+    reference : ndarray, Gy
+        Dose on ``grid`` (the structures' grid).
+    structures : Case, StructureSet, Structure or list of Structure
+    grid : Grid
+    dta_mm : float
+        Shift (mm), e.g. the gamma's distance criterion.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``structure``, ``metric``, ``shift_spread_gy`` (NaN for empty structures), ``n_voxels``.
+    """
+    ref = np.asarray(reference, np.float64)
+    dta = _positive("dta_mm", dta_mm)
+    table = None
+    for ax in range(3):
+        for sign in (-1.0, 1.0):
+            sh = [0.0, 0.0, 0.0]
+            sh[ax] = sign * dta / float(grid.spacing[ax])
+            moved = ndimage.shift(ref, sh, order=1, mode="nearest")
+            d = dvh_differences(ref, moved, structures)
+            a = d["diff"].abs().to_numpy(float)
+            table = d[["structure", "metric"]].assign(shift_spread_gy=a) if table is None else \
+                table.assign(shift_spread_gy=np.fmax(table["shift_spread_gy"].to_numpy(float), a))
+    counts = {s.name: int(np.count_nonzero(s.mask)) for s in _structure_list(structures)}
+    return table.assign(n_voxels=table["structure"].map(counts).astype(int))

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from . import seed000, seed001, seed002, seed003, seed003_angles, seed004
 from .schema import ROW_KEYS, check_row, row
 
-__all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_table"]
+__all__ = ["ROW_KEYS", "REGISTRY", "SEEDS", "row", "run", "check_row", "rows_table", "sweep_tables"]
 
 #: seed -> [(row id, row function(reduced: bool) -> row dict or list of row dicts)]
 REGISTRY: dict[str, list[tuple[str, Callable]]] = {
@@ -115,3 +115,72 @@ def rows_table(rows: list[dict]) -> str:
                  r["why"]]
         lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _na(v, fmt="{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def sweep_tables(rows: list[dict]) -> str:
+    """Markdown tables of the rows' sweeps (the parameter that matters, issue #20 item 2); '' if none.
+
+    Conformity: the lower levels' conformity weight (CI per level, in the body outside higher
+    targets / in the nearest-target domain, goals); falloff: the gradient G; control points: the
+    weight; warm start: the region model's level; conversion: the DVH rows beyond the fixed 3 %
+    tolerance with their structure's size and a 3 mm shift's effect.
+    """
+    out = []
+    for r in rows:
+        f, c = r["rtlab_figure"], r["claim"]
+        sw = f.get("sweep")
+        if c.startswith("Conformity objective") and sw:
+            names = list(next(iter(sw.values()))["levels"])
+            lines = [f"**{c}: sweep of the lower levels' conformity weight w (tg119_multitarget)**", "",
+                     "| w | " + " | ".join(f"CI {n}" for n in names) + " | " + " | ".join(
+                         f"CI nearest {n}" for n in names) + " | goals failed | iterations | every level >= 0.6, goals met |",
+                     "|---" * (2 * len(names) + 4) + "|"]
+            for k, v in sw.items():
+                lines.append(f"| {k} | " + " | ".join(_na(v["levels"][n]["ci"]) for n in names) + " | " + " | ".join(
+                    _na(v["levels"][n]["ci_nearest"]) for n in names) + f" | {', '.join(v['goals_failed']) or '-'} | "
+                    f"{v.get('iterations', '-')} | {'yes' if v['criterion_met'] else 'no'} |")
+            out.append("\n".join(lines))
+        elif c.startswith("Dose-falloff") and sw:
+            lines = [f"**{c}: sweep of the gradient G (first case, equal D95)**", "", "| G (Gy/mm) | GI | CI |",
+                     "|---|---|---|"]
+            lines += [f"| {k[2:]} | {_na(v['gi'], '{:.2f}')} | {_na(v['ci'])} |" for k, v in sw.items()]
+            out.append("\n".join(lines))
+        elif c.startswith("Dose control points (para. 154") and sw:
+            base = f["cases"][f["sweep_case"]]["without"]
+            lines = [f"**{c}: sweep of the control-point weight ({f['sweep_case']}; without control points: RMS "
+                     f"{base['rms_violation_gy']:.2f} Gy, CI {base['ci']:.3f})**", "",
+                     "| setting | RMS violation (Gy) | CI | criterion met |", "|---|---|---|---|"]
+            lines += [f"| {k} | {_na(v['rms_violation_gy'], '{:.2f}')} | {_na(v['ci'])} | "
+                      f"{'yes' if v['criterion_met'] else 'no'} |" for k, v in sw.items()]
+            out.append("\n".join(lines))
+        elif c.startswith("Dose-region model") and f.get("level_sweep"):
+            m = f["mean"]
+            lines = [f"**{c}: sweep of the model's level (mean over {len(f['cases'])} held-out generated case(s); "
+                     f"uniform {_na(m['uniform']['mean_iterations'], '{:.1f}')} it / "
+                     f"{_na(m['uniform']['mean_time_s'], '{:.2f}')} s, target-shaped "
+                     f"{_na(m['target']['mean_iterations'], '{:.1f}')} it / {_na(m['target']['mean_time_s'], '{:.2f}')}"
+                     f" s)**", "", "| level | cases reaching the common value | iterations / s there | target-shaped "
+                     "there | Dice(region, target) | criterion met |", "|---|---|---|---|---|---|"]
+            lines += [f"| {k} | {v['n_reached']}/{v['n_cases']} | "
+                      f"{_na(v['mean_iterations_where_reached'], '{:.1f}')} / {_na(v['mean_time_s_where_reached'], '{:.2f}')}"
+                      f" | {_na(v['target_mean_iterations_same_cases'], '{:.1f}')} / "
+                      f"{_na(v['target_mean_time_s_same_cases'], '{:.2f}')} | "
+                      f"{_na(v['mean_dice_vs_target'])} | {'yes' if v['criterion_met'] else 'no'} |"
+                      for k, v in f["level_sweep"].items()]
+            out.append("\n".join(lines))
+        elif c.startswith("Plan conversion") and "dvh_dta_mm" in f:
+            lines = [f"**{c}: DVH rows beyond the fixed tolerance (3 % of the prescription), measured; whole QA "
+                     f"{f['n_whole_qa_pass']}/{f['n_conversions']} -> {f['n_whole_qa_pass_dvh_dta']}/{f['n_conversions']}"
+                     f" with the {f['dvh_dta_mm']:g} mm-consistent tolerance**", "",
+                     "| conversion | structure | metric | voxels | diff (Gy) | 3 % (Gy) | change under a "
+                     f"{f['dvh_dta_mm']:g} mm shift (Gy) | within max of both |", "|---|---|---|---|---|---|---|---|"]
+            for k, v in f["conversions"].items():
+                lines += [f"| {k} | {d['structure']} | {d['metric']} | {d['n_voxels']} | {d['diff_gy']:+.2f} | "
+                          f"{d['fixed_tolerance_gy']:.2f} | {_na(d['shift_spread_gy'], '{:.2f}')} | "
+                          f"{'yes' if d['passes_dta_tolerance'] else 'no'} |" for d in v["dvh_fails"]]
+            out.append("\n".join(lines))
+    return "\n\n".join(out)

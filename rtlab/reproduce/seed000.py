@@ -28,6 +28,9 @@ Rows (ids of :data:`ROWS`):
     uniform and target-shaped starts on held-out generated cases: iterations and wall time
     (preparation included) to reach one objective value: the largest final value of the uniform,
     target-shaped and predicted runs (each stops by the claim-6 change rule), so all three reach it.
+
+Size: about 615 lines: each row carries its own sweep (issue #20 item 2), kept beside the row
+whose verdict it explains.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from ..evaluate import metrics
 from ..methods import region_model as rm
 from ..methods.control_points import find_control_points
 from ..phantoms import get_phantom
-from ..planning import plan_case
+from ..planning import PlanSettings, plan_case
 from ..planning.pipeline import failing_goals
 from ..planning.settings import CONFORMITY_RECIPE
 from .schema import row
@@ -62,6 +65,17 @@ FALLOFF_G = 2.0
 FALLOFF_G_REDUCED = 1.0
 #: The gradients of the falloff row's sweep (full run, first case).
 FALLOFF_SWEEP = (0.5, 1.0, 2.0, 4.0)
+#: Sweep of the conformity row (multitarget): the weight of the lower levels' conformity terms
+#: (the recipe's ``conformity_weight`` is 1 for every level); the reduced run sweeps the first.
+CONFORMITY_SWEEP_W = (10.0, 100.0)
+#: Sweep of the first-target control-point row (prostate): the control-point weight (the row's own
+#: weight is :data:`CP_WEIGHT`), and the row's weight with the CTV's points switched off.
+CP_WEIGHT = 1e-2
+CP_SWEEP_W = (1e-3, 3e-3)
+#: The region models of the warm-start row's level sweep (100 % is ``region_model_small``): the
+#: same 48-case data, architecture and training, trained on the 70/80/90 % isodose regions.
+WARM_LEVEL_MODELS = {"predicted_l70": "region_model_small_l70", "predicted_l80": "region_model_small_l80",
+                     "predicted_l90": "region_model_small_l90"}
 #: The repository's data sets (region model, training data); present in a clone, not in a wheel.
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
@@ -151,17 +165,53 @@ def conformity_row(reduced: bool = False) -> dict:
     summary = (f"multitarget CI per level {', '.join(f'{k} {v:.2f}' for k, v in ci_mt.items())}; goals failed: "
                f"{mt['goals_failed'] or 'none'}; at equal D95 the conformity plan's CI >= the quadratic plan's on "
                f"{wins}/{n_lv} levels of {len(cases)} cases")
+    # the parameter that matters: the weight of the lower levels' conformity terms (multitarget)
+    sweep = _conformity_sweep(s, CONFORMITY_SWEEP_W[:1] if reduced else CONFORMITY_SWEEP_W, mt,
+                              cases["tg119_multitarget"]["iterations_conformity"])
+    met_by = [k for k, v in sweep.items() if v["criterion_met"]]
+    held = held or bool(met_by)
+    summary += "; sweep of the lower levels' conformity weight w: " + ", ".join(
+        f"w={k}: CI " + "/".join(f"{c['ci']:.2f}" for c in v["levels"].values())
+        + f" (nearest-target domain " + "/".join(f"{c['ci_nearest']:.2f}" for c in v["levels"].values()) + "), goals "
+        + ("met" if not v["goals_failed"] else "failed: " + ", ".join(v["goals_failed"])) for k, v in sweep.items())
     why = (f"criterion: every multitarget level Paddick CI >= {MULTI_CI_MIN} and every goal met (conformity plan as "
-           f"optimised): " + ("met" if held else "not met") + f" ({summary})")
+           f"optimised, at the recipe's weights or at a weight of the sweep): " + ("met" if held else "not met")
+           + (f" (by w = {', '.join(met_by)})" if met_by else "") + f" ({summary})")
     return row("000", "Conformity objective vs quadratic objective (eqs 6, 8-12): CI and GI per dose level",
                "Patent 000: optimising the conformity index of each target/dose region gives a dose region conformal "
                "to the target (no figure given); issue #20: every level of the TG-119 multitarget case at Paddick "
                f"CI >= {MULTI_CI_MIN} with its goals met",
-               {"summary": summary, "spacing_mm": s["spacing"], "max_iter": s["max_iter"], "cases": cases},
+               {"summary": summary, "spacing_mm": s["spacing"], "max_iter": s["max_iter"], "cases": cases,
+                "sweep": sweep},
                f"quadratic objective (rtlab 'quadratic' recipe) on the same case, beams (case's suggested set), "
                f"{s['spacing']:g} mm grid and iteration budget (the conformity plan's iterations incl. goal rounds); "
                "compared as optimised and both scaled to first-target D95 = prescription",
                held, why)
+
+
+def _conformity_sweep(s, weights, mt, mt_iterations) -> dict:
+    """The multitarget plan with the lower levels' conformity terms weighted ``w`` (the rest of the recipe kept).
+
+    ``mt``: the row's own multitarget figure (``w = 1``), the sweep's first entry. Per setting:
+    each level's CI / CI in its nearest-target domain, the goals failed, iterations, and whether
+    the issue's criterion (every level CI >= :data:`MULTI_CI_MIN`, every goal met) is met.
+    """
+    case = get_phantom("tg119_multitarget", spacing=s["spacing"])
+    lower = [t.name for t, _, _ in levels_of(case)[1:]]
+    out = {"1": {"levels": {k: {"ci": v["ci"], "ci_nearest": v["ci_nearest"]} for k, v in mt["levels"].items()},
+                 "goals_failed": list(mt["goals_failed"]), "iterations": int(mt_iterations)}}
+    for w in weights:
+        st = PlanSettings(objective="conformity", max_iter=s["max_iter"],
+                          term_weights={f"{n} conformity": float(w) for n in lower})
+        p = plan_case(case, None, settings=st)
+        lf = level_figures(case, p.dose)
+        out[f"{w:g}"] = {"levels": {k: {"ci": v["ci"], "ci_nearest": v["ci_nearest"]} for k, v in lf.items()},
+                         "goals_failed": [str(g) for g, _ in failing_goals(case, p.dose)],
+                         "iterations": int(p.timings["iterations"])}
+    for v in out.values():
+        v["criterion_met"] = bool(all(c["ci"] is not None and c["ci"] >= MULTI_CI_MIN for c in v["levels"].values())
+                                  and not v["goals_failed"])
+    return out
 
 
 def falloff_row(reduced: bool = False) -> dict:
@@ -299,11 +349,38 @@ def _cp_every_level_row(reduced, s, w) -> dict:
                f"{CI_TOL} lower: " + ("met" if held else "not met") + f" ({summary})")
 
 
+def _cp_sweep(name, s, weights, w_row, fig) -> dict:
+    """First-target control points on ``name`` at other weights, and at the row's weight without the other targets' points.
+
+    ``fig``: the row's figure of that case (``without`` / ``with`` at ``w_row``). Per setting the
+    first target's RMS violation, CI, and whether the row's criterion holds against ``without``.
+    """
+    case = get_phantom(name, spacing=s["spacing"])
+    t, rx, dom = levels_of(case)[0]
+    pts = find_control_points(t.mask, case.grid.spacing, mode="2d")
+    d_out = CONFORMITY_RECIPE["control_point_outside"] * rx
+    others = [u.name for u in case.structures.targets if u.name != t.name]
+    runs = [(f"w={x:g}", x, None) for x in weights]
+    if others:  # para. 181 put points on every target: the first target's alone, at the row's weight
+        runs.append((f"w={w_row:g}, first target only", w_row, {f"control points {n}": 0.0 for n in others}))
+    out = {f"w={w_row:g}": {k: fig["with"][k] for k in ("ci", "rms_violation_gy")}}
+    for label, x, tw in runs:
+        st = PlanSettings(objective="conformity", max_iter=s["max_iter"], control_points=True,
+                          recipe_overrides={"control_point_weight": float(x)}, term_weights=tw)
+        p = plan_case(case, None, settings=st)
+        out[label] = {"ci": _r(metrics.paddick_ci(p.dose, t, rx=rx, body=dom)),
+                      "rms_violation_gy": _cp_violation(p.dose, pts, rx, d_out)["rms_violation_gy"]}
+    for v in out.values():
+        v["criterion_met"] = bool(v["rms_violation_gy"] < fig["without"]["rms_violation_gy"]
+                                  and v["ci"] >= fig["without"]["ci"] - CI_TOL)
+    return dict(sorted(out.items(), key=lambda kv: (" " in kv[0], float(kv[0].split(",")[0][2:]))))
+
+
 def control_points_rows(reduced: bool = False) -> list:
     """Control points (first target) vs none; and every level of the multitarget case (module docstring)."""
     s = _settings(reduced)
     names = ["tg119_cshape_easy"] if reduced else ["tg119_cshape_easy", "tg119_prostate"]
-    w = 1e-2
+    w = CP_WEIGHT
     cases, ok = {}, []
     for name in names:
         case = get_phantom(name, spacing=s["spacing"])
@@ -325,6 +402,11 @@ def control_points_rows(reduced: bool = False) -> list:
     held = all(ok)
     summary = "; ".join(f"{n}: RMS violation {c['without']['rms_violation_gy']:.2f} -> {c['with']['rms_violation_gy']:.2f}"
                         f" Gy, CI {c['without']['ci']:.3f} -> {c['with']['ci']:.3f}" for n, c in cases.items())
+    # the parameter that matters: the control-point weight, on the last case (where the CI drops most)
+    sweep = _cp_sweep(names[-1], s, CP_SWEEP_W[:1] if reduced else CP_SWEEP_W, w, cases[names[-1]])
+    summary += f"; sweep of the control-point weight on {names[-1]}: " + ", ".join(
+        f"{k}: RMS {v['rms_violation_gy']:.2f} Gy, CI {v['ci']:.3f}" + (" (held)" if v["criterion_met"] else "")
+        for k, v in sweep.items())
     why = (f"criterion: on every case the RMS distance of the control points' doses from their bounds (inside >= D, "
            f"outside <= {CONFORMITY_RECIPE['control_point_outside']:g} D) lower with the control-point term and CI at "
            f"most {CI_TOL} lower: " + ("met" if held else "not met") + f" ({summary}). Scored on the first target's points; the recipe puts control points on every target "
@@ -334,7 +416,7 @@ def control_points_rows(reduced: bool = False) -> list:
                 "improving the conformity (no figure given); issue #20: dose at the control points closer to their "
                 "targets and CI no lower",
                 {"summary": summary, "control_point_weight": w, "spacing_mm": s["spacing"], "max_iter": s["max_iter"],
-                 "cases": cases},
+                 "cases": cases, "sweep_case": names[-1], "sweep": sweep},
                 f"the same conformity plan without control points (same case, beams, {s['spacing']:g} mm grid, "
                 f"max_iter {s['max_iter']}); the same points scored on both",
                 held, why)
@@ -350,8 +432,13 @@ def _first_reach(history, f_star):
     return None, None
 
 
-def _warm_start_case(case, model, pl) -> dict:
-    """Zero, uniform, target-shaped and predicted starts on one case: iterations / time to one value."""
+def _warm_start_case(case, model, pl, levels=None) -> dict:
+    """Zero, uniform, target-shaped and predicted starts on one case: iterations / time to one value.
+
+    ``levels``: ``{start name: RegionModel}`` of models trained at a level ``L`` below 100 %;
+    each start is fitted to ``1.05 L D`` in its predicted region (as ``plan_case`` does) and timed
+    to the same value (it is not one of the starts that set it).
+    """
     target, _, _ = rm.case_masks(case)
     d_ref = float(case.prescription or case.structures.targets[0].prescription)
     inf = pl.influence(case)
@@ -365,17 +452,68 @@ def _warm_start_case(case, model, pl) -> dict:
     t0 = time.perf_counter()
     pred = model.predict_case(case, threshold=0.5)
     starts["predicted"] = (rm.warm_start_weights(inf, pred, d_ref, inf.voxel_index), time.perf_counter() - t0)
+    dice_l = {}
+    for k, m in (levels or {}).items():
+        lv = float(m.config.get("level", 1.0))
+        t0 = time.perf_counter()
+        pr = m.predict_case(case, threshold=0.5)
+        starts[k] = (rm.warm_start_weights(inf, pr, lv * d_ref, inf.voxel_index), time.perf_counter() - t0)
+        dice_l[k] = _r(rm.dice(pr, target))
     runs = {k: pl.solve(case, inf, d_ref, x0=x0) for k, (x0, _) in starts.items()}
     # the same objective value: the worst final value among the uniform, target-shaped and predicted
     # starts (each stops by the claim-6 change rule, at slightly different values)
     f_star = max(float(runs[k].objective) for k in ("uniform", "target", "predicted"))
     fig = {"objective_target": _r(f_star, 6), "dice_target_vs_predicted": _r(rm.dice(pred, target))}
+    if dice_l:
+        fig["dice_target_vs_level_region"] = dice_l
     for k, res in runs.items():
         it, ts = _first_reach(res.history, f_star)
         prep = starts[k][1]
         fig[k] = {"iterations_to_target": it, "time_to_target_s": None if ts is None else _r(ts + prep, 3),
                   "prep_s": _r(prep, 3), "objective_final": _r(res.objective, 6), "iterations_run": int(res.iterations)}
     return fig
+
+
+def level_sweep(per_case: dict, mean: dict) -> dict:
+    """The warm-start row's level sweep from its per-case figures (100 % = the ``predicted`` start).
+
+    Per level: the row's means (``mean[start]``), whether that start would meet the row's
+    criterion in place of the 100 % model's, the mean Dice of its region against the target,
+    and - since a lower level's start may stop (claim-6 change rule) just above the common
+    value - on how many cases it reaches it, with its mean iterations / time on those cases and
+    the target-shaped start's on the same cases.
+    """
+    out = {}
+    for k in ("predicted_l70", "predicted_l80", "predicted_l90", "predicted"):
+        if k not in mean:
+            continue
+        m = mean[k]
+        lv = "100" if k == "predicted" else k[-2:]
+        hit = [c for c in per_case.values() if c[k]["iterations_to_target"] is not None]
+        out[f"{lv} %"] = {**m, "criterion_met": bool(m["all_reached"] and all(
+            (not mean[b]["all_reached"]) or (m["mean_iterations"] < mean[b]["mean_iterations"]
+                                             and m["mean_time_s"] < mean[b]["mean_time_s"])
+            for b in ("zero", "uniform", "target"))),
+            "mean_dice_vs_target": _r(np.mean([c["dice_target_vs_predicted"] if k == "predicted"
+                                               else c["dice_target_vs_level_region"][k] for c in per_case.values()])),
+            "n_reached": len(hit), "n_cases": len(per_case),
+            "mean_iterations_where_reached": _r(np.mean([c[k]["iterations_to_target"] for c in hit]), 2) if hit else None,
+            "mean_time_s_where_reached": _r(np.mean([c[k]["time_to_target_s"] for c in hit]), 3) if hit else None,
+            "target_mean_iterations_same_cases": _r(np.mean([c["target"]["iterations_to_target"] for c in hit]), 2)
+            if hit else None,
+            "target_mean_time_s_same_cases": _r(np.mean([c["target"]["time_to_target_s"] for c in hit]), 3)
+            if hit else None}
+    return out
+
+
+def level_sweep_text(sweep: dict) -> str:
+    """One line of :func:`level_sweep` for the row's summary."""
+    return "sweep of the model's level (held-out cases reaching the common value; mean it / s there, target-shaped " \
+           "start on the same cases): " + ", ".join(
+               f"{k}: {v['n_reached']}/{v['n_cases']}" + (
+                   f", {v['mean_iterations_where_reached']:.1f} it / {v['mean_time_s_where_reached']:.2f} s (target "
+                   f"{v['target_mean_iterations_same_cases']:.1f} it / {v['target_mean_time_s_same_cases']:.2f} s)"
+                   if v["n_reached"] else "") for k, v in sweep.items())
 
 
 def region_warm_start_row(reduced: bool = False) -> dict:
@@ -394,9 +532,13 @@ def region_warm_start_row(reduced: bool = False) -> dict:
                    f"the trained model {model_dir} is missing (a wheel install has no datasets/); run from a clone")
     model = rm.RegionModel.load(model_dir)
     pl = rm.ConformityPlanner()
-    per_case, agg = {}, {k: {"iterations": [], "time_s": []} for k in ("zero", "uniform", "target", "predicted")}
+    # the level sweep: models trained on the 70/80/90 % regions (reduced: the 80 % model only)
+    lv_models = {k: rm.RegionModel.load(DATASETS / d) for k, d in WARM_LEVEL_MODELS.items()
+                 if (DATASETS / d / "model.pt").exists() and (not reduced or k == "predicted_l80")}
+    starts = ("zero", "uniform", "target", "predicted") + tuple(lv_models)
+    per_case, agg = {}, {k: {"iterations": [], "time_s": []} for k in starts}
     for sd in seeds:
-        fig = _warm_start_case(rm.random_case(sd), model, pl)
+        fig = _warm_start_case(rm.random_case(sd), model, pl, lv_models)
         for k in agg:
             agg[k]["iterations"].append(fig[k]["iterations_to_target"])
             agg[k]["time_s"].append(fig[k]["time_to_target_s"])
@@ -444,6 +586,9 @@ def region_warm_start_row(reduced: bool = False) -> dict:
         for k in ("uniform", "target", "region", "region80") if k in c)
         for n, c in ood.items())
     summary += f" | plan_case(warm_start=...) on TG-119 (not trained on): {ood_txt}"
+    sweep = level_sweep(per_case, mean)
+    if len(sweep) > 1:
+        summary = summary.replace(" | ", " | " + level_sweep_text(sweep) + " | ", 1)
     why = ("criterion: the predicted start reaches the objective value that the uniform, target-shaped and predicted "
            "starts all reach (the largest of their final values) in fewer iterations and less "
            "wall time (preparation included) than each baseline start that reaches it, mean over "
@@ -455,10 +600,15 @@ def region_warm_start_row(reduced: bool = False) -> dict:
            "beside the criterion (not in it), plan_case(warm_start='zero'|'uniform'|'target'|'region') - the start "
            "PlanLab's optimiser panel offers - on TG-119 phantoms, a case type the model was not trained on, with "
            "the 100 % model ('region') and the 80 % model ('region80', datasets/region_model_200_l80, fitted to 0.8 D in "
-           "its predicted region); the held-out generated cases use the 100 % model only")
+           "its predicted region); on the held-out generated cases the models of the level sweep (datasets/"
+           "region_model_small_l70, _l80, _l90: the 48-case set trained at 70/80/90 %, fitted to 1.05 L D in their "
+           "region) are timed to the same value, beside the criterion" + (
+               f"; a level whose start would meet it in place of the 100 % model: "
+               f"{', '.join(k for k, v in sweep.items() if v['criterion_met'] and k != '100 %') or 'none'}"
+               if len(sweep) > 1 else ""))
     return row("000", claim, source,
                {"summary": summary, "model": "datasets/region_model_small (100 % level)", "cases": per_case,
-                "mean": mean, "not_trained_on": ood},
+                "mean": mean, "not_trained_on": ood, "level_sweep": sweep},
                baseline, held, why)
 
 
