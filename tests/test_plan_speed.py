@@ -242,3 +242,35 @@ def test_import_rtlab_stays_light():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""
+
+
+def test_plan_as_a_program_exits_fast_with_its_code_and_all_its_output(tmp_path):
+    """`rtlab plan` run as a program ends with os._exit after flushing (rtlab.cli._fast_exit):
+    the exit status, the whole JSON line, stderr's message and the written file must all be there."""
+    import json
+
+    import numpy as np
+
+    from tests.test_matrad_intent import INTENT, write_case
+
+    f = tmp_path / "TG119.mat"
+    write_case(f, 3, names={"PTV": "OuterTarget"}, intent={"PTV": INTENT["PTV"][:1], "Core": [INTENT["Core"][0]]},
+               shape=(10, 16, 16), res=4.0)
+    out = tmp_path / "p.npz"
+    r = _plan_cli("--matrad", str(f), "--angles", "0,120,240", "--max-iter", "2", "--json", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    js = json.loads(r.stdout)  # the whole line arrived
+    assert js["out"] == str(out)
+    with np.load(out) as z:
+        assert z["dose"].shape == (10, 16, 16) and np.isfinite(z["dose"]).all()
+    # a failure after parsing keeps its status and message
+    r = _plan_cli("--matrad", str(tmp_path / "missing.mat"), "--json")
+    assert r.returncode != 0 and "missing.mat" in r.stderr
+
+
+def test_main_called_from_python_returns_instead_of_exiting(tmp_path):
+    from rtlab.cli import main
+
+    code = main(["plan", "--phantom", "sphere", "--spacing", "10", "--angles", "0,180", "--max-iter", "2",
+                 "--json"])
+    assert code == 0  # still here: no os._exit when main() is given its arguments
