@@ -27,7 +27,7 @@ import time
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", action="append", metavar="NNN", help="000, 001, 002 (repeat; default all)")
+    ap.add_argument("--seed", action="append", metavar="NNN", help="000, 001, 002, 003, 004 (repeat; default all)")
     ap.add_argument("--reduced", action="store_true", help="fewer and coarser cases (the tests' rows)")
     ap.add_argument("--markdown", action="store_true", help="also print the markdown table to stderr")
     a = ap.parse_args(argv)
