@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.reproduce_util import floats
+
 pytest.importorskip("distributed")
 
 from rtlab import reproduce  # noqa: E402
@@ -48,24 +50,13 @@ def _by_claim(rows, words):
     return hit[0]
 
 
-def _floats(v):
-    if isinstance(v, dict):
-        for x in v.values():
-            yield from _floats(x)
-    elif isinstance(v, list):
-        for x in v:
-            yield from _floats(x)
-    elif isinstance(v, float):
-        yield v
-
-
 def test_schema_and_finite_figures(rows000, rows001):
     assert [r["seed"] for r in rows000] == ["000"] * 5 and [r["seed"] for r in rows001] == ["001"] * 4
     for r in rows000 + rows001:
         assert tuple(r) == reproduce.ROW_KEYS
         reproduce.check_row(r)
         assert json.loads(json.dumps(r)) == r
-        assert all(math.isfinite(v) for v in _floats(r["rtlab_figure"]))
+        assert all(math.isfinite(v) for v in floats(r["rtlab_figure"]))
         assert ("criterion" in r["why"]) or ("not implemented" in r["why"]), r["why"]
         assert r["baseline"]
 

@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 
+from tests.reproduce_util import floats
+
 pytest.importorskip("torch")
 
 from rtlab import reproduce  # noqa: E402
@@ -20,17 +22,6 @@ def rows():
     return {r["claim"].split(" ")[0]: r for r in reproduce.run("002", reduced=True, progress=False)}
 
 
-def _floats(v):
-    if isinstance(v, dict):
-        for x in v.values():
-            yield from _floats(x)
-    elif isinstance(v, list):
-        for x in v:
-            yield from _floats(x)
-    elif isinstance(v, float):
-        yield v
-
-
 def test_registered_and_schema(rows):
     assert "002" in reproduce.REGISTRY
     assert [rid for rid, _ in reproduce.REGISTRY["002"]] == ["learning", "subgradient"]
@@ -38,7 +29,7 @@ def test_registered_and_schema(rows):
     for r in rows.values():
         reproduce.check_row(r)
         assert r["seed"] == "002"
-        assert all(math.isfinite(x) for x in _floats(r["rtlab_figure"]))
+        assert all(math.isfinite(x) for x in floats(r["rtlab_figure"]))
 
 
 def test_learning_row_criterion_recomputed(rows):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.reproduce_util import floats
+
 from rtlab import reproduce
 from rtlab.cli import REPRODUCE_SEEDS
 from rtlab.reproduce import seed003
@@ -21,17 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def rows():
     return reproduce.run("003", reduced=True, progress=False, only=["smoothing"])
-
-
-def _floats(v):
-    if isinstance(v, dict):
-        for x in v.values():
-            yield from _floats(x)
-    elif isinstance(v, list):
-        for x in v:
-            yield from _floats(x)
-    elif isinstance(v, float):
-        yield v
 
 
 def _check(base, plan):
@@ -47,7 +38,7 @@ def _verify(r, n_cases):
     assert r["seed"] == "003" and tuple(r) == reproduce.ROW_KEYS
     reproduce.check_row(r)
     assert json.loads(json.dumps(r)) == r
-    assert all(math.isfinite(v) for v in _floats(r["rtlab_figure"]))
+    assert all(math.isfinite(v) for v in floats(r["rtlab_figure"]))
     assert "criterion" in r["why"] and r["baseline"]
     fig = r["rtlab_figure"]
     assert fig["paper_nontarget_change_pct"] == -16.0
