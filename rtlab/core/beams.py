@@ -233,17 +233,25 @@ def fit_bixel_grid(beam: Beam, grid, mask, margin: int = 1) -> BixelGrid:
     """
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be an rtlab.core.geometry.Grid, got {type(grid).__name__}")
-    m = grid.check_array("mask", mask).astype(bool)
-    if not m.any():
-        raise ValueError("mask is empty: no target to fit the bixel grid to (zero field); pass a non-empty target")
+    corners = _mask_corner_points(grid, grid.check_array("mask", mask).astype(bool))
+    _check_margin(margin)
+    return _fit_to_points(beam, corners, margin)
+
+
+def _check_margin(margin) -> None:
     if int(margin) != margin or margin < 0:
         raise ValueError(f"margin must be a non-negative integer number of bixels, got {margin!r}")
-    return _fit_to_points(beam, _mask_corner_points(grid, m), margin)
 
 
 def _mask_corner_points(grid, m) -> np.ndarray:
-    """The 8 corners of every voxel of the (non-empty, bool) mask ``m``, world ``(z, y, x)`` mm, (8 n, 3)."""
-    pts = grid.index_to_world(np.argwhere(m))
+    """The 8 corners of every voxel of the bool mask ``m``, world ``(z, y, x)`` mm, (8 n, 3).
+
+    Raises ValueError if ``m`` is empty (no target to fit bixels to).
+    """
+    idx = np.argwhere(m)
+    if idx.size == 0:
+        raise ValueError("mask is empty: no target to fit the bixel grid to (zero field); pass a non-empty target")
+    pts = grid.index_to_world(idx)
     half = np.asarray(grid.spacing) / 2
     corners = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)]) * half
     return (pts[:, None, :] + corners[None]).reshape(-1, 3)
@@ -299,8 +307,7 @@ def prepare_beams(case, beams, bixel_mm: float = 5.0, margin: int = 1) -> list[B
     """
     if beams is None or len(beams) == 0:
         raise ValueError("beams is empty; pass at least one gantry angle or Beam")
-    if int(margin) != margin or margin < 0:
-        raise ValueError(f"margin must be a non-negative integer number of bixels, got {margin!r}")
+    _check_margin(margin)
     out = []
     corners = None  # the targets' voxel corners, computed once for all beams
     case_iso = None  # case.isocenter(), computed once (a centroid over the CT grid)
@@ -326,11 +333,7 @@ def prepare_beams(case, beams, bixel_mm: float = 5.0, margin: int = 1) -> list[B
                              f"(bounds z/y/x {case.grid.bounds.round(1).tolist()} mm); move it inside the patient")
         if beam.bixels is None:
             if corners is None:
-                tmask = target_union(case)
-                if not tmask.any():
-                    raise ValueError("mask is empty: no target to fit the bixel grid to (zero field); "
-                                     "pass a non-empty target")
-                corners = _mask_corner_points(case.grid, tmask)
+                corners = _mask_corner_points(case.grid, target_union(case))
             beam = beam.with_bixels(_fit_to_points(beam, corners, int(margin)))
         out.append(beam)
     return out
